@@ -1,0 +1,130 @@
+# provgate build. `make` builds the core library, the unit tests and the
+# nginx dynamic module; `make check` runs every test; see README.md.
+SHELL := /bin/bash
+CC ?= cc
+NGINX_SRC ?= /usr/share/nginx/src
+BUILD := build
+
+PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter \
+        -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
+BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE -fPIC -g -Iinclude $(WARN)
+OPT ?= -O2
+SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+SRCS := $(shell find src -name '*.c' | sort)
+OBJS := $(SRCS:%.c=$(BUILD)/obj/%.o)
+ASAN_OBJS := $(SRCS:%.c=$(BUILD)/asan/%.o)
+UNIT_SRCS := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/unit/%)
+ASAN_UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/unit-asan/%)
+UNIT_HELPERS := $(sort $(wildcard tests/unit/helpers/*.c))
+MODULE_SRCS := $(sort $(wildcard ngx_module/*.c ngx_module/*.h)) config
+MODULE_SO := $(BUILD)/ngx_http_provgate_module.so
+ASAN_MODULE_SO := $(BUILD)/asan-module/ngx_http_provgate_module.so
+
+.PHONY: all lib module unit asan deps demo demo-stop demo-status check check-unit \
+        check-integration check-asan check-fuzz bench clean fuzz
+
+all: lib unit module
+
+lib: $(BUILD)/libprovgate.a
+unit: $(UNIT_BINS)
+module: $(MODULE_SO)
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/asan/%.o: %.c $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  CC-ASAN $<"
+	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/libprovgate.a: $(OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libprovgate-asan.a: $(ASAN_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/unit/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate.a
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
+	    $(BUILD)/libprovgate.a $(PKG_LIBS) -lcmocka -o $@
+
+$(BUILD)/unit-asan/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate-asan.a
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
+	    $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -lcmocka -o $@
+
+# The module: a copy of Debian's configured nginx source tree, configured
+# with this directory as a dynamic addon (see `config`).
+$(MODULE_SO): $(BUILD)/libprovgate.a $(MODULE_SRCS)
+	PROVGATE_LIB=$(abspath $(BUILD)/libprovgate.a) \
+	    tools/build-module.sh $(abspath $(BUILD)/nginx) $(abspath $@) ""
+
+$(ASAN_MODULE_SO): $(BUILD)/libprovgate-asan.a $(MODULE_SRCS)
+	PROVGATE_LIB=$(abspath $(BUILD)/libprovgate-asan.a) \
+	    tools/build-module.sh $(abspath $(BUILD)/nginx-asan) $(abspath $@) "$(SAN)"
+
+asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO) $(FUZZ_REPLAY)
+
+deps:
+	tools/deps.sh
+
+check-unit: $(UNIT_BINS)
+	tests/run-unit.sh $(BUILD)/unit
+
+check-integration: $(MODULE_SO)
+	tests/run-integration.sh $(MODULE_SO)
+
+check-asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO)
+	tests/run-unit.sh $(BUILD)/unit-asan
+	PROVGATE_ASAN=1 tests/run-integration.sh $(ASAN_MODULE_SO)
+
+check: deps
+	$(MAKE) all asan
+	tests/run-all.sh
+
+demo: deps all
+	tools/demo.sh start
+
+demo-status:
+	tools/demo.sh status
+
+demo-stop:
+	tools/demo.sh stop
+
+bench: deps all
+	tools/bench.sh
+
+clean:
+	rm -rf $(BUILD)
+
+# Fuzz targets (tests/fuzz/fuzz_*.c, each defining LLVMFuzzerTestOneInput).
+# `check` replays every seed corpus (tests/fuzz/corpus/<name>/) through an
+# ASan/UBSan build with a plain driver; `make fuzz` builds libFuzzer binaries.
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_REPLAY := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz-replay/%)
+FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz-replay/%: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libprovgate-asan.a
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< tests/fuzz/replay_main.c \
+	    $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -o $@
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(SRCS)
+	@mkdir -p $(dir $@)
+	clang-14 -std=gnu11 -D_GNU_SOURCE -g -O1 -Iinclude $(PKG_CFLAGS) \
+	    -fsanitize=fuzzer,address,undefined $< $(SRCS) $(PKG_LIBS) -o $@
+
+fuzz: $(FUZZ_BINS)
+
+check-fuzz: $(FUZZ_REPLAY)
+	tests/run-fuzz-replay.sh $(BUILD)/fuzz-replay
