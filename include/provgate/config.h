@@ -1,0 +1,182 @@
+/*
+ * provgate core: the one JSON configuration, parsed and validated.
+ *
+ * The file is the single source of truth for the module and the sidecar.
+ * pg_config_load() validates everything (unknown fields, types, references
+ * between sections, templates, secrets readable, policy files) and reports
+ * the first problem as "<file>: <json path>: <reason>" or, for JSON syntax
+ * errors, "<file>:<line>:<column>: <reason>".
+ *
+ * Ownership: the returned pg_config_t owns every string and sub-structure;
+ * pg_config_free() releases all of it. It is read-only after load and may be
+ * shared by every request in a process.
+ */
+#ifndef PROVGATE_CONFIG_H
+#define PROVGATE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include "provgate/status.h"
+#include "provgate/util.h"
+#include "provgate/redis.h"
+#include "provgate/http.h"
+
+#define PG_CONFIG_MAX_FILE (4u * 1024u * 1024u)
+
+typedef enum { PG_TOKEN_AUTH_BASIC = 0, PG_TOKEN_AUTH_POST } pg_token_auth_t;
+
+/* One OpenID Connect provider ("idps": {"<name>": {"type": "oidc", ...}}). */
+typedef struct pg_oidc_idp_cfg {
+    char *name;
+    char *issuer;              /* expected "iss"; required */
+    char *discovery_url;       /* default issuer + "/.well-known/openid-configuration" */
+    char *client_id;
+    char *client_secret;       /* from "client_secret" or "client_secret_file" */
+    pg_token_auth_t token_auth;
+    char *redirect_uri;        /* absolute URL served by provgate_callback */
+    char **scopes;             /* NULL-terminated; must contain "openid" */
+    char **allowed_algs;       /* NULL-terminated; default {"RS256"}; never "none"/HS* */
+    char *claims_request;      /* optional JSON text for the "claims" parameter */
+    char *post_logout_redirect_uri; /* optional */
+    unsigned clock_skew_s;     /* default 60 */
+    unsigned state_ttl_s;      /* default 300: life of state/nonce/PKCE */
+    unsigned http_timeout_ms;  /* default 3000 */
+    unsigned jwks_refresh_min_s; /* default 10: rate limit of unknown-kid refresh */
+    unsigned metadata_ttl_s;   /* default 3600 */
+    unsigned max_auth_age_s;   /* default 600: iat may not be older */
+    pg_http_tls_t tls;
+} pg_oidc_idp_cfg_t;
+
+typedef enum { PG_IDP_OIDC = 1, PG_IDP_SAML = 2 } pg_idp_type_t;
+
+typedef struct pg_idp_cfg {
+    pg_idp_type_t type;
+    char *name;
+    pg_oidc_idp_cfg_t oidc;     /* when type == PG_IDP_OIDC */
+} pg_idp_cfg_t;
+
+/* One attribute of the account in a target: SCIM attribute -> value.
+ * value is a template ("${email}") or a JSON literal (bool/number/object). */
+typedef struct pg_attr_map {
+    char *scim_path;           /* "userName", "name.givenName", "emails", ... */
+    char *tpl;                 /* template text when value is a string, else NULL */
+    json_t *literal;           /* JSON literal when not a template, else NULL */
+} pg_attr_map_t;
+
+typedef enum { PG_TARGET_SCIM = 1 } pg_target_type_t;
+typedef enum { PG_AUTH_NONE = 0, PG_AUTH_BEARER, PG_AUTH_BASIC } pg_target_auth_t;
+
+typedef struct pg_target_cfg {
+    char *name;
+    pg_target_type_t type;
+    char *base_url;            /* SCIM base, e.g. https://app/scim/v2 (no trailing /) */
+    pg_target_auth_t auth;
+    char *bearer_token;        /* "token" or "token_file" */
+    char *basic_user;
+    char *basic_pass;
+    unsigned timeout_ms;       /* default 5000 */
+    unsigned connect_timeout_ms; /* default 1000 */
+    pg_http_tls_t tls;
+    pg_attr_map_t *attrs;      /* account attribute mapping */
+    size_t nattrs;
+    char *username_attr;       /* SCIM attribute used for lookup; "userName" */
+    int create_missing_groups; /* default 0 */
+} pg_target_cfg_t;
+
+/* Correlation: link a login to an existing identity by a claim. */
+typedef struct pg_corr_rule {
+    char *claim;               /* claim to read, e.g. "email" */
+    char *verified_claim;      /* optional claim that must be true, e.g. "email_verified" */
+    char *index;               /* identity index name, e.g. "email" */
+} pg_corr_rule_t;
+
+/* Identity attribute <- claim. */
+typedef struct pg_claim_map {
+    char *attr;
+    char *claim;               /* dotted path into the claims */
+} pg_claim_map_t;
+
+typedef struct pg_session_cfg {
+    char *cookie_name;         /* default "provgate_session" */
+    int cookie_secure;         /* default 1 */
+    char *cookie_domain;       /* optional */
+    char *cookie_path;         /* default "/" */
+    unsigned ttl_s;            /* absolute lifetime, default 28800 */
+    unsigned cache_ms;         /* per-worker positive cache, default 0 (off) */
+    uint8_t key[PG_SEAL_KEY_LEN]; /* derived from "key_file" (SHA-256 of content) */
+} pg_session_cfg_t;
+
+typedef struct pg_audit_cfg {
+    char *file;                /* JSON lines; optional */
+    char *stream;              /* Redis stream key suffix, default "audit" */
+    unsigned stream_maxlen;    /* approximate cap, default 1000000 */
+} pg_audit_cfg_t;
+
+typedef struct pg_headers_cfg {
+    char *user;                /* default "X-Provgate-User" */
+    char *email;               /* default "X-Provgate-Email" */
+    char *groups;              /* default "X-Provgate-Groups" */
+    char *entitlements;        /* default "X-Provgate-Entitlements" */
+    char *identity;            /* default "X-Provgate-Identity" */
+    char *user_attr;           /* identity attribute for the user header, default "username" */
+} pg_headers_cfg_t;
+
+struct pg_policy_set;          /* include/provgate/policy.h */
+
+typedef struct pg_config {
+    char *file;                /* path it was loaded from */
+    char *instance;            /* default: hostname */
+    pg_redis_config_t redis;
+    pg_session_cfg_t session;
+    pg_audit_cfg_t audit;
+    pg_headers_cfg_t headers;
+    pg_idp_cfg_t *idps;
+    size_t nidps;
+    pg_target_cfg_t *targets;
+    size_t ntargets;
+    pg_corr_rule_t *corr;
+    size_t ncorr;
+    pg_claim_map_t *claims;    /* identity attributes from claims */
+    size_t nclaims;
+    char *groups_claim;        /* claim holding group names, default "groups" */
+    struct pg_policy_set *policies;
+} pg_config_t;
+
+PG_MUST_USE pg_status_t pg_config_load(const char *path, pg_config_t **out,
+                                       pg_err_t *err);
+void pg_config_free(pg_config_t *cfg);
+
+const pg_idp_cfg_t *pg_config_idp(const pg_config_t *cfg, const char *name);
+const pg_target_cfg_t *pg_config_target(const pg_config_t *cfg,
+                                        const char *name);
+
+/* ---- helpers for sections that parse their own JSON --------------------
+ * Each takes the object, the JSON path of that object (e.g. "$.idps.corp")
+ * for messages, and reports "<path>.<key>: <reason>" into err. */
+
+/* Reject members not in allowed (NULL-terminated). */
+PG_MUST_USE pg_status_t pg_cfg_keys(const json_t *obj, const char *path,
+                                    const char *const *allowed, pg_err_t *err);
+/* String member; required or default def (may be NULL). *out is malloc'd. */
+PG_MUST_USE pg_status_t pg_cfg_str(const json_t *obj, const char *path,
+                                   const char *key, int required,
+                                   const char *def, char **out, pg_err_t *err);
+PG_MUST_USE pg_status_t pg_cfg_uint(const json_t *obj, const char *path,
+                                    const char *key, unsigned def,
+                                    unsigned min, unsigned max, unsigned *out,
+                                    pg_err_t *err);
+PG_MUST_USE pg_status_t pg_cfg_bool(const json_t *obj, const char *path,
+                                    const char *key, int def, int *out,
+                                    pg_err_t *err);
+/* Array of strings -> NULL-terminated malloc'd vector (def used if absent). */
+PG_MUST_USE pg_status_t pg_cfg_strv(const json_t *obj, const char *path,
+                                    const char *key, const char *const *def,
+                                    char ***out, pg_err_t *err);
+/* Secret from "<key>" inline or "<key>_file" (exactly one when required). */
+PG_MUST_USE pg_status_t pg_cfg_secret(const json_t *obj, const char *path,
+                                      const char *key, int required,
+                                      char **out, pg_err_t *err);
+void pg_strv_free(char **v);
+
+#endif
