@@ -1,0 +1,445 @@
+#!/usr/bin/env node
+// A real SCIM 2.0 service provider for provgate integration tests, built on
+// SCIMMY (protocol, schemas, filters, PatchOp) and SCIMMY Routers (Express
+// endpoints). We only supply the storage handlers (ingress / egress /
+// degress) against a JSON file, bearer-token auth, ETags and a fault
+// injection / inspection admin API under /_admin (no auth, loopback only).
+//
+//   node scim-server.mjs --port 0 --data /tmp/scim.json --token secret \
+//        --groups staff,engineering,admins
+//
+// Env fallbacks: SCIM_PORT, SCIM_DATA, SCIM_TOKEN, SCIM_GROUPS.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import express from 'express';
+import SCIMMY from 'scimmy';
+import SCIMMYRouters from 'scimmy-routers';
+import {
+  options, portOption, fail, writeFileAtomic, listenReady,
+} from './lib/common.mjs';
+
+const opt = options({
+  port: { default: '0' },
+  data: {},
+  token: {},
+  groups: { default: 'staff,engineering,admins' },
+  'base-path': { default: '/scim/v2' },
+  'exit-on-stdin-close': { type: 'boolean', default: false },
+  quiet: { type: 'boolean', default: false },
+}, 'SCIM');
+
+const port = portOption(opt.port);
+if (!opt.data) fail('--data FILE is required');
+if (!opt.token) fail('--token is required (bearer token clients must present)');
+const BASE = opt['base-path'].replace(/\/$/, '');
+const ENTERPRISE = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User';
+
+// ---------------------------------------------------------------------------
+// JSON file store. Shape: {users: {id: user}, groups: {id: group}}. Users and
+// groups are stored in their SCIM form (without "groups" on users, which is
+// derived from group membership on the way out).
+
+function loadStore(file) {
+  if (!fs.existsSync(file)) return { users: {}, groups: {} };
+  const raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  return { users: raw.users || {}, groups: raw.groups || {} };
+}
+
+const store = loadStore(opt.data);
+
+function persist() {
+  writeFileAtomic(opt.data, JSON.stringify(store, null, 2));
+}
+
+function newMeta(resourceType) {
+  const now = new Date().toISOString();
+  return { resourceType, created: now, lastModified: now, version: versionTag() };
+}
+
+function versionTag() {
+  return `W/"${crypto.randomBytes(8).toString('hex')}"`;
+}
+
+function touch(meta) {
+  // lastModified must strictly increase across writes so tests (and
+  // provgate) can tell a change happened even within one millisecond.
+  let now = Date.now();
+  const prev = Date.parse(meta.lastModified || 0);
+  if (now <= prev) now = prev + 1;
+  meta.lastModified = new Date(now).toISOString();
+  meta.version = versionTag();
+}
+
+for (const name of String(opt.groups).split(',').map((s) => s.trim()).filter(Boolean)) {
+  const exists = Object.values(store.groups).some((g) => g.displayName.toLowerCase() === name.toLowerCase());
+  if (!exists) {
+    const id = crypto.randomUUID();
+    store.groups[id] = { id, displayName: name, members: [], meta: newMeta('Group') };
+  }
+}
+persist();
+
+// ---------------------------------------------------------------------------
+// SCIMMY resource handlers.
+
+function scimError(status, scimType, detail) {
+  return new SCIMMY.Types.Error(status, scimType, detail);
+}
+
+/** Convert a SCIMMY schema instance into a plain JSON object. */
+function plain(instance) {
+  return JSON.parse(JSON.stringify(instance));
+}
+
+function groupsOfUser(userId) {
+  return Object.values(store.groups)
+    .filter((g) => (g.members || []).some((m) => m.value === userId))
+    .map((g) => ({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' }));
+}
+
+function userOut(u) {
+  const groups = groupsOfUser(u.id);
+  return { ...u, ...(groups.length ? { groups } : {}) };
+}
+
+function matchFilter(resource, list) {
+  if (!resource.filter) return list;
+  return resource.filter.match(list);
+}
+
+// The filter matcher compares strings case-sensitively; SCIM says userName,
+// emails.value and displayName are caseExact=false. Pre-filter with a
+// case-insensitive comparison for the simple `attr eq "v"` form provgate uses.
+function simpleEq(resource) {
+  const expr = resource.filter?.expression;
+  const m = /^\s*([A-Za-z.]+)\s+eq\s+"((?:[^"\\]|\\.)*)"\s*$/.exec(expr || '');
+  if (!m) return null;
+  return { attr: m[1], value: m[2].replace(/\\(.)/g, '$1') };
+}
+
+const CASE_INSENSITIVE = new Set(['username', 'emails.value', 'displayname']);
+
+function getPath(obj, dotted) {
+  const parts = dotted.split('.');
+  let cur = [obj];
+  for (const p of parts) {
+    const next = [];
+    for (const c of cur) {
+      if (c == null) continue;
+      const key = Object.keys(c).find((k) => k.toLowerCase() === p.toLowerCase());
+      if (key === undefined) continue;
+      const v = c[key];
+      if (Array.isArray(v)) next.push(...v); else next.push(v);
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+function filterList(resource, list) {
+  const eq = simpleEq(resource);
+  if (eq && CASE_INSENSITIVE.has(eq.attr.toLowerCase())) {
+    const want = eq.value.toLowerCase();
+    return list.filter((r) => getPath(r, eq.attr).some((v) => typeof v === 'string' && v.toLowerCase() === want));
+  }
+  return matchFilter(resource, list);
+}
+
+function assertUniqueUserName(userName, exceptId) {
+  const clash = Object.values(store.users).find((u) => u.id !== exceptId
+    && String(u.userName).toLowerCase() === String(userName).toLowerCase());
+  if (clash) throw scimError(409, 'uniqueness', `userName "${userName}" is already in use`);
+}
+
+function assertUniqueGroupName(displayName, exceptId) {
+  const clash = Object.values(store.groups).find((g) => g.id !== exceptId
+    && String(g.displayName).toLowerCase() === String(displayName).toLowerCase());
+  if (clash) throw scimError(409, 'uniqueness', `displayName "${displayName}" is already in use`);
+}
+
+function withoutDerived(obj) {
+  const out = plain(obj);
+  delete out.groups;
+  delete out.meta;
+  delete out.schemas;
+  delete out.id;
+  delete out.password;
+  return out;
+}
+
+SCIMMY.Resources.declare(SCIMMY.Resources.User, {
+  extensions: [{ schema: SCIMMY.Schemas.EnterpriseUser, required: false }],
+  egress(resource) {
+    if (resource.id) {
+      const u = store.users[resource.id];
+      if (!u) throw scimError(404, null, `Resource ${resource.id} not found`);
+      return userOut(u);
+    }
+    return filterList(resource, Object.values(store.users).map(userOut));
+  },
+  ingress(resource, instance) {
+    const data = withoutDerived(instance);
+    if (resource.id) {
+      const cur = store.users[resource.id];
+      if (!cur) throw scimError(404, null, `Resource ${resource.id} not found`);
+      assertUniqueUserName(data.userName, cur.id);
+      const meta = { ...cur.meta };
+      touch(meta);
+      store.users[cur.id] = { id: cur.id, ...data, meta };
+      persist();
+      return userOut(store.users[cur.id]);
+    }
+    assertUniqueUserName(data.userName, null);
+    const id = crypto.randomUUID();
+    store.users[id] = { id, ...data, meta: newMeta('User') };
+    persist();
+    return userOut(store.users[id]);
+  },
+  degress(resource) {
+    if (!store.users[resource.id]) throw scimError(404, null, `Resource ${resource.id} not found`);
+    delete store.users[resource.id];
+    for (const g of Object.values(store.groups)) {
+      const before = (g.members || []).length;
+      g.members = (g.members || []).filter((m) => m.value !== resource.id);
+      if (g.members.length !== before) touch(g.meta);
+    }
+    persist();
+  },
+});
+
+function normaliseMembers(members) {
+  const out = [];
+  const seen = new Set();
+  for (const m of members || []) {
+    if (!m || typeof m.value !== 'string' || !m.value) continue;
+    if (seen.has(m.value)) continue;
+    seen.add(m.value);
+    const u = store.users[m.value];
+    const g = store.groups[m.value];
+    if (!u && !g) throw scimError(400, 'invalidValue', `member "${m.value}" does not exist`);
+    out.push({
+      value: m.value,
+      display: u ? (u.displayName || u.userName) : g.displayName,
+      type: u ? 'User' : 'Group',
+      $ref: `${BASE}/${u ? 'Users' : 'Groups'}/${m.value}`,
+    });
+  }
+  return out;
+}
+
+SCIMMY.Resources.declare(SCIMMY.Resources.Group, {
+  egress(resource) {
+    if (resource.id) {
+      const g = store.groups[resource.id];
+      if (!g) throw scimError(404, null, `Resource ${resource.id} not found`);
+      return g;
+    }
+    return filterList(resource, Object.values(store.groups));
+  },
+  ingress(resource, instance) {
+    const data = withoutDerived(instance);
+    data.members = normaliseMembers(data.members);
+    if (resource.id) {
+      const cur = store.groups[resource.id];
+      if (!cur) throw scimError(404, null, `Resource ${resource.id} not found`);
+      assertUniqueGroupName(data.displayName, cur.id);
+      const meta = { ...cur.meta };
+      touch(meta);
+      store.groups[cur.id] = { id: cur.id, ...data, meta };
+      persist();
+      return store.groups[cur.id];
+    }
+    assertUniqueGroupName(data.displayName, null);
+    const id = crypto.randomUUID();
+    store.groups[id] = { id, ...data, meta: newMeta('Group') };
+    persist();
+    return store.groups[id];
+  },
+  degress(resource) {
+    if (!store.groups[resource.id]) throw scimError(404, null, `Resource ${resource.id} not found`);
+    delete store.groups[resource.id];
+    persist();
+  },
+});
+
+// ---------------------------------------------------------------------------
+// Request log and fault injection.
+
+const requestLog = [];
+const MAX_LOG = 5000;
+let faults = {};
+
+function compileFaults(f) {
+  const out = { ...f };
+  out.latencyRe = f.latency_paths ? new RegExp(f.latency_paths) : null;
+  out.failRe = f.fail_paths ? new RegExp(f.fail_paths) : null;
+  out.remaining = f.fail_count !== undefined ? Number(f.fail_count)
+    : ((f.fail_status || f.reset) ? 1 : 0);
+  return out;
+}
+
+function failMatches(req) {
+  if (!(faults.remaining > 0)) return false;
+  if (faults.fail_method && faults.fail_method.toUpperCase() !== req.method) return false;
+  if (faults.failRe && !faults.failRe.test(req.originalUrl)) return false;
+  return true;
+}
+
+const app = express();
+app.disable('x-powered-by');
+app.set('etag', false);
+
+// Admin API first: never logged, never faulted, no auth.
+app.use('/_admin', express.json());
+app.post('/_admin/faults', (req, res) => {
+  try {
+    faults = compileFaults(req.body || {});
+  } catch (e) {
+    res.status(400).json({ error: e.message });
+    return;
+  }
+  const { latencyRe, failRe, ...shown } = faults;
+  res.json({ faults: shown });
+});
+app.get('/_admin/faults', (req, res) => {
+  const { latencyRe, failRe, ...shown } = faults;
+  res.json({ faults: shown });
+});
+app.get('/_admin/state', (req, res) => {
+  res.json({
+    users: Object.values(store.users).map(userOut),
+    groups: Object.values(store.groups),
+    requests: requestLog,
+  });
+});
+app.post('/_admin/reset-log', (req, res) => {
+  requestLog.length = 0;
+  res.json({ ok: true });
+});
+app.post('/_admin/clear', (req, res) => {
+  store.users = {};
+  for (const g of Object.values(store.groups)) {
+    g.members = [];
+    touch(g.meta);
+  }
+  persist();
+  requestLog.length = 0;
+  faults = {};
+  res.json({ ok: true });
+});
+app.use('/_admin', (req, res) => res.status(404).json({ error: 'unknown admin endpoint' }));
+
+// Parse SCIM bodies ourselves so the log can record them (SCIMMY Routers'
+// own parser skips an already-parsed body).
+app.use(express.json({ type: ['application/scim+json', 'application/json'], limit: '1mb' }));
+
+// Log every SCIM request with its final status.
+app.use((req, res, next) => {
+  const entry = {
+    method: req.method,
+    path: req.path,
+    url: req.originalUrl,
+    status: 0,
+    ts: Date.now(),
+    ...(req.body !== undefined && Object.keys(req.body || {}).length ? { body: req.body } : {}),
+    ...(req.headers['if-match'] ? { if_match: req.headers['if-match'] } : {}),
+  };
+  requestLog.push(entry);
+  if (requestLog.length > MAX_LOG) requestLog.shift();
+  res.on('finish', () => { entry.status = res.statusCode; });
+  res.on('close', () => {
+    if (!res.writableFinished) { entry.status = 0; entry.reset = true; }
+  });
+  next();
+});
+
+// Latency first (async: other requests keep flowing), then failures.
+app.use((req, res, next) => {
+  const ms = Number(faults.latency_ms || 0);
+  if (ms > 0 && (!faults.latencyRe || faults.latencyRe.test(req.originalUrl))) {
+    setTimeout(next, ms);
+  } else {
+    next();
+  }
+});
+app.use((req, res, next) => {
+  if (!failMatches(req)) { next(); return; }
+  faults.remaining -= 1;
+  if (faults.reset) {
+    req.socket.destroy();
+    return;
+  }
+  const status = Number(faults.fail_status || 500);
+  if (faults.retry_after !== undefined) res.set('Retry-After', String(faults.retry_after));
+  res.status(status).type('application/scim+json').send(JSON.stringify({
+    schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
+    status: String(status),
+    ...(status === 409 ? { scimType: 'uniqueness' } : {}),
+    detail: `injected fault (${status})`,
+  }));
+});
+
+// ETag: mirror meta.version of a single resource in the response header,
+// and honour If-Match on writes (412 on mismatch).
+app.use(BASE, (req, res, next) => {
+  const m = /^\/(Users|Groups)\/([^/]+)$/.exec(req.path);
+  const ifMatch = req.headers['if-match'];
+  if (m && ifMatch && ifMatch !== '*' && ['PUT', 'PATCH', 'DELETE'].includes(req.method)) {
+    const coll = m[1] === 'Users' ? store.users : store.groups;
+    const cur = coll[m[2]];
+    const tags = ifMatch.split(',').map((s) => s.trim());
+    if (cur && !tags.includes(cur.meta.version)) {
+      res.status(412).type('application/scim+json').send(JSON.stringify({
+        schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
+        status: '412',
+        detail: 'If-Match precondition failed',
+      }));
+      return;
+    }
+  }
+  const send = res.send.bind(res);
+  res.send = (body) => {
+    if (body && typeof body === 'object' && body.meta?.version && !Array.isArray(body.Resources)) {
+      res.set('ETag', body.meta.version);
+    }
+    return send(body);
+  };
+  next();
+});
+
+app.use(BASE, new SCIMMYRouters({
+  type: 'bearer',
+  docUri: 'https://datatracker.ietf.org/doc/html/rfc6750',
+  handler: (req) => {
+    const auth = req.headers.authorization || '';
+    const m = /^Bearer\s+(.+)$/i.exec(auth);
+    if (!m) throw new Error('Authorization header with a Bearer token required');
+    const a = Buffer.from(m[1]);
+    const b = Buffer.from(opt.token);
+    if (a.length !== b.length || !crypto.timingSafeEqual(a, b)) throw new Error('Invalid bearer token');
+    return 'admin';
+  },
+  baseUri: (req) => `http://${req.headers.host}`,
+}));
+
+app.use((req, res) => {
+  res.status(404).json({ error: 'not found' });
+});
+// Errors thrown past the SCIM router (e.g. JSON parse errors).
+app.use((err, req, res, next) => {
+  const status = err.status || err.statusCode || 500;
+  if (!opt.quiet && status >= 500) process.stderr.write(`scim-server: ${err.stack || err}\n`);
+  if (res.headersSent) { next(err); return; }
+  res.status(status).type('application/scim+json').send(JSON.stringify({
+    schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
+    status: String(status),
+    ...(err.scimType ? { scimType: err.scimType } : {}),
+    detail: err.message,
+  }));
+});
+
+const server = http.createServer(app);
+server.keepAliveTimeout = 5000;
+listenReady(server, port, { name: 'scim-server', exitOnStdinClose: opt['exit-on-stdin-close'] });
