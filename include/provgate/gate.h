@@ -1,0 +1,110 @@
+/*
+ * provgate core: the gateway's request decisions, host-independent.
+ *
+ * The nginx module (or any other host) hands each request to the gate and
+ * gets back one result: allow (with trusted identity headers), redirect or
+ * an error/info page, plus cookies to set. The gate does all protocol work
+ * (OIDC login, session, correlation, policy, provisioning, audit) over the
+ * non-blocking clients in pg_redis/pg_http, so the host only has to suspend
+ * the request and resume it when the callback runs.
+ *
+ * Callback contract: a start function returns PG_OK with *op_out set and
+ * calls cb exactly once later from the event loop, or returns PG_OK with
+ * *op_out == NULL after filling *sync_res (answered without I/O), or fails
+ * (nothing is called). pg_gate_cancel() guarantees cb is never called.
+ * Results are owned by the caller: pg_gate_result_free().
+ */
+#ifndef PROVGATE_GATE_H
+#define PROVGATE_GATE_H
+
+#include <stddef.h>
+#include "provgate/config.h"
+#include "provgate/host.h"
+
+typedef struct pg_gate pg_gate_t;
+typedef struct pg_gate_op pg_gate_op_t;
+
+typedef enum {
+    PG_RES_ALLOW = 1,   /* forward upstream with headers[] set */
+    PG_RES_REDIRECT,    /* status 302/303 to location */
+    PG_RES_PAGE         /* status with a body (HTML or JSON) */
+} pg_res_kind_t;
+
+typedef struct pg_kv {
+    char *name;
+    char *value;        /* already free of CR/LF/NUL */
+} pg_kv_t;
+
+#define PG_GATE_MAX_SET_COOKIES 4
+
+typedef struct pg_gate_result {
+    pg_res_kind_t kind;
+    int status;
+    char *location;                 /* REDIRECT */
+    char *body;                     /* PAGE */
+    size_t body_len;
+    const char *content_type;       /* static string */
+    pg_kv_t *headers;               /* ALLOW: identity headers to add */
+    size_t nheaders;
+    char *set_cookies[PG_GATE_MAX_SET_COOKIES]; /* full Set-Cookie values */
+    size_t nset_cookies;
+    int no_store;                   /* send Cache-Control: no-store */
+} pg_gate_result_t;
+
+/* What the host knows about the request. Strings need not be NUL-terminated
+ * beyond their lengths; the gate copies what it keeps. */
+typedef struct pg_gate_req {
+    const char *idp;                /* provgate oidc:<idp>, or NULL */
+    const char *app;                /* provgate_app target, or NULL */
+    const char *method;
+    const char *uri;                /* path + "?" + args as received */
+    size_t uri_len;
+    const char *args;               /* query string without '?' */
+    size_t args_len;
+    const char *const *cookies;     /* raw Cookie header values */
+    size_t ncookies;
+    int wants_html;                 /* Accept allows text/html, GET/HEAD */
+    const char *client_ip;
+    const char *request_id;         /* host's request id, for audit */
+} pg_gate_req_t;
+
+typedef void (*pg_gate_cb)(void *arg, pg_gate_result_t *res);
+
+/* Create the per-process gate: Redis and HTTP clients, audit, caches.
+ * cfg must outlive the gate. */
+PG_MUST_USE pg_status_t pg_gate_new(const pg_config_t *cfg,
+                                    const pg_host_t *host, pg_gate_t **out,
+                                    pg_err_t *err);
+void pg_gate_free(pg_gate_t *g);
+
+/* A protected location: valid session -> ALLOW; none -> start login. */
+PG_MUST_USE pg_status_t pg_gate_access(pg_gate_t *g, const pg_gate_req_t *req,
+                                       pg_gate_cb cb, void *arg,
+                                       pg_gate_op_t **op_out,
+                                       pg_gate_result_t **sync_res);
+
+/* The OIDC redirect URI (provgate_callback). */
+PG_MUST_USE pg_status_t pg_gate_callback(pg_gate_t *g,
+                                         const pg_gate_req_t *req,
+                                         pg_gate_cb cb, void *arg,
+                                         pg_gate_op_t **op_out,
+                                         pg_gate_result_t **sync_res);
+
+/* provgate_logout: end the session, then RP-initiated logout if possible. */
+PG_MUST_USE pg_status_t pg_gate_logout(pg_gate_t *g, const pg_gate_req_t *req,
+                                       pg_gate_cb cb, void *arg,
+                                       pg_gate_op_t **op_out,
+                                       pg_gate_result_t **sync_res);
+
+void pg_gate_cancel(pg_gate_op_t *op);
+void pg_gate_result_free(pg_gate_result_t *res);
+
+/* The header names the gate sets; the host strips client copies of them
+ * (NULL-terminated, valid for the gate's life). */
+const char *const *pg_gate_header_names(const pg_gate_t *g);
+
+/* A page result for errors the host detects itself (e.g. no gate). */
+pg_gate_result_t *pg_gate_error_page(int status, const char *reason,
+                                     const char *message);
+
+#endif

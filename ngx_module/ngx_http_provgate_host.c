@@ -1,0 +1,323 @@
+/*
+ * ngx_http_provgate_module: the core's event interface (pg_host_t) on nginx.
+ *
+ * A watch is an nginx connection made with ngx_get_connection() for a file
+ * descriptor owned by hiredis or libcurl; its read/write events are added
+ * level-triggered. A timer is a plain ngx_event_t in nginx's timer tree,
+ * marked cancelable so that it never delays a graceful worker exit.
+ *
+ * Re-entrancy: the core may close a watch or timer from inside its own
+ * handler (hiredis and curl both do). Closing then only marks it; the
+ * wrapper frees it after the handler returns.
+ */
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "ngx_http_provgate.h"
+
+
+struct pg_watch {
+    ngx_connection_t    *c;
+    pg_io_handler_t      handler;
+    void                *arg;
+    unsigned             events;
+    unsigned             entered:1;
+    unsigned             closed:1;
+};
+
+
+struct pg_timer {
+    ngx_event_t          ev;
+    pg_timer_handler_t   handler;
+    void                *arg;
+    unsigned             entered:1;
+    unsigned             closed:1;
+};
+
+
+static ngx_log_t  *ngx_http_provgate_log;
+
+
+static void
+ngx_http_provgate_host_log(void *ctx, pg_log_level_t level, const char *msg)
+{
+    ngx_uint_t  lvl;
+
+    switch (level) {
+    case PG_LOG_ERROR:
+        lvl = NGX_LOG_ERR;
+        break;
+    case PG_LOG_WARN:
+        lvl = NGX_LOG_WARN;
+        break;
+    case PG_LOG_INFO:
+        lvl = NGX_LOG_INFO;
+        break;
+    default:
+        lvl = NGX_LOG_DEBUG;
+        break;
+    }
+
+    ngx_log_error(lvl, ngx_http_provgate_log, 0, "provgate: %s", msg);
+}
+
+
+/*
+ * Remove interest in one direction. hiredis may close its socket before it
+ * drops the watch; the kernel has then removed the fd from epoll already,
+ * and NGX_CLOSE_EVENT tells nginx not to call epoll_ctl() on a closed
+ * descriptor. libcurl drops watches on sockets it keeps open for reuse:
+ * those need a real delete.
+ */
+static ngx_int_t
+ngx_http_provgate_del(ngx_event_t *ev, ngx_int_t event)
+{
+    ngx_connection_t  *c = ev->data;
+    ngx_uint_t         flags;
+
+    flags = (fcntl(c->fd, F_GETFD) == -1 && ngx_errno == NGX_EBADF)
+            ? NGX_CLOSE_EVENT : 0;
+
+    return ngx_del_event(ev, event, flags);
+}
+
+
+static void
+ngx_http_provgate_watch_free(pg_watch_t *w)
+{
+    ngx_connection_t  *c = w->c;
+
+    if (c->read->active) {
+        (void) ngx_http_provgate_del(c->read, NGX_READ_EVENT);
+    }
+    if (c->write->active) {
+        (void) ngx_http_provgate_del(c->write, NGX_WRITE_EVENT);
+    }
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+    ngx_free(w);
+}
+
+
+static void
+ngx_http_provgate_watch_event(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+    pg_watch_t        *w = c->data;
+    unsigned           what;
+
+    if (w == NULL || w->closed) {
+        return;
+    }
+
+    what = ev->write ? PG_EV_WRITE : PG_EV_READ;
+    if ((w->events & what) == 0) {
+        return;
+    }
+
+    w->entered = 1;
+    w->handler(w->arg, c->fd, what);
+    w->entered = 0;
+
+    if (w->closed) {
+        ngx_http_provgate_watch_free(w);
+    }
+}
+
+
+static pg_watch_t *
+ngx_http_provgate_watch_open(void *ctx, int fd, pg_io_handler_t h, void *arg)
+{
+    pg_watch_t        *w;
+    ngx_connection_t  *c;
+
+    w = ngx_calloc(sizeof(pg_watch_t), ngx_http_provgate_log);
+    if (w == NULL) {
+        return NULL;
+    }
+
+    c = ngx_get_connection(fd, ngx_http_provgate_log);
+    if (c == NULL) {
+        ngx_free(w);
+        return NULL;
+    }
+
+    c->data = w;
+    c->read->handler = ngx_http_provgate_watch_event;
+    c->write->handler = ngx_http_provgate_watch_event;
+    c->read->log = ngx_http_provgate_log;
+    c->write->log = ngx_http_provgate_log;
+
+    w->c = c;
+    w->handler = h;
+    w->arg = arg;
+
+    return w;
+}
+
+
+static int
+ngx_http_provgate_watch_update(pg_watch_t *w, unsigned events)
+{
+    ngx_connection_t  *c = w->c;
+
+    if ((events & PG_EV_READ) && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return -1;
+        }
+    } else if (!(events & PG_EV_READ) && c->read->active) {
+        if (ngx_http_provgate_del(c->read, NGX_READ_EVENT) != NGX_OK) {
+            return -1;
+        }
+    }
+
+    if ((events & PG_EV_WRITE) && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return -1;
+        }
+    } else if (!(events & PG_EV_WRITE) && c->write->active) {
+        if (ngx_http_provgate_del(c->write, NGX_WRITE_EVENT) != NGX_OK) {
+            return -1;
+        }
+    }
+
+    w->events = events;
+    return 0;
+}
+
+
+static void
+ngx_http_provgate_watch_close(pg_watch_t *w)
+{
+    if (w == NULL || w->closed) {
+        return;
+    }
+
+    w->closed = 1;
+    w->events = 0;
+
+    if (!w->entered) {
+        ngx_http_provgate_watch_free(w);
+    }
+}
+
+
+static void
+ngx_http_provgate_timer_event(ngx_event_t *ev)
+{
+    pg_timer_t  *t = ev->data;
+
+    if (t->closed) {
+        return;
+    }
+
+    t->entered = 1;
+    t->handler(t->arg);
+    t->entered = 0;
+
+    if (t->closed) {
+        if (t->ev.timer_set) {
+            ngx_del_timer(&t->ev);
+        }
+        ngx_free(t);
+    }
+}
+
+
+static pg_timer_t *
+ngx_http_provgate_timer_open(void *ctx, pg_timer_handler_t h, void *arg)
+{
+    pg_timer_t  *t;
+
+    t = ngx_calloc(sizeof(pg_timer_t), ngx_http_provgate_log);
+    if (t == NULL) {
+        return NULL;
+    }
+
+    t->ev.handler = ngx_http_provgate_timer_event;
+    t->ev.data = t;
+    t->ev.log = ngx_http_provgate_log;
+    t->ev.cancelable = 1;
+    t->handler = h;
+    t->arg = arg;
+
+    return t;
+}
+
+
+static void
+ngx_http_provgate_timer_arm(pg_timer_t *t, uint64_t ms)
+{
+    if (t->closed) {
+        return;
+    }
+    ngx_add_timer(&t->ev, (ngx_msec_t) ms);
+}
+
+
+static void
+ngx_http_provgate_timer_disarm(pg_timer_t *t)
+{
+    if (t->ev.timer_set) {
+        ngx_del_timer(&t->ev);
+    }
+}
+
+
+static void
+ngx_http_provgate_timer_close(pg_timer_t *t)
+{
+    if (t == NULL || t->closed) {
+        return;
+    }
+
+    t->closed = 1;
+
+    if (t->ev.timer_set) {
+        ngx_del_timer(&t->ev);
+    }
+
+    if (!t->entered) {
+        ngx_free(t);
+    }
+}
+
+
+static uint64_t
+ngx_http_provgate_now_ms(void *ctx)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+
+static pg_host_t  ngx_http_provgate_host_ops = {
+    NULL,
+    ngx_http_provgate_host_log,
+    ngx_http_provgate_watch_open,
+    ngx_http_provgate_watch_update,
+    ngx_http_provgate_watch_close,
+    ngx_http_provgate_timer_open,
+    ngx_http_provgate_timer_arm,
+    ngx_http_provgate_timer_disarm,
+    ngx_http_provgate_timer_close,
+    ngx_http_provgate_now_ms
+};
+
+
+const pg_host_t *
+ngx_http_provgate_host(ngx_log_t *log)
+{
+    ngx_http_provgate_log = log;
+    return &ngx_http_provgate_host_ops;
+}

@@ -1,0 +1,200 @@
+/*
+ * provgate core, gate internals (not a public contract).
+ *
+ * A pg_gate_op is one request's asynchronous flow. It waits for at most one
+ * thing at a time (a Redis reply, an HTTP response, a SCIM operation, the
+ * provider's metadata, or a retry timer); each wait stores its handle in the
+ * op so that pg_gate_cancel() can withdraw it. Steps are plain functions
+ * that either start the next wait or finish the op.
+ */
+#ifndef PROVGATE_GATE_INT_H
+#define PROVGATE_GATE_INT_H
+
+#include <stdint.h>
+#include <jansson.h>
+
+#include "provgate/audit.h"
+#include "provgate/config.h"
+#include "provgate/gate.h"
+#include "provgate/http.h"
+#include "provgate/oidc.h"
+#include "provgate/policy.h"
+#include "provgate/redis.h"
+#include "provgate/scim.h"
+
+#define PG_GATE_MAX_COOKIE   4096    /* one Cookie header value */
+#define PG_GATE_MAX_ARGS     8192    /* query string of the callback */
+#define PG_GATE_MAX_SESSION  (256u * 1024u) /* session JSON in Redis */
+#define PG_GATE_SID_BYTES    32
+#define PG_GATE_LOCK_MS      30000   /* provisioning lock lease */
+#define PG_GATE_LOCK_POLL_MS 50
+
+typedef struct pg_gate_op pg_op_t;
+typedef struct pg_provider pg_provider_t;
+
+typedef void (*pg_step_fn)(pg_op_t *op, pg_status_t st);
+
+/* Per-process runtime state of one OIDC provider. */
+struct pg_provider {
+    pg_gate_t              *gate;
+    const pg_oidc_idp_cfg_t *cfg;
+    pg_oidc_meta_t          meta;
+    int                     have_meta;
+    uint64_t                meta_expires;   /* now_ms deadline */
+    pg_jwks_t              *jwks;
+    uint64_t                jwks_fetched;   /* now_ms of last fetch start */
+    int                     fetching;       /* 0, 1 = meta, 2 = jwks */
+    pg_http_op_t           *hop;
+    pg_op_t                *waiters;        /* ops waiting for a fetch */
+};
+
+struct pg_gate {
+    const pg_config_t      *cfg;
+    const pg_host_t        *host;
+    pg_redis_t             *redis;
+    pg_http_t              *http;
+    pg_audit_t             *audit;
+    pg_provider_t          *providers;      /* one per OIDC idp, cfg order */
+    size_t                  nproviders;
+    const char             *header_names[6];
+    char                   *state_cookie_prefix; /* "<cookie>_st_" */
+};
+
+enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT };
+
+struct pg_gate_op {
+    pg_gate_t              *g;
+    int                     flow;
+    pg_gate_cb              cb;
+    void                   *arg;
+
+    /* at most one pending wait */
+    pg_redis_op_t          *rop;
+    pg_http_op_t           *hop;
+    pg_scim_op_t           *sop;
+    pg_timer_t             *timer;
+    pg_provider_t          *waiting_on;     /* provider waiter list */
+    pg_op_t                *wnext;
+    pg_step_fn              next;           /* step to run when wait ends */
+
+    /* the request */
+    char                   *idp;
+    char                   *app;
+    char                   *uri;
+    char                   *args;
+    char                   *client_ip;
+    char                   *request_id;
+    int                     wants_html;
+    char                   *sid;            /* from a valid session cookie */
+    char                  **state_cookies;  /* unsealed state values */
+    size_t                  nstate_cookies;
+    char                   *state_cookie_names[PG_GATE_MAX_SET_COOKIES];
+    size_t                  nstate_cookie_names;
+
+    pg_provider_t          *prov;
+    const pg_target_cfg_t  *target;
+
+    /* flow data */
+    char                   *state;
+    char                   *code;
+    char                   *nonce;
+    char                   *verifier;
+    char                   *return_to;
+    char                   *id_token;
+    json_t                 *claims;
+    json_t                 *attrs;
+    json_t                 *session;        /* session record being built */
+    char                   *iid;
+    const char             *corr_how;
+    int                     jwks_retried;
+    pg_decision_t           decision;
+    char                   *lock_key;
+    char                   *lock_token;
+    uint64_t                lock_deadline;
+    char                   *known_account;
+    pg_scim_result_t        scim;           /* copy of the SCIM outcome */
+    int                     have_scim;
+    pg_step_fn              after_provision;
+    pg_step_fn              after_correlate;
+    uint64_t                started_ms;
+
+    pg_gate_result_t       *res;
+};
+
+/* ---- gate.c ---------------------------------------------------------- */
+pg_op_t *pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req,
+                   pg_gate_cb cb, void *arg);
+void pg_op_free(pg_op_t *op);
+/* Deliver res to the host and free op. */
+void pg_op_finish(pg_op_t *op, pg_gate_result_t *res);
+/* Finish with an error page (audited by the caller). */
+void pg_op_fail(pg_op_t *op, int status, const char *reason,
+                const char *message, const char *event_id);
+/* Audit helper: adds flow context (idp, app, client ip, identity). */
+void pg_op_audit(pg_op_t *op, const char *type, const char *outcome,
+                 const char *reason, json_t *fields, char id_out[PG_AUDIT_ID_LEN]);
+/* Audit then fail. */
+void pg_op_deny(pg_op_t *op, int status, const char *type, const char *reason,
+                const char *message, json_t *fields);
+
+/* lens may be NULL: every argv[i] is then a NUL-terminated string. */
+PG_MUST_USE pg_status_t pg_op_redis(pg_op_t *op, pg_step_fn next, int argc,
+                                    const char **argv, const size_t *lens);
+void pg_op_key(pg_op_t *op, pg_step_fn next, const char *cmd,
+               const char *prefix, const char *id);
+/* The reply of the last Redis step (valid inside the step only). */
+const struct redisReply *pg_op_reply(void);
+PG_MUST_USE pg_status_t pg_op_http(pg_op_t *op, pg_step_fn next,
+                                   const pg_http_request_t *req);
+/* The response of the last HTTP step (valid inside the step only). */
+const pg_http_response_t *pg_op_response(void);
+PG_MUST_USE pg_status_t pg_op_sleep(pg_op_t *op, pg_step_fn next,
+                                    uint64_t ms);
+
+/* "<prefix><a><b>" into a malloc'd key. */
+char *pg_key(pg_gate_t *g, const char *a, const char *b);
+
+pg_gate_result_t *pg_result_new(pg_res_kind_t kind, int status);
+PG_MUST_USE pg_status_t pg_result_cookie(pg_gate_result_t *res,
+                                         const char *value);
+char *pg_cookie_line(const pg_config_t *cfg, const char *name,
+                     const char *value, long max_age);
+
+/* ---- provider.c ------------------------------------------------------ */
+pg_provider_t *pg_provider_find(pg_gate_t *g, const char *idp);
+/* PG_OK when metadata (and JWKS when need_jwks) are ready now; otherwise
+ * the op is parked and next runs when the fetch ends (with its status). */
+PG_MUST_USE pg_status_t pg_provider_ready(pg_op_t *op, int need_jwks,
+                                          int force_jwks, pg_step_fn next,
+                                          int *parked);
+void pg_provider_unpark(pg_op_t *op);
+void pg_provider_clear(pg_provider_t *p);
+
+/* ---- login.c --------------------------------------------------------- */
+void pg_login_start(pg_op_t *op);
+void pg_callback_start(pg_op_t *op);
+
+/* ---- access.c -------------------------------------------------------- */
+void pg_access_start(pg_op_t *op);
+void pg_logout_start(pg_op_t *op);
+/* Record op->app's account and entitlements in a session record. */
+PG_MUST_USE pg_status_t pg_session_add_app(pg_op_t *op, json_t *sess);
+PG_MUST_USE pg_status_t pg_session_headers(pg_gate_t *g, const json_t *sess,
+                                           const char *app,
+                                           pg_gate_result_t *res);
+
+/* ---- provision.c ----------------------------------------------------- */
+/* Decide and provision op->app for op->iid/op->attrs, then run
+ * op->after_provision(op, PG_OK) with op->decision and op->scim filled, or
+ * finish the op with a denial/error page. */
+void pg_provision_start(pg_op_t *op);
+void pg_prov_unlock(pg_op_t *op);
+
+/* ---- identity.c ------------------------------------------------------ */
+/* Identity attributes from ID token claims, per cfg->claims. */
+PG_MUST_USE pg_status_t pg_identity_attrs(const pg_config_t *cfg,
+                                          const json_t *claims, json_t **out);
+/* Correlate op->claims/op->attrs to one identity id (op->iid), then next. */
+void pg_identity_correlate(pg_op_t *op, pg_step_fn next);
+
+#endif

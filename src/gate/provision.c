@@ -1,0 +1,323 @@
+/*
+ * provgate core: just-in-time provisioning of one app at login.
+ *
+ *   decide   pg_policy_decide(attrs, app): no account granted -> 403
+ *   lock     SET <p>lock:prov:<iid>:<app> <token> NX PX 30000; while held by
+ *            another login of the same person, poll every 50 ms (no
+ *            blocking) until it is free or the target's time budget is
+ *            spent. So two concurrent first logins of one person run the
+ *            target calls one after the other: the second finds the
+ *            account the first made (by its remembered id or by userName)
+ *            and never POSTs again.
+ *   ensure   pg_scim_ensure (lookup, create/adopt, PATCH, groups)
+ *   record   HSET <p>id:<iid> acct:<app> <id> ents:<app> <json>
+ *   unlock   compare-and-delete (Lua), so an expired lease taken over by
+ *            someone else is never released by us.
+ * Every HTTP call, the decision and the outcome are audited.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis.h>
+
+#include "provgate/util.h"
+#include "gate_int.h"
+
+static const char pg_unlock_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('DEL', KEYS[1]) else return 0 end";
+
+static void pg_prov_try_lock(pg_op_t *op, pg_status_t st);
+
+static void
+pg_ignore_reply(void *arg, pg_status_t st, const redisReply *reply)
+{
+    (void) arg;
+    (void) st;
+    (void) reply;
+}
+
+/* Release our lease if we hold one; fire and forget (it expires anyway).
+ * Also called when an op is cancelled or freed mid-flight. */
+void
+pg_prov_unlock(pg_op_t *op)
+{
+    const char *argv[5];
+
+    if (op->lock_key == NULL || op->lock_token == NULL) {
+        return;
+    }
+    argv[0] = "EVAL"; argv[1] = pg_unlock_lua; argv[2] = "1";
+    argv[3] = op->lock_key; argv[4] = op->lock_token;
+    if (pg_redis_command(op->g->redis, 5, argv, NULL, 0, pg_ignore_reply,
+                         NULL, NULL) != PG_OK) {
+        pg_log(op->g->host, PG_LOG_WARN, "could not release %s",
+               op->lock_key);
+    }
+    free(op->lock_token);
+    op->lock_token = NULL;
+}
+
+static int
+pg_scim_status(const char *reason)
+{
+    if (strcmp(reason, "target_timeout") == 0) {
+        return 504;
+    }
+    if (strcmp(reason, "target_unavailable") == 0) {
+        return 503;
+    }
+    return 502;
+}
+
+static void
+pg_prov_recorded(pg_op_t *op, pg_status_t st)
+{
+    json_t *f;
+    pg_step_fn next = op->after_provision;
+
+    pg_prov_unlock(op);
+    f = json_pack("{s:s, s:s?, s:b, s:b, s:b, s:i}", "target", op->app,
+                  "account", op->scim.account_id, "created", op->scim.created,
+                  "adopted", op->scim.adopted, "updated", op->scim.updated,
+                  "groups_added", (int) op->scim.groups_added);
+    pg_op_audit(op, "provision.account", "success", "ok", f, NULL);
+    next(op, PG_OK);
+}
+
+static void
+pg_prov_scim_call(void *arg, const char *method, const char *path,
+                  long status, pg_status_t st, unsigned ms)
+{
+    pg_op_t *op = arg;
+    json_t *f = json_pack("{s:s, s:s, s:s, s:i, s:s, s:i}", "target", op->app,
+                          "method", method, "path", path, "http_status",
+                          (int) status, "transport", pg_status_str(st),
+                          "ms", (int) ms);
+
+    pg_op_audit(op, "provision.call",
+                st == PG_OK && status < 400 ? "success" : "failure",
+                st == PG_OK ? "http" : pg_status_str(st), f, NULL);
+}
+
+static void
+pg_prov_scim_done(void *arg, const pg_scim_result_t *r)
+{
+    pg_op_t *op = arg;
+    json_t *f;
+    char *ents_json, *key;
+    const char *argv[6];
+    pg_status_t st;
+
+    op->sop = NULL;
+    op->scim = *r;
+    op->scim.account_id = r->account_id ? strdup(r->account_id) : NULL;
+    op->have_scim = 1;
+
+    if (r->st != PG_OK || op->scim.account_id == NULL) {
+        pg_prov_unlock(op);
+        f = json_pack("{s:s, s:s, s:i}", "target", op->app, "detail",
+                      r->detail, "http_status", (int) r->http_status);
+        pg_op_deny(op, pg_scim_status(r->reason), "provision.account",
+                   r->reason,
+                   "Your account in this application could not be prepared. "
+                   "Please try again later.", f);
+        return;
+    }
+
+    ents_json = op->decision.entitlements
+                    ? json_dumps(op->decision.entitlements, JSON_COMPACT)
+                    : strdup("[]");
+    key = pg_key(op->g, "id:", op->iid);
+    if (ents_json == NULL || key == NULL) {
+        free(ents_json);
+        free(key);
+        pg_prov_unlock(op);
+        pg_op_finish(op, NULL);
+        return;
+    }
+    {
+        char f1[160], f2[160];
+
+        snprintf(f1, sizeof(f1), "acct:%s", op->app);
+        snprintf(f2, sizeof(f2), "ents:%s", op->app);
+        argv[0] = "HSET"; argv[1] = key; argv[2] = f1;
+        argv[3] = op->scim.account_id; argv[4] = f2; argv[5] = ents_json;
+        st = pg_op_redis(op, pg_prov_recorded, 6, argv, NULL);
+    }
+    free(ents_json);
+    free(key);
+    if (st != PG_OK) {
+        pg_prov_recorded(op, st);
+    }
+}
+
+static void
+pg_prov_known(pg_op_t *op, pg_status_t st)
+{
+    const redisReply *reply = pg_op_reply();
+    pg_scim_request_t req;
+    pg_err_t err = { "" };
+    json_t *desired = NULL, *e, *f;
+    const char **groups;
+    size_t i, n = 0;
+
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_prov_unlock(op);
+        pg_op_deny(op, 503, "provision.account", "identity_store_unavailable",
+                   "The provisioning service is unavailable.", NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING) {
+        op->known_account = strndup(reply->str, reply->len);
+    }
+    if (pg_scim_build_user(op->target, op->attrs, &desired, &err) != PG_OK) {
+        pg_prov_unlock(op);
+        f = json_pack("{s:s, s:s}", "target", op->app, "detail", err.msg);
+        pg_op_deny(op, 502, "provision.account", "mapping_failed",
+                   "Your account cannot be built from your identity data.", f);
+        return;
+    }
+    groups = calloc(json_array_size(op->decision.entitlements) + 1,
+                    sizeof(char *));
+    if (groups == NULL) {
+        json_decref(desired);
+        pg_prov_unlock(op);
+        pg_op_finish(op, NULL);
+        return;
+    }
+    json_array_foreach(op->decision.entitlements, i, e) {
+        const char *type = json_string_value(json_object_get(e, "type"));
+        const char *value = json_string_value(json_object_get(e, "value"));
+
+        if (type != NULL && value != NULL && strcmp(type, "group") == 0) {
+            groups[n++] = value;
+        }
+    }
+    memset(&req, 0, sizeof(req));
+    req.target = op->target;
+    req.desired = desired;
+    req.known_id = op->known_account;
+    req.groups = groups;
+    req.on_call = pg_prov_scim_call;
+    st = pg_scim_ensure(op->g->http, &req, pg_prov_scim_done, op, &op->sop);
+    json_decref(desired);
+    free(groups);
+    if (st != PG_OK) {
+        pg_prov_unlock(op);
+        pg_op_deny(op, 503, "provision.account", "internal_error",
+                   "Provisioning could not start.", NULL);
+    }
+}
+
+static void
+pg_prov_locked(pg_op_t *op, pg_status_t st)
+{
+    const redisReply *reply = pg_op_reply();
+    const pg_host_t *h = op->g->host;
+    char *key;
+    const char *argv[3];
+    char field[160];
+
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        free(op->lock_token);
+        op->lock_token = NULL;
+        pg_op_deny(op, 503, "provision.account", "identity_store_unavailable",
+                   "The provisioning service is unavailable.", NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_NIL) {
+        /* another login of this person is provisioning: wait our turn */
+        if (h->now_ms(h->ctx) >= op->lock_deadline) {
+            free(op->lock_token);
+            op->lock_token = NULL;
+            pg_op_deny(op, 503, "provision.account", "provisioning_busy",
+                       "Your account is still being prepared. Please try "
+                       "again in a moment.", NULL);
+            return;
+        }
+        if (pg_op_sleep(op, pg_prov_try_lock, PG_GATE_LOCK_POLL_MS) != PG_OK) {
+            pg_op_finish(op, NULL);
+        }
+        return;
+    }
+    key = pg_key(op->g, "id:", op->iid);
+    if (key == NULL) {
+        pg_prov_unlock(op);
+        pg_op_finish(op, NULL);
+        return;
+    }
+    snprintf(field, sizeof(field), "acct:%s", op->app);
+    argv[0] = "HGET"; argv[1] = key; argv[2] = field;
+    st = pg_op_redis(op, pg_prov_known, 3, argv, NULL);
+    free(key);
+    if (st != PG_OK) {
+        pg_prov_known(op, st);
+    }
+}
+
+static void
+pg_prov_try_lock(pg_op_t *op, pg_status_t st)
+{
+    const char *argv[6];
+    char ttl[32];
+
+    snprintf(ttl, sizeof(ttl), "%u", PG_GATE_LOCK_MS);
+    argv[0] = "SET"; argv[1] = op->lock_key; argv[2] = op->lock_token;
+    argv[3] = "NX"; argv[4] = "PX"; argv[5] = ttl;
+    st = pg_op_redis(op, pg_prov_locked, 6, argv, NULL);
+    if (st != PG_OK) {
+        pg_prov_locked(op, st);
+    }
+}
+
+void
+pg_provision_start(pg_op_t *op)
+{
+    const pg_host_t *h = op->g->host;
+    char token[48], *name = NULL;
+    json_t *f;
+    pg_status_t st;
+
+    if (op->target == NULL) {
+        pg_op_deny(op, 403, "policy.decision", "unknown_app",
+                   "This application is not configured.", NULL);
+        return;
+    }
+    pg_decision_clear(&op->decision);
+    st = pg_policy_decide(op->g->cfg->policies, op->attrs, op->app,
+                          &op->decision);
+    if (st != PG_OK) {
+        pg_op_deny(op, 503, "policy.decision", "policy_error",
+                   "Your access could not be evaluated.", NULL);
+        return;
+    }
+    f = json_pack("{s:s, s:b, s:O?, s:O?}", "target", op->app, "granted",
+                  op->decision.has_account, "entitlements",
+                  op->decision.entitlements, "explanation",
+                  op->decision.explanation);
+    if (!op->decision.has_account) {
+        pg_op_deny(op, 403, "policy.decision", "not_entitled",
+                   "No policy gives you access to this application. Ask "
+                   "your manager or the application owner for access.", f);
+        return;
+    }
+    pg_op_audit(op, "policy.decision", "success", "granted", f, NULL);
+
+    if (pg_random_token(18, token, sizeof(token)) != PG_OK
+        || asprintf(&name, "lock:prov:%s:", op->iid) < 0) {
+        pg_op_finish(op, NULL);
+        return;
+    }
+    op->lock_key = pg_key(op->g, name, op->app);
+    free(name);
+    op->lock_token = strdup(token);
+    if (op->lock_key == NULL || op->lock_token == NULL) {
+        pg_op_finish(op, NULL);
+        return;
+    }
+    /* wait for a concurrent login at most about as long as it may take */
+    op->lock_deadline = h->now_ms(h->ctx)
+                        + 4 * (uint64_t) op->target->timeout_ms + 1000;
+    pg_prov_try_lock(op, PG_OK);
+}
