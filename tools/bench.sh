@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# make bench: see tools/bench.mjs. Results go to stdout; record them in
+# docs/performance.md.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+PROVGATE_MODULE="$top/build/ngx_http_provgate_module.so" exec node tools/bench.mjs
