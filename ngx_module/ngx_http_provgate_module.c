@@ -243,7 +243,8 @@ ngx_http_provgate_strip_handler(ngx_http_request_t *r)
             }
         }
         if (j < pmcf->nstrip) {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+            /* info, not warn: a client must not be able to flood the log */
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "provgate: dropped client header \"%V\"",
                           &h[i].key);
             continue;
@@ -536,6 +537,7 @@ ngx_http_provgate_done(void *arg, pg_gate_result_t *res)
     ctx->op = NULL;
     ctx->waiting = 0;
     ctx->res = res;
+    r->read_event_handler = ngx_http_block_reading;
 
     if (ctx->content) {
         rc = ngx_http_provgate_send(r, res);
@@ -685,7 +687,14 @@ ngx_http_provgate_access_handler(ngx_http_request_t *r)
         return ngx_http_provgate_access_result(r, ctx);
     }
 
+    /*
+     * While we wait, notice a client that goes away: nginx then finalizes
+     * the request (499), its pool cleanup cancels the gate operation, and
+     * whatever it held (a Redis command, an HTTP transfer, a provisioning
+     * lease) is released at once.
+     */
     ctx->waiting = 1;
+    r->read_event_handler = ngx_http_test_reading;
 
     return NGX_DONE;
 }
@@ -745,6 +754,7 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
     }
 
     ctx->waiting = 1;
+    r->read_event_handler = ngx_http_test_reading;
     r->main->count++;
 
     return NGX_DONE;

@@ -103,7 +103,7 @@ typedef struct pg_session_cfg {
     char *cookie_domain;       /* optional */
     char *cookie_path;         /* default "/" */
     unsigned ttl_s;            /* absolute lifetime, default 28800 */
-    unsigned cache_ms;         /* per-worker positive cache, default 0 (off) */
+    unsigned cache_ms;         /* per-process session cache, default 5000; 0 = off */
     uint8_t key[PG_SEAL_KEY_LEN]; /* derived from "key_file" (SHA-256 of content) */
 } pg_session_cfg_t;
 

@@ -44,7 +44,8 @@ typedef struct pg_gate_result {
     char *body;                     /* PAGE */
     size_t body_len;
     const char *content_type;       /* static string */
-    pg_kv_t *headers;               /* ALLOW: identity headers to add */
+    pg_kv_t *headers;               /* ALLOW: identity headers to add; one
+                                       allocation with its strings */
     size_t nheaders;
     char *set_cookies[PG_GATE_MAX_SET_COOKIES]; /* full Set-Cookie values */
     size_t nset_cookies;

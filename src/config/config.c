@@ -220,7 +220,7 @@ parse_session(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         return PG_ERR_CONFIG;
     }
     TRY(pg_cfg_uint(o, p, "ttl_s", 28800, 1, 2592000, &s->ttl_s, err));
-    TRY(pg_cfg_uint(o, p, "cache_ms", 0, 0, 60000, &s->cache_ms, err));
+    TRY(pg_cfg_uint(o, p, "cache_ms", 5000, 0, 60000, &s->cache_ms, err));
     TRY(pg_cfg_path(o, p, "key_file", 1, &key_file, err));
     st = load_session_key(s, key_file, p, err);
     free(key_file);

@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <hiredis.h>
 
@@ -17,69 +18,39 @@
 
 #define PG_HEADER_MAX 4096
 
-/* Join the strings of a JSON array with ','; malloc'd, "" when empty. */
-static char *
-pg_join(const json_t *arr)
+/* Append the strings of a JSON array, comma-separated, to buf (NUL-
+ * terminated, truncated at bufsz-1). Returns buf. */
+static const char *
+pg_join(const json_t *arr, char *buf, size_t bufsz)
 {
-    size_t i, len = 0;
+    size_t i, len = 0, l;
     json_t *v;
-    char *out;
 
+    buf[0] = '\0';
     json_array_foreach(arr, i, v) {
-        if (json_is_string(v)) {
-            len += json_string_length(v) + 1;
+        if (!json_is_string(v)) {
+            continue;
         }
-    }
-    out = malloc(len + 1);
-    if (out == NULL) {
-        return NULL;
-    }
-    len = 0;
-    json_array_foreach(arr, i, v) {
-        if (json_is_string(v)) {
-            size_t l = json_string_length(v);
-
-            if (len > 0) {
-                out[len++] = ',';
-            }
-            memcpy(out + len, json_string_value(v), l);
-            len += l;
+        l = json_string_length(v);
+        if (len + (len > 0) + l + 1 > bufsz) {
+            break;
         }
+        if (len > 0) {
+            buf[len++] = ',';
+        }
+        memcpy(buf + len, json_string_value(v), l);
+        len += l;
+        buf[len] = '\0';
     }
-    out[len] = '\0';
-    return out;
-}
-
-static pg_status_t
-pg_add_header(pg_gate_result_t *res, const char *name, const char *value)
-{
-    char buf[PG_HEADER_MAX];
-    pg_kv_t *nh;
-
-    if (name == NULL || name[0] == '\0' || value == NULL) {
-        return PG_OK;
-    }
-    pg_header_value_clean(value, strlen(value), buf, sizeof(buf));
-    nh = realloc(res->headers, (res->nheaders + 1) * sizeof(pg_kv_t));
-    if (nh == NULL) {
-        return PG_ERR_NOMEM;
-    }
-    res->headers = nh;
-    nh[res->nheaders].name = strdup(name);
-    nh[res->nheaders].value = strdup(buf);
-    if (nh[res->nheaders].name == NULL || nh[res->nheaders].value == NULL) {
-        free(nh[res->nheaders].name);
-        free(nh[res->nheaders].value);
-        return PG_ERR_NOMEM;
-    }
-    res->nheaders++;
-    return PG_OK;
+    return buf;
 }
 
 /*
  * Fill res->headers from a session record: user (attrs[user_attr]), email,
  * groups (comma-joined), entitlements of app (comma-joined), identity id.
- * Every value is cleaned of control bytes and capped at 4 KiB.
+ * Every value is cleaned of control bytes and capped at 4 KiB. The array
+ * and all its strings are one allocation (this runs on every request);
+ * pg_gate_result_free() releases it with one free().
  */
 pg_status_t
 pg_session_headers(pg_gate_t *g, const json_t *sess, const char *app,
@@ -88,41 +59,64 @@ pg_session_headers(pg_gate_t *g, const json_t *sess, const char *app,
     const pg_headers_cfg_t *h = &g->cfg->headers;
     const json_t *attrs = json_object_get(sess, "attrs");
     const json_t *v;
-    char *joined;
-    pg_status_t st = PG_OK;
+    const char *names[5], *raw[5];
+    char vals[5][PG_HEADER_MAX], joined[2][PG_HEADER_MAX];
+    size_t n = 0, i, total = 0, nl, vl;
+    char *block, *p;
+    pg_kv_t *kv;
 
     v = json_object_get(attrs, h->user_attr);
     if (!json_is_string(v)) {
         v = json_object_get(attrs, "email");
     }
     if (json_is_string(v)) {
-        st = pg_add_header(res, h->user, json_string_value(v));
+        names[n] = h->user; raw[n++] = json_string_value(v);
     }
     v = json_object_get(attrs, "email");
-    if (st == PG_OK && json_is_string(v)) {
-        st = pg_add_header(res, h->email, json_string_value(v));
+    if (json_is_string(v)) {
+        names[n] = h->email; raw[n++] = json_string_value(v);
     }
     v = json_object_get(attrs, "groups");
-    if (st == PG_OK && json_is_array(v)) {
-        joined = pg_join(v);
-        st = joined ? pg_add_header(res, h->groups, joined) : PG_ERR_NOMEM;
-        free(joined);
+    if (json_is_array(v)) {
+        names[n] = h->groups; raw[n++] = pg_join(v, joined[0], PG_HEADER_MAX);
     }
-    if (st == PG_OK && app != NULL) {
+    if (app != NULL) {
         v = json_object_get(json_object_get(json_object_get(sess, "apps"),
                                             app), "ents");
         if (json_is_array(v)) {
-            joined = pg_join(v);
-            st = joined ? pg_add_header(res, h->entitlements, joined)
-                        : PG_ERR_NOMEM;
-            free(joined);
+            names[n] = h->entitlements;
+            raw[n++] = pg_join(v, joined[1], PG_HEADER_MAX);
         }
     }
     v = json_object_get(sess, "iid");
-    if (st == PG_OK && json_is_string(v)) {
-        st = pg_add_header(res, h->identity, json_string_value(v));
+    if (json_is_string(v)) {
+        names[n] = h->identity; raw[n++] = json_string_value(v);
     }
-    return st;
+
+    for (i = 0; i < n; i++) {
+        pg_header_value_clean(raw[i], strlen(raw[i]), vals[i], PG_HEADER_MAX);
+        total += strlen(names[i]) + 1 + strlen(vals[i]) + 1;
+    }
+    block = malloc(n * sizeof(pg_kv_t) + total + 1);
+    if (block == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    kv = (pg_kv_t *) (void *) block;
+    p = block + n * sizeof(pg_kv_t);
+    for (i = 0; i < n; i++) {
+        nl = strlen(names[i]);
+        vl = strlen(vals[i]);
+        kv[i].name = p;
+        memcpy(p, names[i], nl + 1);
+        p += nl + 1;
+        kv[i].value = p;
+        memcpy(p, vals[i], vl + 1);
+        p += vl + 1;
+    }
+    free(res->headers);
+    res->headers = kv;
+    res->nheaders = n;
+    return PG_OK;
 }
 
 static void
@@ -143,6 +137,11 @@ pg_access_allow(pg_op_t *op)
 static void
 pg_access_updated(pg_op_t *op, pg_status_t st)
 {
+    if (st == PG_OK) {
+        pg_cache_put(&op->g->cache, op->sid, op->session, (int64_t) time(NULL));
+    } else {
+        pg_cache_del(&op->g->cache, op->sid);
+    }
     /* the account exists either way; a lost update only means the next
      * request provisions again, which is idempotent */
     pg_access_allow(op);
@@ -273,6 +272,7 @@ pg_access_session(pg_op_t *op, pg_status_t st)
         pg_provision_start(op);
         return;
     }
+    pg_cache_put(&op->g->cache, op->sid, sess, (int64_t) time(NULL));
     pg_access_allow(op);
 }
 
@@ -288,6 +288,8 @@ pg_access_start(pg_op_t *op)
         pg_login_start(op);
         return;
     }
+    /* not answerable from the cache (pg_access_fast): read Redis, which
+     * also refreshes the cache */
     pg_op_key(op, pg_access_session, "GET", "sess:", op->sid);
 }
 
@@ -360,8 +362,8 @@ pg_logout_session(pg_op_t *op, pg_status_t st)
     const redisReply *reply = pg_op_reply();
     json_error_t jerr;
     json_t *iid;
-    char *key, *idx = NULL;
-    const char *argv[8];
+    char *key, *idx = NULL, *revoked;
+    const char *argv[10];
     int n = 0;
 
     if (st == PG_OK && reply != NULL && reply->type == REDIS_REPLY_STRING
@@ -372,28 +374,37 @@ pg_logout_session(pg_op_t *op, pg_status_t st)
     if (json_is_string(iid)) {
         op->iid = strdup(json_string_value(iid));
     }
+    pg_cache_del(&op->g->cache, op->sid);
     key = pg_key(op->g, "sess:", op->sid);
+    revoked = pg_key(op->g, "revoked", NULL);
     if (op->iid != NULL) {
         idx = pg_key(op->g, "idsess:", op->iid);
     }
-    if (key == NULL) {
+    if (key == NULL || revoked == NULL) {
+        free(key);
+        free(revoked);
         free(idx);
         pg_logout_finish(op);
         return;
     }
-    /* one atomic round trip: drop the session and its index entry */
+    /* one atomic round trip: drop the session and its index entry, and
+     * tell every process's session cache (the revocation feed) */
     argv[n++] = "EVAL";
     argv[n++] = "redis.call('DEL', KEYS[1]) "
-                "if KEYS[2] then redis.call('SREM', KEYS[2], ARGV[1]) end "
+                "redis.call('XADD', KEYS[2], 'MAXLEN', '~', '100000', '*', "
+                "'sid', ARGV[1]) "
+                "if KEYS[3] then redis.call('SREM', KEYS[3], ARGV[1]) end "
                 "return 1";
-    argv[n++] = idx ? "2" : "1";
+    argv[n++] = idx ? "3" : "2";
     argv[n++] = key;
+    argv[n++] = revoked;
     if (idx) {
         argv[n++] = idx;
     }
     argv[n++] = op->sid;
     st = pg_op_redis(op, pg_logout_deleted, n, argv, NULL);
     free(key);
+    free(revoked);
     free(idx);
     if (st != PG_OK) {
         pg_logout_deleted(op, st);

@@ -66,11 +66,7 @@ pg_gate_result_free(pg_gate_result_t *res)
     }
     free(res->location);
     free(res->body);
-    for (i = 0; i < res->nheaders; i++) {
-        free(res->headers[i].name);
-        free(res->headers[i].value);
-    }
-    free(res->headers);
+    free(res->headers); /* one block with its strings (pg_session_headers) */
     for (i = 0; i < res->nset_cookies; i++) {
         free(res->set_cookies[i]);
     }
@@ -226,6 +222,93 @@ pg_gate_error_page(int status, const char *reason, const char *message)
 /* ---- ops ------------------------------------------------------------- */
 
 /*
+ * Iterate the "name=value" pairs of one Cookie header value: returns 1 with
+ * name and value (not NUL-terminated) and advances *p, or 0 at the end.
+ * Pairs without '=' are skipped. The caller has capped the header length.
+ */
+static int
+pg_cookie_next(const char **p, const char **k, size_t *klen, const char **v,
+               size_t *vlen)
+{
+    while (*p != NULL && **p != '\0') {
+        const char *s = *p, *end, *eq;
+        size_t len;
+
+        while (*s == ' ' || *s == '\t') {
+            s++;
+        }
+        end = strchr(s, ';');
+        len = end ? (size_t) (end - s) : strlen(s);
+        *p = end ? end + 1 : NULL;
+        eq = memchr(s, '=', len);
+        if (eq == NULL) {
+            continue;
+        }
+        *k = s;
+        *klen = (size_t) (eq - s);
+        *v = eq + 1;
+        *vlen = len - *klen - 1;
+        return 1;
+    }
+    return 0;
+}
+
+/*
+ * The fast path of a protected request: a valid session cookie whose
+ * session is in this process's cache (trusted only while the revocation
+ * feed is live) and complete for this location. Builds the ALLOW result
+ * without creating an op; NULL means "take the normal path".
+ */
+static pg_gate_result_t *
+pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req)
+{
+    const pg_config_t *cfg = g->cfg;
+    size_t i, nlen = strlen(cfg->session.cookie_name);
+    const json_t *sess = NULL;
+    const char *idp;
+    pg_gate_result_t *res;
+
+    for (i = 0; i < req->ncookies && sess == NULL; i++) {
+        const char *p = req->cookies[i], *k, *v;
+        size_t klen, vlen, outlen = 0;
+        char sid[128];
+
+        if (strnlen(p, PG_GATE_MAX_COOKIE + 1) > PG_GATE_MAX_COOKIE) {
+            continue;
+        }
+        while (pg_cookie_next(&p, &k, &klen, &v, &vlen)) {
+            if (klen != nlen || memcmp(k, cfg->session.cookie_name, nlen) != 0) {
+                continue;
+            }
+            if (pg_unseal(cfg->session.key, "session", v, vlen, sid,
+                          sizeof(sid) - 1, &outlen) != PG_OK) {
+                return NULL; /* the normal path audits the bad cookie */
+            }
+            sid[outlen] = '\0';
+            sess = pg_cache_get(&g->cache, sid);
+            break;
+        }
+    }
+    if (sess == NULL) {
+        return NULL;
+    }
+    idp = json_string_value(json_object_get(sess, "idp"));
+    if ((req->idp != NULL && (idp == NULL || strcmp(idp, req->idp) != 0))
+        || (req->app != NULL
+            && json_object_get(json_object_get(sess, "apps"), req->app)
+               == NULL)) {
+        return NULL;
+    }
+    res = pg_result_new(PG_RES_ALLOW, 200);
+    if (res == NULL || pg_session_headers(g, sess, req->app, res) != PG_OK) {
+        pg_gate_result_free(res);
+        return NULL;
+    }
+    res->no_store = 0;
+    return res;
+}
+
+/*
  * A new op with copies of what it needs from req. Cookies are parsed here:
  * the session cookie is unsealed into op->sid (a tampered or foreign value
  * simply means no session) and state cookies are unsealed into
@@ -267,65 +350,49 @@ pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     }
 
     for (i = 0; i < req->ncookies; i++) {
-        const char *p = req->cookies[i];
-        size_t len = strnlen(p, PG_GATE_MAX_COOKIE + 1);
+        const char *p = req->cookies[i], *k, *v;
+        size_t klen, vlen;
+        char buf[512];
+        size_t outlen = 0;
 
-        if (len > PG_GATE_MAX_COOKIE) {
+        if (strnlen(p, PG_GATE_MAX_COOKIE + 1) > PG_GATE_MAX_COOKIE) {
             continue; /* over the cap: ignored, as if absent */
         }
-        while (p != NULL && *p != '\0') {
-            const char *end = strchr(p, ';');
-            const char *eq;
-            size_t plen2;
+        while (pg_cookie_next(&p, &k, &klen, &v, &vlen)) {
+            if (klen == nlen && memcmp(k, cfg->session.cookie_name, nlen) == 0
+                && op->sid == NULL) {
+                if (pg_unseal(cfg->session.key, "session", v, vlen, buf,
+                              sizeof(buf) - 1, &outlen) == PG_OK) {
+                    buf[outlen] = '\0';
+                    op->sid = strdup(buf);
+                } else {
+                    op->sid = strdup(""); /* present but invalid */
+                }
+            } else if (klen > plen && memcmp(k, g->state_cookie_prefix, plen) == 0
+                       && op->nstate_cookies < 8) {
+                char **nv;
 
-            while (*p == ' ' || *p == '\t') {
-                p++;
-            }
-            plen2 = end ? (size_t) (end - p) : strlen(p);
-            eq = memchr(p, '=', plen2);
-            if (eq != NULL) {
-                size_t klen = (size_t) (eq - p);
-                const char *v = eq + 1;
-                size_t vlen = plen2 - klen - 1;
-                char buf[512];
-                size_t outlen = 0;
-
-                if (klen == nlen && memcmp(p, cfg->session.cookie_name, nlen) == 0
-                    && op->sid == NULL) {
-                    if (pg_unseal(cfg->session.key, "session", v, vlen, buf,
-                                  sizeof(buf) - 1, &outlen) == PG_OK) {
-                        buf[outlen] = '\0';
-                        op->sid = strdup(buf);
-                    } else {
-                        op->sid = strdup(""); /* present but invalid */
+                if (op->nstate_cookie_names < PG_GATE_MAX_SET_COOKIES - 1) {
+                    op->state_cookie_names[op->nstate_cookie_names] =
+                        strndup(k, klen);
+                    if (op->state_cookie_names[op->nstate_cookie_names]) {
+                        op->nstate_cookie_names++;
                     }
-                } else if (klen > plen && memcmp(p, g->state_cookie_prefix, plen) == 0
-                           && op->nstate_cookies < 8) {
-                    char **nv;
-
-                    if (op->nstate_cookie_names < PG_GATE_MAX_SET_COOKIES - 1) {
-                        op->state_cookie_names[op->nstate_cookie_names] =
-                            strndup(p, klen);
-                        if (op->state_cookie_names[op->nstate_cookie_names]) {
-                            op->nstate_cookie_names++;
-                        }
-                    }
-                    if (pg_unseal(cfg->session.key, "state", v, vlen, buf,
-                                  sizeof(buf) - 1, &outlen) == PG_OK) {
-                        buf[outlen] = '\0';
-                        nv = realloc(op->state_cookies,
-                                     (op->nstate_cookies + 1) * sizeof(char *));
-                        if (nv != NULL) {
-                            op->state_cookies = nv;
-                            nv[op->nstate_cookies] = strdup(buf);
-                            if (nv[op->nstate_cookies] != NULL) {
-                                op->nstate_cookies++;
-                            }
+                }
+                if (pg_unseal(cfg->session.key, "state", v, vlen, buf,
+                              sizeof(buf) - 1, &outlen) == PG_OK) {
+                    buf[outlen] = '\0';
+                    nv = realloc(op->state_cookies,
+                                 (op->nstate_cookies + 1) * sizeof(char *));
+                    if (nv != NULL) {
+                        op->state_cookies = nv;
+                        nv[op->nstate_cookies] = strdup(buf);
+                        if (nv[op->nstate_cookies] != NULL) {
+                            op->nstate_cookies++;
                         }
                     }
                 }
             }
-            p = end ? end + 1 : NULL;
         }
     }
     return op;
@@ -600,6 +667,11 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
     if (st != PG_OK) {
         goto fail;
     }
+    st = pg_cache_init(g);
+    if (st != PG_OK) {
+        pg_err_set(err, "session cache: %s", pg_status_str(st));
+        goto fail;
+    }
     if (asprintf(&g->state_cookie_prefix, "%s_st_",
                  cfg->session.cookie_name) < 0) {
         g->state_cookie_prefix = NULL;
@@ -648,6 +720,7 @@ pg_gate_free(pg_gate_t *g)
         pg_provider_clear(&g->providers[i]);
     }
     free(g->providers);
+    pg_cache_free(&g->cache);
     pg_audit_free(g->audit);
     pg_http_free(g->http);
     pg_redis_free(g->redis);
@@ -690,6 +763,13 @@ pg_gate_run(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
 
     *op_out = NULL;
     *sync_res = NULL;
+
+    if (flow == PG_FLOW_ACCESS) {
+        *sync_res = pg_access_fast(g, req);
+        if (*sync_res != NULL) {
+            return PG_OK;
+        }
+    }
 
     op = pg_op_new(g, flow, req, pg_sync_cb, &sync);
     if (op == NULL) {

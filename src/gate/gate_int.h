@@ -34,6 +34,18 @@ typedef struct pg_provider pg_provider_t;
 
 typedef void (*pg_step_fn)(pg_op_t *op, pg_status_t st);
 
+/* Per-process session cache and its revocation feed (cache.c). */
+typedef struct pg_cache {
+    pg_gate_t              *g;
+    json_t                 *map;            /* sid -> {"until", "s"} */
+    pg_redis_t             *feed;           /* own connection: XREAD BLOCK */
+    pg_redis_op_t          *op;
+    pg_timer_t             *retry;
+    char                   *stream;         /* <prefix>revoked */
+    char                    last_id[64];
+    int                     live;           /* feed established */
+} pg_cache_t;
+
 /* Per-process runtime state of one OIDC provider. */
 struct pg_provider {
     pg_gate_t              *gate;
@@ -57,6 +69,7 @@ struct pg_gate {
     pg_provider_t          *providers;      /* one per OIDC idp, cfg order */
     size_t                  nproviders;
     const char             *header_names[6];
+    pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
 };
 
@@ -159,6 +172,13 @@ PG_MUST_USE pg_status_t pg_result_cookie(pg_gate_result_t *res,
                                          const char *value);
 char *pg_cookie_line(const pg_config_t *cfg, const char *name,
                      const char *value, long max_age);
+
+/* ---- cache.c --------------------------------------------------------- */
+PG_MUST_USE pg_status_t pg_cache_init(pg_gate_t *g);
+void pg_cache_free(pg_cache_t *c);
+const json_t *pg_cache_get(pg_cache_t *c, const char *sid);
+void pg_cache_put(pg_cache_t *c, const char *sid, json_t *sess, int64_t now_s);
+void pg_cache_del(pg_cache_t *c, const char *sid);
 
 /* ---- provider.c ------------------------------------------------------ */
 pg_provider_t *pg_provider_find(pg_gate_t *g, const char *idp);

@@ -229,12 +229,13 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
     }
     free(op->sid);
     op->sid = strdup(sid);
-    sess = json_pack("{s:s, s:s, s:O, s:O, s:O, s:{}, s:I, s:s}",
+    sess = json_pack("{s:s, s:s, s:O, s:O, s:O, s:{}, s:I, s:I, s:s}",
                      "iid", op->iid, "idp", op->idp,
                      "iss", json_object_get(op->claims, "iss"),
                      "sub", json_object_get(op->claims, "sub"),
                      "attrs", op->attrs, "apps",
                      "created", (json_int_t) time(NULL),
+                     "exp", (json_int_t) time(NULL) + cfg->session.ttl_s,
                      "id_token", op->id_token);
     if (sess == NULL || op->sid == NULL
         || pg_session_add_app(op, sess) != PG_OK) {

@@ -190,6 +190,41 @@ done:
 }
 
 /*
+ * A decryption context with the AES-256-GCM key schedule for key already
+ * set up, so that unsealing a cookie on every request only sets the nonce.
+ * One context per process, re-keyed when a different key is seen (the
+ * gateway uses one session key). Not thread-safe: the core runs on one
+ * event-loop thread per process. Freed at exit by OpenSSL's cleanup of the
+ * process; the key copy is kept only to compare.
+ */
+static EVP_CIPHER_CTX *
+pg_unseal_ctx(const uint8_t key[PG_SEAL_KEY_LEN])
+{
+    static EVP_CIPHER_CTX *ctx;
+    static uint8_t ctx_key[PG_SEAL_KEY_LEN];
+
+    if (ctx != NULL && CRYPTO_memcmp(ctx_key, key, PG_SEAL_KEY_LEN) == 0) {
+        return ctx;
+    }
+    if (ctx == NULL) {
+        ctx = EVP_CIPHER_CTX_new();
+        if (ctx == NULL) {
+            return NULL;
+        }
+    }
+    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SEAL_NONCE_LEN,
+                            NULL) != 1 ||
+        EVP_DecryptInit_ex(ctx, NULL, NULL, key, NULL) != 1) {
+        EVP_CIPHER_CTX_free(ctx);
+        ctx = NULL;
+        return NULL;
+    }
+    memcpy(ctx_key, key, PG_SEAL_KEY_LEN);
+    return ctx;
+}
+
+/*
  * Open a value made by pg_seal with the same key and aad. in[0..inlen) is
  * capped at the largest sealed form of PG_SEAL_MAX_PLAINTEXT bytes.
  *
@@ -236,14 +271,12 @@ pg_unseal(const uint8_t key[PG_SEAL_KEY_LEN], const char *aad, const char *in,
         OPENSSL_cleanse(raw, sizeof(raw));
         return PG_ERR_TOO_LARGE;
     }
-    ctx = EVP_CIPHER_CTX_new();
+    ctx = pg_unseal_ctx(key);
     if (ctx == NULL) {
         return PG_ERR_NOMEM;
     }
-    if (EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1 ||
-        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, SEAL_NONCE_LEN,
-                            NULL) != 1 ||
-        EVP_DecryptInit_ex(ctx, NULL, NULL, key, raw) != 1) {
+    /* the key schedule is cached in ctx; only the nonce changes */
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, raw) != 1) {
         goto done;
     }
     if (aadlen > 0 &&
@@ -278,8 +311,7 @@ pg_unseal(const uint8_t key[PG_SEAL_KEY_LEN], const char *aad, const char *in,
     }
     st = PG_OK;
 done:
-    EVP_CIPHER_CTX_free(ctx);
-    OPENSSL_cleanse(raw, sizeof(raw));
-    OPENSSL_cleanse(pt, sizeof(pt));
+    /* ctx stays cached for this key; the ciphertext is not secret */
+    OPENSSL_cleanse(pt, ctlen);
     return st;
 }

@@ -12,12 +12,14 @@
  * (a value decoded once by us may be decoded again by the application). */
 #define RETURN_PATH_DECODE_ROUNDS 4
 
+/* 1 for an ASCII control byte (< 0x20 or DEL). */
 static int
 is_ctl(unsigned char c)
 {
     return c < 0x20 || c == 0x7f;
 }
 
+/* Value of a hex digit (either case), or -1. */
 static int
 hexval(unsigned char c)
 {

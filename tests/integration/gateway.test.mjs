@@ -112,6 +112,19 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     assert.equal((await e.scimUsers('alice')).length, 1);
   });
 
+  test('a verified email links a second account to the same identity; an unverified one never does', async () => {
+    const { res: a } = await e.login('alice', '/app/corr');
+    const aliceId = echoed(a, 'x-provgate-identity')[0];
+    const { res: a2 } = await e.login('alice2', '/app/corr');
+    assert.equal(a2.status, 200, a2.body);
+    assert.equal(echoed(a2, 'x-provgate-identity')[0], aliceId, 'linked by verified email');
+    assert.ok(e.audit().some((x) => x.type === 'identity.correlation' && x.reason === 'correlated'));
+    // carol's email is not verified: a second subject with it gets its own identity
+    const { res: c1 } = await e.login('carol', '/app/corr');
+    const { res: c2 } = await e.login('carol2', '/app/corr');
+    assert.notEqual(echoed(c2, 'x-provgate-identity')[0], echoed(c1, 'x-provgate-identity')[0]);
+  });
+
   test('a changed attribute is PATCHed on the next login', async () => {
     await e.op.stop();
     const users = JSON.parse(JSON.stringify(e.users));
@@ -314,10 +327,106 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     assert.ok(times[times.length - 1] < 500, `max latency ${times[times.length - 1]} ms`);
   });
 
+  test('a client that leaves during provisioning is cleaned up: lease released, worker healthy', async () => {
+    const pids = e.nginx.workerPids();
+    const sessionsOf = async () => {
+      const keys = await e.redisCmd('KEYS', 'pg:sess:*');
+      const vals = await Promise.all(keys.map((k) => e.redisCmd('GET', k)));
+      return vals.filter((v) => v && JSON.parse(v).attrs.username === 'dave').length;
+    };
+    const before1 = await sessionsOf();
+    await e.scim.setFaults({ latency_ms: 3000 });
+    const { callbackUrl, b } = await loginUntilCallback(e, 'dave', '/app/gone');
+    const u = new URL(callbackUrl);
+    const cookieHdr = b.cookiesFor(callbackUrl).map((c) => `${c.name}=${c.value}`).join('; ');
+    await new Promise((resolve) => {
+      const s = net.connect(e.port, '127.0.0.1', () => {
+        s.write(`GET ${u.pathname}${u.search} HTTP/1.1\r\nHost: ${u.host}\r\nCookie: ${cookieHdr}\r\n\r\n`);
+        setTimeout(() => { s.destroy(); resolve(); }, 400); // gone while the target is slow
+      });
+    });
+    await sleep(100);
+    await e.scim.clearFaults();
+    // the abandoned login's provisioning lease was released at once, so the
+    // next login of the same person does not wait for the 30 s lease
+    const t0 = Date.now();
+    const again = await e.login('dave', '/app/gone');
+    assert.equal(again.res.status, 200, again.res.body);
+    assert.ok(Date.now() - t0 < 2000, `second login took ${Date.now() - t0} ms`);
+    // the abandoned login never completes: only the second one made a session
+    await sleep(3000);
+    assert.equal(await sessionsOf(), before1 + 1);
+    assert.deepEqual(e.nginx.workerPids(), pids, 'no worker died');
+    assert.ok(!/\[alert\]|exited on signal/.test(e.nginx.errorLog()));
+    assert.match(e.nginx.errorLog(), /client prematurely closed|499|closed/i);
+  });
+
+  test('the session cache answers without Redis, and a revocation evicts it at once', async () => {
+    const { b } = await e.login('alice', '/app/c');
+    const sealed = sessionCookie(b, e);
+    assert.equal((await b.request('GET', `${e.base}/app/c`)).status, 200); // now cached
+    const keys = await e.redisCmd('KEYS', 'pg:sess:*');
+    // find this browser's session by its identity and newest creation
+    const recs = await Promise.all(keys.map(async (k) => [k, JSON.parse(await e.redisCmd('GET', k))]));
+    const [key] = recs.filter(([, v]) => v.attrs.username === 'alice').sort((x, y) => y[1].created - x[1].created)[0];
+    const sid = key.slice('pg:sess:'.length);
+    // deleted behind provgate's back: the cache still answers (it is used)
+    await e.redisCmd('DEL', key);
+    assert.equal((await b.request('GET', `${e.base}/app/c`)).status, 200);
+    // a revocation on the feed evicts it: the next request needs a login
+    await e.redisCmd('XADD', 'pg:revoked', '*', 'sid', sid);
+    let r;
+    for (let i = 0; i < 20; i++) {
+      r = await b.request('GET', `${e.base}/app/c`);
+      if (r.status === 302) break;
+      await sleep(10);
+    }
+    assert.equal(r.status, 302, 'revoked session is not served from the cache');
+    assert.ok(sealed);
+  });
+
+  test('revoking an identity evicts all its cached sessions', async () => {
+    const one = await e.login('carol', '/app/k');
+    const two = await e.login('carol', '/app/k');
+    for (const x of [one, two]) assert.equal((await x.b.request('GET', `${e.base}/app/k`)).status, 200);
+    const iid = echoed(one.res, 'x-provgate-identity')[0];
+    const sids = await e.redisCmd('SMEMBERS', `pg:idsess:${iid}`);
+    for (const sid of sids) await e.redisCmd('DEL', `pg:sess:${sid}`);
+    await e.redisCmd('XADD', 'pg:revoked', '*', 'iid', iid);
+    await sleep(50);
+    for (const x of [one, two]) assert.equal((await x.b.request('GET', `${e.base}/app/k`)).status, 302);
+  });
+
+  test('logout on one worker is honoured by every worker at once', async () => {
+    const e2 = await startEnv(undefined, { workers: 2, cfgOver: () => ({}) });
+    try {
+      const { b } = await e2.login('alice', '/app/w');
+      // warm both workers' caches: many short connections spread over workers
+      for (let i = 0; i < 30; i++) assert.equal((await b.request('GET', `${e2.base}/app/w`)).status, 200);
+      const sid = sessionCookie(b, e2);
+      assert.equal((await b.request('GET', `${e2.base}/provgate/logout`)).status, 302);
+      b.setCookie(`${e2.base}/`, 'provgate_session', sid);
+      for (let i = 0; i < 30; i++) {
+        const r = await b.request('GET', `${e2.base}/app/w`);
+        assert.equal(r.status, 302, `request ${i} after logout was served`);
+      }
+      assert.deepEqual(e2.sanitizerReports(), []);
+    } finally {
+      await e2.nginx.stop();
+    }
+  });
+
   test('Redis down: 503 and audited; back when Redis returns (AOF)', async () => {
     const { b } = await e.login('alice', '/app/r');
     await stopRedis(e.redis);
-    const r = await b.request('GET', `${e.base}/app/r`);
+    // the worker learns that Redis is gone from its revocation feed (and
+    // stops trusting its session cache) within milliseconds
+    let r;
+    for (let i = 0; i < 20; i++) {
+      r = await b.request('GET', `${e.base}/app/r`);
+      if (r.status !== 200) break;
+      await sleep(50);
+    }
     assert.equal(r.status, 503);
     assert.match(r.body, /identity_store_unavailable/);
     assert.ok(e.audit().some((x) => x.reason === 'identity_store_unavailable'));

@@ -783,7 +783,7 @@ test_minimal_defaults(void **state)
     assert_null(cfg->session.cookie_domain);
     assert_string_equal(cfg->session.cookie_path, "/");
     assert_int_equal(cfg->session.ttl_s, 28800);
-    assert_int_equal(cfg->session.cache_ms, 0);
+    assert_int_equal(cfg->session.cache_ms, 5000);
 
     assert_null(cfg->audit.file);
     assert_string_equal(cfg->audit.stream, "audit");

@@ -967,6 +967,47 @@ test_jwks_alg_pinned_on_key(void **state)
 }
 
 static void
+test_jwks_without_kids(void **state)
+{
+    json_t *k = pub_jwk(K.ec), *doc;
+    char *txt, *tok;
+    pg_jwks_t *j = NULL;
+    pg_err_t err;
+    pg_idtoken_expect_t e = expect();
+    json_t *claims = NULL;
+    const char *reason = NULL;
+
+    (void)state;
+    json_object_del(k, "kid");
+    doc = json_pack("{s:[o]}", "keys", k);
+    txt = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    assert_int_equal(pg_jwks_parse(txt, strlen(txt), &j, &err), PG_OK);
+    free(txt);
+    /* the provider publishes no kids: a token's kid cannot be matched, the
+     * unique fitting key is used instead */
+    tok = sign_claims(K.ec, "ES256", "some-kid", claims_base());
+    assert_int_equal(pg_idtoken_validate(tok, strlen(tok), j, &e, &claims,
+                                         &reason, &err), PG_OK);
+    json_decref(claims);
+    claims = NULL;
+    free(tok);
+    /* ...and it still has to be that key's signature */
+    {
+        cjose_err cerr;
+        cjose_jwk_t *other = cjose_jwk_create_EC_random(CJOSE_JWK_EC_P_256, &cerr);
+        tok = sign_claims(other, "ES256", "some-kid", claims_base());
+        cjose_jwk_release(other);
+    }
+    assert_int_equal(pg_idtoken_validate(tok, strlen(tok), j, &e, &claims,
+                                         &reason, &err), PG_ERR_CRYPTO);
+    assert_string_equal(reason, "bad_signature");
+    assert_null(claims);
+    free(tok);
+    pg_jwks_free(j);
+}
+
+static void
 test_jwks_invalid(void **state)
 {
     pg_jwks_t *j = (pg_jwks_t *)&j;
@@ -1487,6 +1528,7 @@ main(void)
         cmocka_unit_test(test_idtoken_payload_not_object_or_dup),
         cmocka_unit_test(test_jwks_parse_filters),
         cmocka_unit_test(test_jwks_alg_pinned_on_key),
+        cmocka_unit_test(test_jwks_without_kids),
         cmocka_unit_test(test_jwks_invalid),
         cmocka_unit_test(test_meta_ok),
         cmocka_unit_test(test_meta_issuer_mismatch),

@@ -68,6 +68,7 @@ static const alg_info_t supported_algs[] = {
     {"EdDSA", KT_OKP, 0, 0},
 };
 
+/* The supported algorithm named name, or NULL ("none", HS*, unknown). */
 static const alg_info_t *
 alg_lookup(const char *name)
 {
@@ -83,6 +84,7 @@ alg_lookup(const char *name)
 
 /* ---- JWKS -------------------------------------------------------------- */
 
+/* Release everything k owns and zero it. */
 static void
 key_clear(jwks_key_t *k)
 {
@@ -386,6 +388,7 @@ pg_jwks_parse(const char *body, size_t len, pg_jwks_t **out, pg_err_t *err)
 
 /* ---- ID token ---------------------------------------------------------- */
 
+/* 1 for a base64url alphabet byte (no padding). */
 static int
 is_b64url_char(unsigned char c)
 {
@@ -409,8 +412,13 @@ key_fits(const jwks_key_t *k, const alg_info_t *ai)
     return 1;
 }
 
-/* Verify the compact JWS jwt[0..len) (signing input jwt[0..siglen_at))
- * with key k. 1 on a valid signature. */
+/*
+ * Verify the compact JWS jwt[0..len) with key k for algorithm ai; the
+ * signing input is jwt[0..signing_len) and sig[0..siglen) the decoded
+ * signature. 1 on a valid signature. ES* signatures must have the exact
+ * R||S length (cjose 0.6.2.1 does not check it). RSA/EC go through cjose
+ * (a fresh import per key, released here); OKP through OpenSSL EVP.
+ */
 static int
 verify_with(const jwks_key_t *k, const alg_info_t *ai, const char *jwt,
             size_t len, size_t signing_len, const unsigned char *sig,
@@ -477,6 +485,7 @@ numeric_date(const json_t *v, int64_t *out)
     return 0;
 }
 
+/* a + b, saturating at the int64_t limits instead of overflowing. */
 static int64_t
 sat_add(int64_t a, int64_t b)
 {
@@ -659,6 +668,14 @@ alg_allowed(const char *const *algs, const char *alg)
  * unknown_kid PG_ERR_NOT_FOUND, bad_signature PG_ERR_CRYPTO, everything
  * else PG_ERR_DENIED. *claims is set only on PG_OK (caller json_decref()s);
  * *reason is NULL on PG_OK. Nothing is allocated on failure.
+ *
+ * Key choice: by kid among keys that fit the algorithm (all such keys with
+ * that kid are tried). Without a kid in the token, or when no key of the
+ * JWKS has a kid at all, exactly one fitting key must exist, otherwise it
+ * is "unknown_kid". A kid that exists only on keys of another type/curve
+ * is "bad_signature". Extra header rules: "crit" is refused, a "typ" of a
+ * non-ID-token type (at+jwt, logout+jwt, ...) is refused, and "jku",
+ * "x5u", "jwk" headers are ignored (never fetched, never trusted).
  */
 pg_status_t
 pg_idtoken_validate(const char *jwt, size_t len, const pg_jwks_t *jwks,
@@ -675,7 +692,7 @@ pg_idtoken_validate(const char *jwt, size_t len, const pg_jwks_t *jwks,
     const alg_info_t *ai;
     const jwks_key_t *cand[JWKS_MAX_KEYS];
     size_t ncand = 0, nkid = 0;
-    int verified = 0;
+    int verified = 0, any_kid = 0;
     pg_status_t st;
 
     if (reason == NULL) {
@@ -784,7 +801,14 @@ pg_idtoken_validate(const char *jwt, size_t len, const pg_jwks_t *jwks,
         goto out;
     }
 
-    /* Key selection. */
+    /* Key selection. A JWKS whose keys carry no kid at all (allowed by
+     * RFC 7517) is matched as if the token had none: by a unique fit. */
+    for (i = 0; i < jwks->n && !any_kid; i++) {
+        any_kid = jwks->keys[i].kid != NULL;
+    }
+    if (!any_kid) {
+        kid = NULL;
+    }
     for (i = 0; i < jwks->n; i++) {
         const jwks_key_t *k = &jwks->keys[i];
         if (kid != NULL) {

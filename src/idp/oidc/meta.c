@@ -59,6 +59,7 @@ sb_add(sbuf_t *b, const char *s, size_t n)
     b->p[b->len] = '\0';
 }
 
+/* Append a NUL-terminated string. */
 static void
 sb_str(sbuf_t *b, const char *s)
 {
@@ -103,6 +104,8 @@ sb_finish(sbuf_t *b, char **out)
 
 /* ---- discovery -------------------------------------------------------- */
 
+/* 1 when s starts with the lower-case ASCII prefix, ignoring case in s.
+ * Stops at s's NUL, so it never reads past a shorter s. */
 static int
 ascii_ieq_prefix(const char *s, const char *prefix)
 {
@@ -120,6 +123,7 @@ ascii_ieq_prefix(const char *s, const char *prefix)
     return 1;
 }
 
+/* 1 when h[0..n) is 127.0.0.1, [::1] or localhost (any case). */
 static int
 host_is_loopback(const char *h, size_t n)
 {
@@ -379,6 +383,7 @@ url_first_sep(const char *base)
     return "&";
 }
 
+/* 1 for a non-NULL, non-empty string. */
 static int
 nonempty(const char *s)
 {

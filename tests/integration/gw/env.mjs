@@ -80,6 +80,24 @@ export const EXTRA_USERS = {
       employee_number: '5005',
     },
   },
+  // another subject with alice's verified email: correlated to alice
+  alice2: {
+    password: 'alice2-pw',
+    claims: {
+      sub: 'sub-alice-second', email: 'Alice@Example.com', email_verified: true,
+      preferred_username: 'alice', name: 'Alice Anders', given_name: 'Alice', family_name: 'Anders',
+      groups: ['staff'], employee_type: 'employee', department: 'eng', employee_number: '1001',
+    },
+  },
+  // another subject with carol's email, which is not verified: never linked
+  carol2: {
+    password: 'carol2-pw',
+    claims: {
+      sub: 'sub-carol-second', email: 'carol@example.com', email_verified: false,
+      preferred_username: 'carol2', name: 'Carol Two', given_name: 'Carol', family_name: 'Two',
+      groups: ['staff'], employee_type: 'employee', department: 'ops', employee_number: '3004',
+    },
+  },
   nul: {
     password: 'nul-pw',
     claims: {
