@@ -55,12 +55,14 @@ $(BUILD)/libprovgate-asan.a: $(ASAN_OBJS)
 
 $(BUILD)/unit/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
 	    $(BUILD)/libprovgate.a $(PKG_LIBS) -lcmocka -o $@
 
 $(BUILD)/unit-asan/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate-asan.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
 	    $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -lcmocka -o $@
 
 # The module: a copy of Debian's configured nginx source tree, configured
@@ -73,7 +75,7 @@ $(ASAN_MODULE_SO): $(BUILD)/libprovgate-asan.a $(MODULE_SRCS)
 	PROVGATE_LIB=$(abspath $(BUILD)/libprovgate-asan.a) \
 	    tools/build-module.sh $(abspath $(BUILD)/nginx-asan) $(abspath $@) "$(SAN)"
 
-asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO) $(FUZZ_REPLAY)
+asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO)
 
 deps:
 	tools/deps.sh
@@ -116,7 +118,8 @@ FUZZ_BINS := $(FUZZ_SRCS:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 $(BUILD)/fuzz-replay/%: tests/fuzz/%.c tests/fuzz/replay_main.c $(BUILD)/libprovgate-asan.a
 	@mkdir -p $(dir $@)
-	$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< tests/fuzz/replay_main.c \
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< tests/fuzz/replay_main.c \
 	    $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -o $@
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(SRCS)
@@ -125,6 +128,9 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(SRCS)
 	    -fsanitize=fuzzer,address,undefined $< $(SRCS) $(PKG_LIBS) -o $@
 
 fuzz: $(FUZZ_BINS)
+
+# (prerequisites are expanded when a rule is read: FUZZ_REPLAY exists only now)
+asan: $(FUZZ_REPLAY)
 
 check-fuzz: $(FUZZ_REPLAY)
 	tests/run-fuzz-replay.sh $(BUILD)/fuzz-replay

@@ -13,6 +13,7 @@ fuzz_out=$(tests/run-fuzz-replay.sh build/fuzz-replay 2>&1); fuzz_rc=$?
 echo "$fuzz_out"
 fp=$(grep -cE '^ok ' <<<"$fuzz_out"); ff=$(grep -cE '^(FAIL|fail|CRASH)' <<<"$fuzz_out")
 if [ "$fuzz_rc" -ne 0 ]; then rc=1; [ "$ff" -gt 0 ] || ff=1; fi
+mkdir -p build/fuzz-replay
 echo "$fp $ff" >build/fuzz-replay/.summary
 pass=0 fail=0
 for s in build/unit/.summary build/unit-asan/.summary \
