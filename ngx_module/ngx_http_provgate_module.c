@@ -158,17 +158,39 @@ static pg_gate_t  *ngx_http_provgate_gate;
 /* ---- request handling ------------------------------------------------ */
 
 
+/* Is h one of the identity headers ('_' = '-', any case)? */
+static ngx_uint_t
+ngx_http_provgate_is_identity_header(ngx_http_provgate_main_conf_t *pmcf,
+    ngx_table_elt_t *h)
+{
+    ngx_uint_t  j;
+
+    for (j = 0; j < pmcf->nstrip; j++) {
+        if (pg_header_name_eq((char *) h->key.data, h->key.len,
+                              (char *) pmcf->strip[j].data,
+                              pmcf->strip[j].len))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 /*
  * Remove every client-supplied copy of the identity headers, on every
  * request of every location: names compare case-insensitively with '_'
- * equal to '-'. The list is rebuilt without them (ngx_list_t has no
- * delete); pointers nginx keeps to known headers stay valid because the
- * old parts live in the same pool.
+ * equal to '-'. The common case (none present) only scans. Otherwise the
+ * list is rebuilt in place (ngx_list_t has no delete): keep a copy of the
+ * old head (its parts live in the request pool and stay valid, as do the
+ * pointers nginx keeps to known headers), re-initialise the request's list
+ * so that its "last" pointer is right, and copy back what stays.
  */
 static ngx_int_t
 ngx_http_provgate_strip_handler(ngx_http_request_t *r)
 {
-    ngx_uint_t                      i, j, drop;
+    ngx_uint_t                      i, drop;
     ngx_list_t                      old;
     ngx_list_part_t                *part;
     ngx_table_elt_t                *h, *nh;
@@ -193,26 +215,13 @@ ngx_http_provgate_strip_handler(ngx_http_request_t *r)
             h = part->elts;
             i = 0;
         }
-        for (j = 0; j < pmcf->nstrip; j++) {
-            if (pg_header_name_eq((char *) h[i].key.data, h[i].key.len,
-                                  (char *) pmcf->strip[j].data,
-                                  pmcf->strip[j].len))
-            {
-                drop++;
-                break;
-            }
-        }
+        drop += ngx_http_provgate_is_identity_header(pmcf, &h[i]);
     }
 
     if (drop == 0) {
         return NGX_DECLINED;
     }
 
-    /*
-     * Rebuild the list in place: keep a copy of the old list head (its parts
-     * live in the request pool and stay valid), re-initialise the request's
-     * list so that its "last" pointer is right, and copy back what stays.
-     */
     old = r->headers_in.headers;
 
     if (ngx_list_init(&r->headers_in.headers, r->pool, 20,
@@ -234,15 +243,7 @@ ngx_http_provgate_strip_handler(ngx_http_request_t *r)
             h = part->elts;
             i = 0;
         }
-        for (j = 0; j < pmcf->nstrip; j++) {
-            if (pg_header_name_eq((char *) h[i].key.data, h[i].key.len,
-                                  (char *) pmcf->strip[j].data,
-                                  pmcf->strip[j].len))
-            {
-                break;
-            }
-        }
-        if (j < pmcf->nstrip) {
+        if (ngx_http_provgate_is_identity_header(pmcf, &h[i])) {
             /* info, not warn: a client must not be able to flood the log */
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                           "provgate: dropped client header \"%V\"",
@@ -255,7 +256,6 @@ ngx_http_provgate_strip_handler(ngx_http_request_t *r)
         }
         *nh = h[i];
     }
-
 
     return NGX_DECLINED;
 }
@@ -286,10 +286,11 @@ static ngx_int_t
 ngx_http_provgate_build_req(ngx_http_request_t *r,
     ngx_http_provgate_loc_conf_t *plcf, pg_gate_req_t *req)
 {
-    ngx_uint_t        i, n;
+    char            **c;
+    ngx_uint_t        i;
+    ngx_array_t       cookies;
     ngx_list_part_t  *part;
     ngx_table_elt_t  *h;
-    const char      **cookies;
 
     ngx_memzero(req, sizeof(pg_gate_req_t));
 
@@ -308,14 +309,15 @@ ngx_http_provgate_build_req(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    req->wants_html = 0;
-    if (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) {
-        req->wants_html = 1;
+    req->wants_html = (r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD)) ? 1 : 0;
+
+    if (ngx_array_init(&cookies, r->pool, 2, sizeof(char *)) != NGX_OK) {
+        return NGX_ERROR;
     }
 
-    n = 0;
     part = &r->headers_in.headers.part;
     h = part->elts;
+
     for (i = 0; /* void */; i++) {
         if (i >= part->nelts) {
             if (part->next == NULL) {
@@ -325,59 +327,37 @@ ngx_http_provgate_build_req(ngx_http_request_t *r,
             h = part->elts;
             i = 0;
         }
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "cookie", 6) == 0)
-        {
-            n++;
+
+        if (h[i].key.len != 6) {
+            continue;
         }
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "accept", 6) == 0
-            && ngx_strlcasestrn(h[i].value.data,
-                                h[i].value.data + h[i].value.len,
-                                (u_char *) "text/html", 9 - 1) == NULL
-            && ngx_strlcasestrn(h[i].value.data,
-                                h[i].value.data + h[i].value.len,
-                                (u_char *) "*/*", 3 - 1) == NULL)
+
+        if (ngx_strncasecmp(h[i].key.data, (u_char *) "cookie", 6) == 0) {
+            c = ngx_array_push(&cookies);
+            if (c == NULL) {
+                return NGX_ERROR;
+            }
+            *c = ngx_http_provgate_pstrdup(r->pool, h[i].value.data,
+                                           h[i].value.len);
+            if (*c == NULL) {
+                return NGX_ERROR;
+            }
+
+        } else if (ngx_strncasecmp(h[i].key.data, (u_char *) "accept", 6) == 0
+                   && ngx_strlcasestrn(h[i].value.data,
+                                       h[i].value.data + h[i].value.len,
+                                       (u_char *) "text/html", 9 - 1) == NULL
+                   && ngx_strlcasestrn(h[i].value.data,
+                                       h[i].value.data + h[i].value.len,
+                                       (u_char *) "*/*", 3 - 1) == NULL)
         {
+            /* an API client: it gets 401, not a redirect to the IdP */
             req->wants_html = 0;
         }
     }
 
-    if (n == 0) {
-        return NGX_OK;
-    }
-
-    cookies = ngx_palloc(r->pool, n * sizeof(char *));
-    if (cookies == NULL) {
-        return NGX_ERROR;
-    }
-
-    n = 0;
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-    for (i = 0; /* void */; i++) {
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "cookie", 6) == 0)
-        {
-            cookies[n] = ngx_http_provgate_pstrdup(r->pool, h[i].value.data,
-                                                   h[i].value.len);
-            if (cookies[n] == NULL) {
-                return NGX_ERROR;
-            }
-            n++;
-        }
-    }
-
-    req->cookies = cookies;
-    req->ncookies = n;
+    req->cookies = (const char *const *) cookies.elts;
+    req->ncookies = cookies.nelts;
 
     return NGX_OK;
 }
