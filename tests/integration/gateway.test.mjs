@@ -416,6 +416,35 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     }
   });
 
+  test('identity provider down: a clear 503 at sign-in; works again when it is back', async () => {
+    // a fresh worker state is not needed: metadata is cached, but the
+    // token endpoint is not, so the callback fails too
+    const { b: b0, callbackUrl } = await loginUntilCallback(e, 'alice', '/app/idp');
+    await e.op.stop();
+    const r = await b0.get(callbackUrl);
+    assert.equal(r.status, 503, r.body.slice(0, 300));
+    assert.match(r.body, /id="reason">idp_unavailable</);
+    assert.equal(sessionCookie(b0, e), undefined);
+    await e.startOp();
+    const ok = await e.login('alice', '/app/idp');
+    assert.equal(ok.res.status, 200, ok.res.body);
+  });
+
+  test('a reload with a broken config is refused and the old one keeps serving', async () => {
+    const { b } = await e.login('alice', '/app/reload');
+    const good = fs.readFileSync(e.cfgFile, 'utf8');
+    fs.writeFileSync(e.cfgFile, good.replace('"instance": "it"', '"instance": "it", "bogus": 1'));
+    try {
+      await assert.rejects(e.nginx.reload(), /bogus/);
+      const r = await b.request('GET', `${e.base}/app/reload`);
+      assert.equal(r.status, 200);
+    } finally {
+      fs.writeFileSync(e.cfgFile, good);
+    }
+    await e.nginx.reload();
+    assert.equal((await b.request('GET', `${e.base}/app/reload`)).status, 200, 'sessions survive a reload (Redis)');
+  });
+
   test('Redis down: 503 and audited; back when Redis returns (AOF)', async () => {
     const { b } = await e.login('alice', '/app/r');
     await stopRedis(e.redis);

@@ -62,6 +62,16 @@ describe('ID token validation through the gateway', () => {
     });
   }
 
+  test('a token endpoint slower than http_timeout_ms gives 504, no session', async () => {
+    await e.rogue.setMode('good', { claims: CLAIMS, token_delay_ms: 1500 });
+    const b = e.browser();
+    const r = await b.get(`${e.base}/rogue/slow`);
+    assert.equal(r.status, 504, r.body.slice(0, 300));
+    assert.match(r.body, /id="reason">idp_timeout</);
+    assert.equal(b.getCookie(`${e.base}/rogue/`, 'provgate_session'), undefined);
+    await e.rogue.setMode('good', { claims: CLAIMS });
+  });
+
   test('an unknown kid refreshes the JWKS once, then a rotated key works', async () => {
     // the unknown_kid case above just used this provider's refresh; wait
     // out the rate limit (jwks_refresh_min_s = 1) so this refresh is allowed

@@ -148,6 +148,7 @@ export function provgateConfig(e, over = {}) {
         scopes: ['openid', 'email', 'profile'],
         allowed_algs: ['RS256'],
         jwks_refresh_min_s: 1,
+        http_timeout_ms: 1000,
       },
     },
     targets: {
