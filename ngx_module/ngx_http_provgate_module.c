@@ -14,6 +14,8 @@
  *   provgate_app     <target> | off;   http/srv/loc  account to provision
  *   provgate_callback;                 loc       the OIDC redirect URI
  *   provgate_logout;                   loc       end the session
+ *   provgate_wait_timeout <time>;      http/srv/loc  longest a request may
+ *                                      wait for provgate (default 60s)
  */
 #include <ngx_config.h>
 #include <ngx_core.h>
@@ -47,11 +49,13 @@ typedef struct {
     ngx_str_t            idp;           /* NUL-terminated */
     ngx_str_t            app;           /* NUL-terminated; empty = none */
     ngx_uint_t           endpoint;      /* callback / logout */
+    ngx_msec_t           wait_timeout;
 } ngx_http_provgate_loc_conf_t;
 
 
 typedef struct {
     ngx_http_request_t  *request;
+    ngx_event_t          wait;          /* watchdog while suspended */
     pg_gate_op_t        *op;
     pg_gate_result_t    *res;
     unsigned             waiting:1;
@@ -114,6 +118,13 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       ngx_http_provgate_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PROVGATE_LOGOUT,
+      NULL },
+
+    { ngx_string("provgate_wait_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_provgate_loc_conf_t, wait_timeout),
       NULL },
 
       ngx_null_command
@@ -491,6 +502,9 @@ ngx_http_provgate_cleanup(void *data)
 {
     ngx_http_provgate_ctx_t  *ctx = data;
 
+    if (ctx->wait.timer_set) {
+        ngx_del_timer(&ctx->wait);
+    }
     if (ctx->op != NULL) {
         pg_gate_cancel(ctx->op);
         ctx->op = NULL;
@@ -518,9 +532,13 @@ ngx_http_provgate_done(void *arg, pg_gate_result_t *res)
     ctx->waiting = 0;
     ctx->res = res;
     r->read_event_handler = ngx_http_block_reading;
+    if (ctx->wait.timer_set) {
+        ngx_del_timer(&ctx->wait);
+    }
 
     if (ctx->content) {
-        rc = ngx_http_provgate_send(r, res);
+        rc = res ? ngx_http_provgate_send(r, res)
+                 : NGX_HTTP_SERVICE_UNAVAILABLE;
         ngx_http_finalize_request(r, rc);
 
     } else {
@@ -529,6 +547,57 @@ ngx_http_provgate_done(void *arg, pg_gate_result_t *res)
     }
 
     ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * The watchdog fired: the core did not answer within provgate_wait_timeout
+ * (each of its operations has its own, shorter timeout, so this is a
+ * safety net). Withdraw the operation and answer 504.
+ */
+static void
+ngx_http_provgate_wait_expired(ngx_event_t *ev)
+{
+    ngx_http_provgate_ctx_t  *ctx = ev->data;
+
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "provgate: request waited longer than provgate_wait_timeout");
+
+    if (ctx->op != NULL) {
+        pg_gate_cancel(ctx->op);
+        ctx->op = NULL;
+    }
+
+    ngx_http_provgate_done(ctx, pg_gate_error_page(504, "gateway_timeout",
+                           "The sign-in service took too long. Please try "
+                           "again."));
+}
+
+
+/*
+ * Suspend r until the gate answers. While we wait:
+ *  - a non-cancelable timer (the watchdog) bounds the wait and keeps a
+ *    gracefully exiting worker alive until this request is answered
+ *    (nginx exits once only cancelable timers are left);
+ *  - ngx_http_test_reading notices a client that goes away: nginx then
+ *    finalizes the request (499), its pool cleanup cancels the operation,
+ *    and what it held (a Redis command, an HTTP transfer, a provisioning
+ *    lease) is released at once.
+ */
+static void
+ngx_http_provgate_suspend(ngx_http_request_t *r, ngx_http_provgate_ctx_t *ctx)
+{
+    ngx_http_provgate_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
+
+    ctx->waiting = 1;
+    r->read_event_handler = ngx_http_test_reading;
+
+    ctx->wait.handler = ngx_http_provgate_wait_expired;
+    ctx->wait.data = ctx;
+    ctx->wait.log = r->connection->log;
+    ngx_add_timer(&ctx->wait, plcf->wait_timeout);
 }
 
 
@@ -582,6 +651,10 @@ ngx_http_provgate_access_result(ngx_http_request_t *r,
     ngx_http_provgate_ctx_t *ctx)
 {
     ngx_int_t  rc;
+
+    if (ctx->res == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;   /* out of memory */
+    }
 
     if (ctx->res->kind == PG_RES_ALLOW) {
         return ngx_http_provgate_allow(r, ctx->res);
@@ -667,14 +740,7 @@ ngx_http_provgate_access_handler(ngx_http_request_t *r)
         return ngx_http_provgate_access_result(r, ctx);
     }
 
-    /*
-     * While we wait, notice a client that goes away: nginx then finalizes
-     * the request (499), its pool cleanup cancels the gate operation, and
-     * whatever it held (a Redis command, an HTTP transfer, a provisioning
-     * lease) is released at once.
-     */
-    ctx->waiting = 1;
-    r->read_event_handler = ngx_http_test_reading;
+    ngx_http_provgate_suspend(r, ctx);
 
     return NGX_DONE;
 }
@@ -733,8 +799,7 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
         return ngx_http_provgate_send(r, ctx->res);
     }
 
-    ctx->waiting = 1;
-    r->read_event_handler = ngx_http_test_reading;
+    ngx_http_provgate_suspend(r, ctx);
     r->main->count++;
 
     return NGX_DONE;
@@ -970,6 +1035,7 @@ ngx_http_provgate_create_loc_conf(ngx_conf_t *cf)
 
     plcf->mode = NGX_CONF_UNSET;
     plcf->endpoint = NGX_CONF_UNSET_UINT;
+    plcf->wait_timeout = NGX_CONF_UNSET_MSEC;
 
     return plcf;
 }
@@ -989,6 +1055,7 @@ ngx_http_provgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_str_value(conf->app, prev->app, "");
     ngx_conf_merge_uint_value(conf->endpoint, NGX_CONF_UNSET_UINT,
                               NGX_HTTP_PROVGATE_NONE);
+    ngx_conf_merge_msec_value(conf->wait_timeout, prev->wait_timeout, 60000);
 
     if (conf->mode == NGX_HTTP_PROVGATE_OIDC && conf->app.len == 0) {
         ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
