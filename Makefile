@@ -12,6 +12,8 @@ PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter \
         -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
 BASE_CFLAGS := -std=gnu11 -D_GNU_SOURCE -fPIC -g -Iinclude $(WARN)
+# every object records the headers it includes (private src/ headers too)
+DEPFLAGS = -MMD -MP
 OPT ?= -O2
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -35,15 +37,17 @@ lib: $(BUILD)/libprovgate.a
 unit: $(UNIT_BINS)
 module: $(MODULE_SO)
 
-$(BUILD)/obj/%.o: %.c $(wildcard include/provgate/*.h)
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -c $< -o $@
+	@$(CC) $(BASE_CFLAGS) $(DEPFLAGS) $(OPT) $(PKG_CFLAGS) -c $< -o $@
 
-$(BUILD)/asan/%.o: %.c $(wildcard include/provgate/*.h)
+$(BUILD)/asan/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC-ASAN $<"
-	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -c $< -o $@
+	@$(CC) $(BASE_CFLAGS) $(DEPFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -c $< -o $@
+
+-include $(OBJS:.o=.d) $(ASAN_OBJS:.o=.d)
 
 $(BUILD)/libprovgate.a: $(OBJS)
 	@mkdir -p $(dir $@)
@@ -53,13 +57,13 @@ $(BUILD)/libprovgate-asan.a: $(ASAN_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/unit/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate.a
+$(BUILD)/unit/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h tests/unit/helpers/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \
 	    $(BUILD)/libprovgate.a $(PKG_LIBS) -lcmocka -o $@
 
-$(BUILD)/unit-asan/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate-asan.a
+$(BUILD)/unit-asan/%: tests/unit/%.c $(UNIT_HELPERS) $(BUILD)/libprovgate-asan.a $(wildcard include/provgate/*.h tests/unit/helpers/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) -Itests/unit $< $(UNIT_HELPERS) \

@@ -58,6 +58,7 @@ struct pg_provider {
     int                     fetching;       /* 0, 1 = meta, 2 = jwks */
     pg_http_op_t           *hop;
     pg_op_t                *waiters;        /* ops waiting for a fetch */
+    pg_op_t                *waking;         /* ops whose step is about to run */
 };
 
 struct pg_gate {

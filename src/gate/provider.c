@@ -41,38 +41,54 @@ pg_provider_clear(pg_provider_t *p)
     p->have_meta = 0;
 }
 
-/* Remove op from its provider's waiter list (no step is run). */
+static int
+pg_list_remove(pg_op_t **head, pg_op_t *op)
+{
+    pg_op_t **pp;
+
+    for (pp = head; *pp != NULL; pp = &(*pp)->wnext) {
+        if (*pp == op) {
+            *pp = op->wnext;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Remove op from its provider's waiter or waking list (no step is run). */
 void
 pg_provider_unpark(pg_op_t *op)
 {
     pg_provider_t *p = op->waiting_on;
-    pg_op_t **pp;
 
     if (p == NULL) {
         return;
     }
-    for (pp = &p->waiters; *pp != NULL; pp = &(*pp)->wnext) {
-        if (*pp == op) {
-            *pp = op->wnext;
-            break;
-        }
+    if (!pg_list_remove(&p->waiters, op)) {
+        (void) pg_list_remove(&p->waking, op);
     }
     op->wnext = NULL;
     op->waiting_on = NULL;
 }
 
-/* Run every parked op's step with st. Steps may park again (new list). */
+/*
+ * Run every parked op's step with st. The ops being woken stay reachable
+ * in p->waking until their turn, so a step that ends up cancelling another
+ * parked op (HTTP/2: closing a connection finalizes its sibling streams)
+ * removes it from there instead of leaving us a dangling pointer. Steps may
+ * park again: they go to p->waiters, for the next fetch.
+ */
 static void
 pg_provider_wake(pg_provider_t *p, pg_status_t st)
 {
-    pg_op_t *list = p->waiters, *op;
+    pg_op_t *op;
 
+    p->waking = p->waiters;
     p->waiters = NULL;
-    while (list != NULL) {
+    while ((op = p->waking) != NULL) {
         pg_step_fn next;
 
-        op = list;
-        list = op->wnext;
+        p->waking = op->wnext;
         op->wnext = NULL;
         op->waiting_on = NULL;
         next = op->next;
