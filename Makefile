@@ -7,7 +7,7 @@ BUILD := build
 
 PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lz -lm
 
 WARN := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-unused-parameter \
         -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers
@@ -28,10 +28,26 @@ MODULE_SRCS := $(sort $(wildcard ngx_module/*.c ngx_module/*.h)) config
 MODULE_SO := $(BUILD)/ngx_http_provgate_module.so
 ASAN_MODULE_SO := $(BUILD)/asan-module/ngx_http_provgate_module.so
 
-.PHONY: all lib module unit asan deps demo demo-stop demo-status check check-unit \
+PHONY_TOOLS := tools
+.PHONY: all lib module unit asan deps $(PHONY_TOOLS) demo demo-stop demo-status check check-unit \
         check-integration check-asan check-fuzz bench clean fuzz
 
-all: lib unit module
+all: lib unit module tools
+
+TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy
+tools: $(TOOLS)
+
+# provgatectl: the command-line tool (policy check/explain today)
+$(BUILD)/provgatectl: tools/provgatectl/provgatectl.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
+
+# policy evaluation benchmark (counts allocations with its own malloc wrapper)
+$(BUILD)/bench_policy: tools/provgatectl/bench_policy.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
 
 lib: $(BUILD)/libprovgate.a
 unit: $(UNIT_BINS)
@@ -107,7 +123,7 @@ demo-status:
 demo-stop:
 	tools/demo.sh stop
 
-bench: deps all
+bench: deps all tools
 	tools/bench.sh
 
 clean:

@@ -682,9 +682,10 @@ static const bad_policy_t bad_policies[] = {
     {"{\"policies\": [{\"id\": \"p\", \"who\": {\"all\": []}, \"grants\": "
      G "}]}", ": $.policies[0].kind: missing required field"},
     {"{\"policies\": [{\"id\": \"a\", \"kind\": \"birthright\", \"who\": "
-     "{\"all\": []}, \"grants\": " G "}, {\"id\": \"b\", \"kind\": \"sod\", "
-     "\"who\": {\"all\": []}, \"grants\": " G "}]}",
-     ": $.policies[1].kind: kind \"sod\" is not supported yet"},
+     "{\"all\": []}, \"grants\": " G "}, {\"id\": \"b\", \"kind\": "
+     "\"time-bound\", \"who\": {\"all\": []}, \"grants\": " G "}]}",
+     ": $.policies[1].kind: unknown kind \"time-bound\" (supported: "
+     "birthright, role, sod, approval)"},
     {"{\"policies\": [{\"id\": \"a\", \"kind\": \"birthright\", \"who\": "
      "{\"all\": []}, \"grants\": " G "}, {\"id\": \"a\", \"kind\": "
      "\"birthright\", \"who\": {\"all\": []}, \"grants\": " G "}]}",
@@ -703,10 +704,10 @@ static const bad_policy_t bad_policies[] = {
     {P1("{\"attribute\": \"a\", \"eq\": \"x\"}", G),
      ": $.policies[0].who.attribute: unknown field"},
     {P1("{\"attr\": \"a\"}", G), ": $.policies[0].who: needs exactly one "
-     "operator of eq, in, exists, prefix, regex (has 0)"},
+     "operator of eq, in, exists, prefix, regex, lt, le, gt, ge (has 0)"},
     {P1("{\"attr\": \"a\", \"eq\": \"x\", \"prefix\": \"y\"}", G),
      ": $.policies[0].who: needs exactly one operator of eq, in, exists, "
-     "prefix, regex (has 2)"},
+     "prefix, regex, lt, le, gt, ge (has 2)"},
     {P1("{\"attr\": \"a\", \"ne\": \"x\"}", G),
      ": $.policies[0].who.ne: unknown field"},
     {P1("{\"attr\": \"a b\", \"eq\": \"x\"}", G),
