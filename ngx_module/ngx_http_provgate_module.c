@@ -74,6 +74,7 @@ static char *ngx_http_provgate_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t ngx_http_provgate_strip_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_provgate_access_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_provgate_content_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_provgate_subrequest_handler(ngx_http_request_t *r);
 static void *ngx_http_provgate_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_provgate_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_provgate_merge_loc_conf(ngx_conf_t *cf, void *parent,
@@ -691,9 +692,13 @@ ngx_http_provgate_access_handler(ngx_http_request_t *r)
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
 
     if (plcf->mode == NGX_HTTP_PROVGATE_OFF
-        || plcf->endpoint != NGX_HTTP_PROVGATE_NONE
-        || r != r->main)
+        || plcf->endpoint != NGX_HTTP_PROVGATE_NONE)
     {
+        return NGX_DECLINED;
+    }
+
+    if (r != r->main) {
+        /* nginx skips the access phase for subrequests; see below */
         return NGX_DECLINED;
     }
 
@@ -743,6 +748,44 @@ ngx_http_provgate_access_handler(ngx_http_request_t *r)
     ngx_http_provgate_suspend(r, ctx);
 
     return NGX_DONE;
+}
+
+
+/*
+ * nginx runs no access-phase handler for subrequests, so a subrequest
+ * (auth_request, SSI, mirror) into a protected location would reach its
+ * content unchecked. It is allowed only when provgate allowed the main
+ * request, and never starts a login of its own: fail closed otherwise.
+ */
+static ngx_int_t
+ngx_http_provgate_subrequest_handler(ngx_http_request_t *r)
+{
+    ngx_http_provgate_ctx_t       *ctx;
+    ngx_http_provgate_loc_conf_t  *plcf;
+
+    if (r == r->main) {
+        return NGX_DECLINED;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
+
+    if (plcf->mode == NGX_HTTP_PROVGATE_OFF
+        || plcf->endpoint != NGX_HTTP_PROVGATE_NONE)
+    {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_provgate_module);
+    if (ctx != NULL && ctx->res != NULL && ctx->res->kind == PG_RES_ALLOW) {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "provgate: subrequest \"%V\" into a protected location "
+                  "refused: the main request was not allowed by provgate",
+                  &r->uri);
+
+    return NGX_HTTP_FORBIDDEN;
 }
 
 
@@ -1094,6 +1137,12 @@ ngx_http_provgate_init(ngx_conf_t *cf)
         return NGX_ERROR;
     }
     *h = ngx_http_provgate_access_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+    *h = ngx_http_provgate_subrequest_handler;
 
     return NGX_OK;
 }

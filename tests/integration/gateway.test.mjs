@@ -225,6 +225,15 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     assert.notDeepEqual(echoed(r, 'x-provgate-identity'), ['someone']);
   });
 
+  test('a subrequest into a protected location never bypasses it (auth_request)', async () => {
+    // /authcheck/ asks the protected /app/ location through auth_request
+    const anon = await e.browser().request('GET', `${e.base}/authcheck/x`);
+    assert.equal(anon.status, 403, 'no session: the subrequest is refused, not waved through');
+    const { b } = await e.login('alice', '/app/sr');
+    const ok = await b.request('GET', `${e.base}/authcheck-main/x`);
+    assert.equal(ok.status, 200, 'allowed main request: its subrequest passes');
+  });
+
   test('CR, LF and NUL in claims never become extra headers', async () => {
     const { res } = await e.login('eve', '/app/crlf');
     assert.equal(res.status, 200, res.body);

@@ -202,6 +202,11 @@ export function httpBlock(e, extra = '', extraHttp = '') {
         location /post/ { provgate oidc:post; provgate_app demoapp; proxy_pass http://echo; }
         location /rogue/ { provgate oidc:rogue; provgate_app demoapp; proxy_pass http://echo; }
         location / { provgate oidc:main; provgate_app demoapp; proxy_pass http://echo; }
+        location /authcheck/ { auth_request /app/check; proxy_pass http://echo; }
+        location /authcheck-main/ {
+            provgate oidc:main; provgate_app demoapp;
+            auth_request /app/check; proxy_pass http://echo;
+        }
         ${extra}
     }`;
 }
