@@ -318,6 +318,10 @@ app.post('/_admin/reset-log', (req, res) => {
   requestLog.length = 0;
   res.json({ ok: true });
 });
+app.post('/_admin/clear', (req, res, next) => {
+  resetSpc();
+  next();
+});
 app.post('/_admin/clear', (req, res) => {
   store.users = {};
   for (const g of Object.values(store.groups)) {
@@ -329,6 +333,88 @@ app.post('/_admin/clear', (req, res) => {
   faults = {};
   res.json({ ok: true });
 });
+// Advertised ServiceProviderConfig (additive): {"patch": bool, "etag": bool,
+// "filter_max_results": n}. patch=false also makes PATCH answer 501, so a
+// client must fall back to PUT. Reset by /_admin/clear.
+let spcOverride = {};
+function applySpc(o) {
+  const cur = SCIMMY.Config.get();
+  const set = {};
+  if (o.patch !== undefined) set.patch = { supported: Boolean(o.patch) };
+  if (o.etag !== undefined) set.etag = { supported: Boolean(o.etag) };
+  if (o.filter_max_results !== undefined) {
+    set.filter = { supported: cur.filter.supported, maxResults: Number(o.filter_max_results) };
+  }
+  if (Object.keys(set).length) SCIMMY.Config.set(set);
+}
+let spcDefaults = null;
+function resetSpc() {
+  if (spcDefaults !== null) applySpc(spcDefaults);
+  spcOverride = {};
+  oauth = null;
+}
+app.post('/_admin/config', (req, res) => {
+  try {
+    if (spcDefaults === null) {
+      const c = SCIMMY.Config.get();
+      spcDefaults = { patch: c.patch.supported, etag: c.etag.supported, filter_max_results: c.filter.maxResults };
+    }
+    spcOverride = { ...spcOverride, ...(req.body || {}) };
+    applySpc(spcOverride);
+  } catch (e) {
+    res.status(400).json({ error: e.message });
+    return;
+  }
+  res.json({ config: spcOverride });
+});
+
+// OAuth 2.0 client credentials token endpoint (additive; off until
+// POST /_admin/oauth {"client_id", "client_secret", "expires_in"?,
+// "latency_ms"?}). Tokens it issues are accepted as bearer tokens (besides
+// --token) until they expire. GET /_admin/oauth -> {token_requests,
+// last_scope, last_auth}. Reset by /_admin/clear.
+let oauth = null;
+app.post('/_admin/oauth', (req, res) => {
+  const b = req.body || {};
+  oauth = {
+    client_id: String(b.client_id || ''),
+    client_secret: String(b.client_secret || ''),
+    expires_in: b.expires_in !== undefined ? Number(b.expires_in) : 3600,
+    latency_ms: Number(b.latency_ms || 0),
+    token_requests: 0,
+    last_scope: null,
+    last_auth: null,
+    tokens: new Map(),
+  };
+  res.json({ ok: true });
+});
+app.get('/_admin/oauth', (req, res) => {
+  res.json(oauth ? { token_requests: oauth.token_requests, last_scope: oauth.last_scope, last_auth: oauth.last_auth } : {});
+});
+app.post('/oauth/token', express.urlencoded({ extended: false }), (req, res) => {
+  if (!oauth) { res.status(404).json({ error: 'not_found' }); return; }
+  oauth.token_requests += 1;
+  const o = oauth;
+  const answer = () => {
+    const m = /^Basic\s+(.+)$/i.exec(req.headers.authorization || '');
+    const [id, secret] = m ? Buffer.from(m[1], 'base64').toString().split(':').map(decodeURIComponent) : [];
+    o.last_auth = m ? 'basic' : null;
+    o.last_scope = req.body?.scope ?? null;
+    if (req.body?.grant_type !== 'client_credentials') {
+      res.status(400).json({ error: 'unsupported_grant_type' });
+      return;
+    }
+    if (id !== o.client_id || secret !== o.client_secret) {
+      res.status(401).json({ error: 'invalid_client' });
+      return;
+    }
+    const token = crypto.randomBytes(16).toString('hex');
+    o.tokens.set(token, Date.now() + o.expires_in * 1000);
+    res.json({ access_token: token, token_type: 'Bearer', expires_in: o.expires_in });
+  };
+  if (o.latency_ms > 0) setTimeout(answer, o.latency_ms); else answer();
+});
+
 app.use('/_admin', (req, res) => res.status(404).json({ error: 'unknown admin endpoint' }));
 
 // Parse SCIM bodies ourselves so the log can record them (SCIMMY Routers'
@@ -352,6 +438,19 @@ app.use((req, res, next) => {
   res.on('close', () => {
     if (!res.writableFinished) { entry.status = 0; entry.reset = true; }
   });
+  next();
+});
+
+// PATCH switched off through /_admin/config: 501 like a server without it.
+app.use((req, res, next) => {
+  if (req.method === 'PATCH' && spcOverride.patch === false) {
+    res.status(501).type('application/scim+json').send(JSON.stringify({
+      schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
+      status: '501',
+      detail: 'PATCH is not supported',
+    }));
+    return;
+  }
   next();
 });
 
@@ -416,6 +515,8 @@ app.use(BASE, new SCIMMYRouters({
     const auth = req.headers.authorization || '';
     const m = /^Bearer\s+(.+)$/i.exec(auth);
     if (!m) throw new Error('Authorization header with a Bearer token required');
+    const exp = oauth?.tokens.get(m[1]);
+    if (exp !== undefined && exp > Date.now()) return 'admin';
     const a = Buffer.from(m[1]);
     const b = Buffer.from(opt.token);
     if (a.length !== b.length || !crypto.timingSafeEqual(a, b)) throw new Error('Invalid bearer token');

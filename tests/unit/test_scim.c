@@ -381,6 +381,13 @@ struct run {
     int cancelled;
     pg_scim_op_t *op;
     hook_fn hook;
+    /* pg_scim_run() results */
+    json_t *resource;          /* reference taken in on_result */
+    size_t nresources, total;
+    char etag[128];
+    int has_etag;
+    unsigned retries;
+    int reread;
 };
 
 static void
@@ -402,6 +409,14 @@ on_result(void *arg, const pg_scim_result_t *res)
     r->updated = res->updated;
     r->groups_added = res->groups_added;
     r->http_status = res->http_status;
+    r->resource = res->resource != NULL ? json_incref(res->resource) : NULL;
+    r->nresources = json_array_size(res->resources);
+    r->total = res->total_results;
+    r->has_etag = res->etag != NULL;
+    snprintf(r->etag, sizeof(r->etag), "%s",
+             res->etag != NULL ? res->etag : "");
+    r->retries = res->retries;
+    r->reread = res->reread;
 }
 
 static void
@@ -1663,6 +1678,1040 @@ test_request_headers(void **state)
     json_decref(d);
 }
 
+/* ---- pg_scim_classify (pure) ------------------------------------------ */
+
+static void
+test_classify(void **state)
+{
+    pg_scim_retry_t rp = { 4, 100, 1000 };
+    unsigned d = 12345, d2 = 0;
+
+    (void)state;
+    assert_int_equal(pg_scim_classify(200, PG_OK, NULL, NULL, 1, &rp, 7, 0,
+                                      &d), PG_SCIM_ACT_OK);
+    assert_int_equal(d, 0);
+    assert_int_equal(pg_scim_classify(204, PG_OK, NULL, NULL, 1, NULL, 0, 0,
+                                      NULL), PG_SCIM_ACT_OK);
+    /* 409: uniqueness (or no scimType) is adoptable, others are not. */
+    assert_int_equal(pg_scim_classify(409, PG_OK, "uniqueness", NULL, 1,
+                                      NULL, 0, 0, NULL), PG_SCIM_ACT_ADOPT);
+    assert_int_equal(pg_scim_classify(409, PG_OK, NULL, NULL, 1, NULL, 0, 0,
+                                      NULL), PG_SCIM_ACT_ADOPT);
+    assert_int_equal(pg_scim_classify(409, PG_OK, "mutability", NULL, 1,
+                                      NULL, 0, 0, NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(412, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_REREAD_RETRY);
+    /* Client errors never retry, even with a policy. */
+    assert_int_equal(pg_scim_classify(400, PG_OK, "invalidValue", NULL, 1,
+                                      &rp, 0, 0, NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(401, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(403, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(404, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(501, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    assert_int_equal(pg_scim_classify(302, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    /* Retryable outcomes fail without a policy (the default). */
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL, NULL, 1, NULL, 0, 0,
+                                      NULL), PG_SCIM_ACT_FAIL);
+    /* Exponential backoff with jitter: attempt n -> [b/2, b], b =
+     * min(max, base << (n-1)). */
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL, NULL, 1, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(d, 50);
+    assert_int_equal(pg_scim_classify(429, PG_OK, NULL, NULL, 1, &rp, 50, 0,
+                                      &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(d, 100);
+    assert_int_equal(pg_scim_classify(500, PG_OK, NULL, NULL, 3, &rp,
+                                      123456789u, 0, &d),
+                     PG_SCIM_ACT_RETRY_AFTER);
+    assert_true(d >= 200 && d <= 400);
+    assert_int_equal(pg_scim_classify(500, PG_OK, NULL, NULL, 3, &rp,
+                                      987654321u, 0, &d2),
+                     PG_SCIM_ACT_RETRY_AFTER);
+    assert_true(d2 >= 200 && d2 <= 400);
+    assert_int_not_equal(d, d2); /* jitter depends on the random input */
+    /* Attempts exhausted. */
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL, NULL, 4, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_FAIL);
+    /* Cap: max_ms bounds the backoff. */
+    rp.max_attempts = 10;
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL, NULL, 9, &rp,
+                                      0xffffffffu, 0, &d),
+                     PG_SCIM_ACT_RETRY_AFTER);
+    assert_true(d >= 500 && d <= 1000);
+    /* Transport errors: connect/reset and timeouts retry, others fail. */
+    assert_int_equal(pg_scim_classify(0, PG_ERR_IO, NULL, NULL, 1, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(pg_scim_classify(0, PG_ERR_TIMEOUT, NULL, NULL, 1, &rp,
+                                      0, 0, &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(pg_scim_classify(0, PG_ERR_TOO_LARGE, NULL, NULL, 1,
+                                      &rp, 0, 0, &d), PG_SCIM_ACT_FAIL);
+    /* Retry-After: seconds, honoured when longer than the backoff. */
+    rp.max_ms = 5000;
+    assert_int_equal(pg_scim_classify(429, PG_OK, NULL, "2", 1, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(d, 2000);
+    /* ... longer than max_ms: cannot be honoured, fail. */
+    assert_int_equal(pg_scim_classify(429, PG_OK, NULL, "120", 1, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_FAIL);
+    /* ... an HTTP date 3 s after now (Sun, 06 Nov 1994 08:49:37 GMT is
+     * 784111777). */
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL,
+                                      "Sun, 06 Nov 1994 08:49:40 GMT", 1, &rp,
+                                      0, 784111777, &d),
+                     PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(d, 3000);
+    /* ... garbage is ignored (plain backoff). */
+    assert_int_equal(pg_scim_classify(503, PG_OK, NULL, "soon", 1, &rp, 0, 0,
+                                      &d), PG_SCIM_ACT_RETRY_AFTER);
+    assert_int_equal(d, 50);
+}
+
+/* ---- pg_scim_run ------------------------------------------------------- */
+
+static pg_scim_caps_t CAPS;
+static pg_scim_options_t OPTS;
+
+/* Run one pg_scim_run() op to completion. */
+static void
+run_op(run_t *r, const pg_scim_op_request_t *req0)
+{
+    pg_scim_op_request_t req = *req0;
+
+    memset(r, 0, sizeof(*r));
+    req.target = &T;
+    req.on_call = on_call;
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, r, &r->op), PG_OK);
+    assert_non_null(r->op);
+    assert_int_equal(r->cb_count, 0);
+    assert_int_equal(pg_loop_run(G.loop, &r->done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r->cb_count, 1);
+}
+
+static void
+run_free(run_t *r)
+{
+    json_decref(r->resource);
+    r->resource = NULL;
+}
+
+/* Create user <name> through ensure; its id into id. */
+static void
+make_user(const char *name, const char *const *groups, char *id, size_t idsz)
+{
+    json_t *d = desired_for(name, "Given");
+    run_t r;
+
+    memset(&r, 0, sizeof(r));
+    run_ensure(&r, d, NULL, groups);
+    assert_int_equal(r.st, PG_OK);
+    snprintf(id, idsz, "%s", r.account_id);
+    json_decref(d);
+}
+
+static void
+test_run_rejects_bad_request(void **state)
+{
+    pg_scim_op_request_t req;
+    pg_scim_op_t *op = (pg_scim_op_t *)1;
+    run_t r;
+
+    (void)state;
+    memset(&r, 0, sizeof(r));
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.kind = PG_SCIM_OP_GET;          /* no id */
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    assert_null(op);
+    req.kind = PG_SCIM_OP_MODIFY;       /* no operations */
+    req.id = "x";
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    req.kind = PG_SCIM_OP_LIST;         /* filter attribute not allowed */
+    req.filter_attr = "password";
+    req.filter_value = "x";
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    req.kind = PG_SCIM_OP_DELETE;       /* If-Match with CR/LF */
+    req.filter_attr = NULL;
+    req.if_match = "W/\"a\"\r\nX-Evil: 1";
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    req.if_match = NULL;                /* retries without a host */
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.retry.max_attempts = 3;
+    req.opts = &OPTS;
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    req.opts = NULL;
+    req.kind = PG_SCIM_OP_DISCOVER;     /* nowhere to put the caps */
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &op),
+                     PG_ERR_INVALID);
+    assert_int_equal(r.cb_count, 0);
+}
+
+static void
+test_get_modify_deactivate_delete(void **state)
+{
+    pg_scim_op_request_t req;
+    json_t *ops, *st, *u, *b;
+    char id[256];
+    run_t r;
+
+    (void)state;
+    make_user("carol", NULL, id, sizeof(id));
+
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_GET;
+    req.id = id;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_string_equal(json_string_value(json_object_get(r.resource,
+                                                          "userName")),
+                        "carol");
+    assert_true(r.has_etag && strncmp(r.etag, "W/\"", 3) == 0);
+    assert_string_equal(r.calls[0] + strlen(r.calls[0]) - 3, "200");
+    run_free(&r);
+
+    /* MODIFY: replace a nested attribute and add a phone number. */
+    ops = json_pack("[{s:s, s:s, s:s}, {s:s, s:s, s:[{s:s, s:s}]}]",
+                    "op", "replace", "path", "name.givenName", "value",
+                    "Caroline", "op", "add", "path", "phoneNumbers", "value",
+                    "value", "+1 555", "type", "work");
+    req.kind = PG_SCIM_OP_MODIFY;
+    req.operations = ops;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(r.resource, "name"),
+                            "givenName")), "Caroline");
+    run_free(&r);
+    json_decref(ops);
+    st = peer_state();
+    u = state_user(st, "carol");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(u, "name"), "givenName")),
+                        "Caroline");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(
+                            json_object_get(u, "phoneNumbers"), 0), "value")),
+                        "+1 555");
+    b = json_object_get(last_request(st, "PATCH"), "body");
+    assert_string_equal(json_string_value(json_array_get(
+                            json_object_get(b, "schemas"), 0)),
+                        "urn:ietf:params:scim:api:messages:2.0:PatchOp");
+    json_decref(st);
+
+    /* DEACTIVATE: one PATCH replace active=false. */
+    req.kind = PG_SCIM_OP_DEACTIVATE;
+    req.operations = NULL;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.ncalls, 1);
+    run_free(&r);
+    st = peer_state();
+    assert_true(json_is_false(json_object_get(state_user(st, "carol"),
+                                              "active")));
+    b = json_array_get(json_object_get(json_object_get(
+                           last_request(st, "PATCH"), "body"), "Operations"),
+                       0);
+    assert_string_equal(json_string_value(json_object_get(b, "path")),
+                        "active");
+    assert_true(json_is_false(json_object_get(b, "value")));
+    json_decref(st);
+
+    /* DELETE, then the account is gone: GET and DELETE say not_found. */
+    req.kind = PG_SCIM_OP_DELETE;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.http_status, 204);
+    st = peer_state();
+    assert_null(state_user(st, "carol"));
+    json_decref(st);
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_NOT_FOUND);
+    assert_string_equal(r.reason, "not_found");
+    req.kind = PG_SCIM_OP_GET;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_NOT_FOUND);
+    assert_string_equal(r.reason, "not_found");
+}
+
+static void
+test_replace_put(void **state)
+{
+    pg_scim_op_request_t req;
+    json_t *res, *st, *u;
+    char id[256];
+    run_t r;
+
+    (void)state;
+    make_user("dave", NULL, id, sizeof(id));
+    res = json_pack("{s:[s], s:s, s:{s:s}, s:b}", "schemas",
+                    "urn:ietf:params:scim:schemas:core:2.0:User", "userName",
+                    "dave", "name", "familyName", "Jones", "active", 1);
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_REPLACE;
+    req.id = id;
+    req.resource = res;
+    run_op(&r, &req);
+    json_decref(res);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.ncalls, 1);
+    assert_true(strncmp(r.calls[0], "PUT /Users/", 11) == 0);
+    run_free(&r);
+    st = peer_state();
+    u = state_user(st, "dave");
+    /* PUT replaced the whole resource: the old emails and givenName are
+     * gone. */
+    assert_null(json_object_get(u, "emails"));
+    assert_null(json_object_get(json_object_get(u, "name"), "givenName"));
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(u, "name"), "familyName")),
+                        "Jones");
+    json_decref(st);
+}
+
+static void
+test_list_pagination_and_filters(void **state)
+{
+    static const char *names[] = { "u1", "u2", "u3", "u4", "u5" };
+    pg_scim_op_request_t req;
+    char id[256];
+    json_t *st;
+    size_t i;
+    run_t r;
+
+    (void)state;
+    for (i = 0; i < 5; i++) {
+        make_user(names[i], NULL, id, sizeof(id));
+    }
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = 2;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.nresources, 5);
+    assert_int_equal(r.total, 5);
+    assert_int_equal(r.ncalls, 3);
+    assert_string_equal(r.calls[0], "GET /Users?startIndex=1&count=2 200");
+    assert_string_equal(r.calls[1], "GET /Users?startIndex=3&count=2 200");
+    assert_string_equal(r.calls[2], "GET /Users?startIndex=5&count=2 200");
+
+    /* Hard cap: more than max_results is an error, not a truncation. */
+    req.max_results = 3;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_TOO_LARGE);
+    assert_string_equal(r.reason, "too_many");
+
+    /* Filters: escaped, URL-encoded, case-insensitive on the server. */
+    req.max_results = 0;
+    req.filter_attr = "userName";
+    req.filter_value = "U3";
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.nresources, 1);
+    assert_string_equal(r.calls[0], "GET /Users?startIndex=1&count=2"
+                        "&filter=userName%20eq%20%22U3%22 200");
+    req.filter_attr = "emails.value";
+    req.filter_value = "alice@example.org";
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.nresources, 5);
+    req.filter_attr = "externalId";
+    req.filter_value = "none";
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.nresources, 0);
+    assert_int_equal(r.ncalls, 1);
+    st = peer_state();
+    assert_int_equal(count_requests(st, "GET", "/Users", 0), 3 + 2 + 1 + 3 + 1);
+    json_decref(st);
+}
+
+static void
+test_discovery_cached(void **state)
+{
+    pg_scim_op_request_t req;
+    char id[256];
+    json_t *st;
+    run_t r;
+
+    (void)state;
+    make_user("erin", NULL, id, sizeof(id));
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    memset(&CAPS, 0, sizeof(CAPS));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_GET;
+    req.id = id;
+    req.opts = &OPTS;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.ncalls, 2);
+    assert_string_equal(r.calls[0], "GET /ServiceProviderConfig 200");
+    run_free(&r);
+    assert_int_equal(CAPS.loaded, 1);
+    assert_int_equal(CAPS.patch, 1);
+    assert_int_equal(CAPS.etag, 0);
+    assert_int_equal(CAPS.filter, 1);
+    assert_int_equal(CAPS.bulk, 1);
+    assert_int_equal(CAPS.max_results, 200);
+    /* Cached: the next op does not read it again. */
+    run_op(&r, &req);
+    assert_int_equal(r.ncalls, 1);
+    run_free(&r);
+    st = peer_state();
+    assert_int_equal(count_requests(st, "GET", "/ServiceProviderConfig", 0),
+                     1);
+    json_decref(st);
+
+    /* LIST page size is capped by filter.maxResults. */
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"filter_max_results\": 1}", NULL), 200);
+    memset(&CAPS, 0, sizeof(CAPS));
+    req.kind = PG_SCIM_OP_DISCOVER;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_non_null(json_object_get(r.resource, "patch"));
+    run_free(&r);
+    assert_int_equal(CAPS.max_results, 1);
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = 50;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_string_equal(r.calls[0], "GET /Users?startIndex=1&count=1 200");
+}
+
+/* PATCH switched off and ETags on: reads, then PUT with If-Match. */
+static void
+test_put_fallback_with_etag(void **state)
+{
+    const char *groups[] = { "staff", NULL };
+    pg_scim_op_request_t req;
+    json_t *st, *u, *put;
+    char id[256], ver[128];
+    run_t r;
+
+    (void)state;
+    make_user("frank", groups, id, sizeof(id));
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"patch\": false, \"etag\": true}", NULL),
+                     200);
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    st = peer_state();
+    snprintf(ver, sizeof(ver), "%s", json_string_value(json_object_get(
+                 json_object_get(state_user(st, "frank"), "meta"),
+                 "version")));
+    json_decref(st);
+
+    memset(&CAPS, 0, sizeof(CAPS));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_DEACTIVATE;
+    req.id = id;
+    req.opts = &OPTS;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    run_free(&r);
+    assert_int_equal(CAPS.patch, 0);
+    assert_int_equal(CAPS.etag, 1);
+    assert_int_equal(r.ncalls, 3);
+    assert_string_equal(r.calls[0], "GET /ServiceProviderConfig 200");
+    assert_true(strncmp(r.calls[1], "GET /Users/", 11) == 0);
+    assert_true(strncmp(r.calls[2], "PUT /Users/", 11) == 0);
+    st = peer_state();
+    u = state_user(st, "frank");
+    assert_true(json_is_false(json_object_get(u, "active")));
+    /* Everything else survived the PUT. */
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(u, "name"), "givenName")),
+                        "Given");
+    put = last_request(st, "PUT");
+    assert_string_equal(json_string_value(json_object_get(put, "if_match")),
+                        ver);
+    assert_null(json_object_get(json_object_get(put, "body"), "meta"));
+    assert_int_equal(count_requests(st, "PATCH", "", 1), 0);
+    json_decref(st);
+
+    /* Group member removal by PUT of the group without the member. */
+    req.kind = PG_SCIM_OP_GROUP_REMOVE;
+    st = peer_state();
+    {
+        json_t *g;
+        size_t i;
+
+        json_array_foreach(json_object_get(st, "groups"), i, g) {
+            if (strcmp(json_string_value(json_object_get(g, "displayName")),
+                       "staff") == 0) {
+                snprintf(ver, sizeof(ver), "%s", json_string_value(
+                             json_object_get(g, "id")));
+            }
+        }
+    }
+    json_decref(st);
+    req.id = ver;
+    req.member_id = id;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    run_free(&r);
+    assert_true(strncmp(r.calls[1], "PUT /Groups/", 12) == 0);
+    st = peer_state();
+    assert_false(state_group_has(st, "staff", id));
+    json_decref(st);
+
+    /* An explicit stale If-Match is the caller's precondition: no
+     * re-read, the 412 is reported. */
+    req.kind = PG_SCIM_OP_REPLACE;
+    req.id = id;
+    req.if_match = "W/\"stale\"";
+    req.resource = json_pack("{s:[s], s:s}", "schemas",
+                             "urn:ietf:params:scim:schemas:core:2.0:User",
+                             "userName", "frank");
+    run_op(&r, &req);
+    json_decref((json_t *)req.resource);
+    assert_int_equal(r.st, PG_ERR_CONFLICT);
+    assert_string_equal(r.reason, "target_rejected");
+    assert_int_equal(r.http_status, 412);
+    assert_int_equal(r.ncalls, 1);
+}
+
+/* 412 on a write without an explicit version: read again, write again. */
+static void
+test_412_rereads_once(void **state)
+{
+    pg_scim_op_request_t req;
+    json_t *ops, *st;
+    char id[256];
+    run_t r;
+
+    (void)state;
+    make_user("gina", NULL, id, sizeof(id));
+    peer_faults("{\"fail_status\": 412, \"fail_method\": \"PATCH\"}");
+    ops = json_pack("[{s:s, s:s, s:s}]", "op", "replace", "path", "title",
+                    "value", "Boss");
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_MODIFY;
+    req.id = id;
+    req.operations = ops;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.reread, 1);
+    assert_int_equal(r.ncalls, 3); /* PATCH 412, GET, PATCH */
+    assert_string_equal(r.calls[0] + strlen(r.calls[0]) - 3, "412");
+    assert_true(strncmp(r.calls[1], "GET /Users/", 11) == 0);
+    assert_true(strncmp(r.calls[2], "PATCH /Users/", 13) == 0);
+    run_free(&r);
+    /* Twice in a row: reported. */
+    peer_faults("{\"fail_status\": 412, \"fail_method\": \"PATCH\", "
+                "\"fail_count\": 2}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_CONFLICT);
+    assert_int_equal(r.http_status, 412);
+    json_decref(ops);
+    st = peer_state();
+    assert_string_equal(json_string_value(json_object_get(
+                            state_user(st, "gina"), "title")), "Boss");
+    json_decref(st);
+}
+
+/* ensure: 412 on the user PATCH re-reads and PATCHes again; with ETags
+ * advertised the PATCH carries If-Match. */
+static void
+test_ensure_412_and_if_match(void **state)
+{
+    json_t *d1 = desired_for("hank", "Hank"), *d2 = desired_for("hank", "H");
+    pg_scim_request_t req;
+    json_t *st, *p;
+    char ver[128];
+    run_t r;
+
+    (void)state;
+    memset(&r, 0, sizeof(r));
+    run_ensure(&r, d1, NULL, NULL);
+    assert_int_equal(r.st, PG_OK);
+    peer_faults("{\"fail_status\": 412, \"fail_method\": \"PATCH\"}");
+    memset(&r, 0, sizeof(r));
+    run_ensure(&r, d2, NULL, NULL);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.updated, 1);
+    assert_int_equal(r.reread, 1);
+    assert_int_equal(r.ncalls, 4); /* lookup, PATCH 412, GET, PATCH */
+    assert_true(strncmp(r.calls[2], "GET /Users/", 11) == 0);
+    assert_true(strncmp(r.calls[3], "PATCH /Users/", 13) == 0);
+
+    /* ETags on: PATCH with If-Match = the version read. */
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"etag\": true}", NULL), 200);
+    st = peer_state();
+    snprintf(ver, sizeof(ver), "%s", json_string_value(json_object_get(
+                 json_object_get(state_user(st, "hank"), "meta"),
+                 "version")));
+    json_decref(st);
+    memset(&CAPS, 0, sizeof(CAPS));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.desired = d1;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &r, &r.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.updated, 1);
+    assert_string_equal(r.calls[0], "GET /ServiceProviderConfig 200");
+    st = peer_state();
+    p = last_request(st, "PATCH");
+    assert_string_equal(json_string_value(json_object_get(p, "if_match")),
+                        ver);
+    assert_int_equal(json_integer_value(json_object_get(p, "status")), 200);
+    json_decref(st);
+
+    /* PATCH off: the ensure update becomes a PUT of the whole account. */
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"patch\": false}", NULL), 200);
+    memset(&CAPS, 0, sizeof(CAPS));
+    req.desired = d2;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &r, &r.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.updated, 1);
+    assert_true(strncmp(r.calls[2], "PUT /Users/", 11) == 0);
+    st = peer_state();
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            state_user(st, "hank"), "name"), "givenName")),
+                        "H");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(
+                            json_object_get(state_user(st, "hank"), "emails"),
+                            0), "value")), "alice@example.org");
+    json_decref(st);
+    json_decref(d1);
+    json_decref(d2);
+}
+
+static void
+test_group_remove_dialects(void **state)
+{
+    const char *groups[] = { "staff", "engineering", NULL };
+    pg_scim_op_request_t req;
+    json_t *st, *g, *b, *o;
+    char id[256], staff[128] = "", eng[128] = "";
+    size_t i;
+    run_t r;
+
+    (void)state;
+    make_user("ivy", groups, id, sizeof(id));
+    st = peer_state();
+    json_array_foreach(json_object_get(st, "groups"), i, g) {
+        const char *n = json_string_value(json_object_get(g, "displayName"));
+
+        snprintf(strcmp(n, "staff") == 0 ? staff : eng, 128, "%s",
+                 json_string_value(json_object_get(g, "id")));
+    }
+    assert_true(state_group_has(st, "staff", id));
+    assert_true(state_group_has(st, "engineering", id));
+    json_decref(st);
+    memset(&OPTS, 0, sizeof(OPTS));
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_GROUP_REMOVE;
+    req.id = staff;
+    req.member_id = id;
+    req.opts = &OPTS;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    run_free(&r);
+    st = peer_state();
+    assert_false(state_group_has(st, "staff", id));
+    assert_true(state_group_has(st, "engineering", id));
+    o = json_array_get(json_object_get(json_object_get(
+                           last_request(st, "PATCH"), "body"), "Operations"),
+                       0);
+    assert_string_equal(json_string_value(json_object_get(o, "op")),
+                        "remove");
+    b = json_object_get(o, "path");
+    assert_true(strncmp(json_string_value(b), "members[value eq \"", 18)
+                == 0);
+    assert_null(json_object_get(o, "value"));
+    json_decref(st);
+
+    /* The value-array dialect (for servers that expect it). SCIMMY
+     * accepts the request but ignores the value of a "remove" (RFC 7644
+     * only defines the filter form), so only the request is checked. */
+    OPTS.dialect.member_remove_value = 1;
+    req.id = eng;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.ncalls, 1);
+    run_free(&r);
+    st = peer_state();
+    assert_true(strncmp(json_string_value(json_object_get(
+                    last_request(st, "PATCH"), "path")),
+                        "/scim/v2/Groups/", 16) == 0);
+    assert_non_null(strstr(json_string_value(json_object_get(
+                        last_request(st, "PATCH"), "path")), eng));
+    o = json_array_get(json_object_get(json_object_get(
+                           last_request(st, "PATCH"), "body"), "Operations"),
+                       0);
+    assert_string_equal(json_string_value(json_object_get(o, "path")),
+                        "members");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(
+                            json_object_get(o, "value"), 0), "value")), id);
+    json_decref(st);
+}
+
+static void
+test_retry_backoff(void **state)
+{
+    pg_scim_op_request_t req;
+    json_t *d = desired_for("jack", "Jack");
+    pg_scim_request_t ereq;
+    int i;
+    char id[256];
+    json_t *st;
+    run_t r;
+
+    (void)state;
+    make_user("jack", NULL, id, sizeof(id));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.host = pg_loop_host(G.loop);
+    OPTS.retry.max_attempts = 3;
+    OPTS.retry.base_ms = 20;
+    OPTS.retry.max_ms = 200;
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_GET;
+    req.id = id;
+    req.opts = &OPTS;
+
+    /* Two 503s, then success. */
+    peer_faults("{\"fail_status\": 503, \"fail_count\": 2}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.retries, 2);
+    assert_int_equal(r.ncalls, 3);
+    assert_string_equal(r.calls[0] + strlen(r.calls[0]) - 3, "503");
+    assert_string_equal(r.calls[2] + strlen(r.calls[2]) - 3, "200");
+    run_free(&r);
+
+    /* Three failures: attempts exhausted, reported. */
+    peer_faults("{\"fail_status\": 500, \"fail_count\": 3}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_HTTP);
+    assert_string_equal(r.reason, "target_unavailable");
+    assert_int_equal(r.ncalls, 3);
+
+    /* Connection resets count too (libcurl itself may retry a reused
+     * connection once, hence two resets and at least one retry here). */
+    peer_faults("{\"reset\": true, \"fail_count\": 2}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_true(r.retries >= 1 && r.retries <= 2);
+    run_free(&r);
+
+    /* Retry-After beyond max_ms: not retried. */
+    peer_faults("{\"fail_status\": 429, \"retry_after\": 5}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_HTTP);
+    assert_int_equal(r.ncalls, 1);
+
+    /* 400 is never retried. */
+    peer_faults("{\"fail_status\": 400}");
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_HTTP);
+    assert_string_equal(r.reason, "target_rejected");
+    assert_int_equal(r.ncalls, 1);
+
+    /* ensure with retries: a 500 on the lookup is retried. */
+    peer_faults("{\"fail_status\": 500, \"fail_method\": \"GET\"}");
+    memset(&ereq, 0, sizeof(ereq));
+    ereq.target = &T;
+    ereq.desired = d;
+    ereq.on_call = on_call;
+    ereq.opts = &OPTS;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pg_scim_ensure(G.http, &ereq, on_result, &r, &r.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.adopted, 1);
+    assert_int_equal(r.retries, 1);
+    /* ... and without opts (the gateway's default) it is not. */
+    peer_faults("{\"fail_status\": 500, \"fail_method\": \"GET\"}");
+    memset(&r, 0, sizeof(r));
+    run_ensure(&r, d, NULL, NULL);
+    assert_int_equal(r.st, PG_ERR_HTTP);
+    assert_int_equal(r.ncalls, 1);
+
+    /* Cancel while waiting for the retry timer: no callback, no leak. */
+    OPTS.retry.base_ms = 200;
+    peer_faults("{\"fail_status\": 503}");
+    memset(&r, 0, sizeof(r));
+    req.target = &T;
+    req.on_call = on_call;
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &r.op), PG_OK);
+    for (i = 0; i < 300 && r.ncalls == 0; i++) {
+        spin(10);
+    }
+    assert_int_equal(r.ncalls, 1);
+    pg_scim_cancel(r.op);
+    spin(300);
+    assert_int_equal(r.cb_count, 0);
+    st = peer_state();
+    /* 503,503,200 + 500 x3 + reset,reset,200 + 429 + 400 + the cancelled
+     * op's single 503: nothing was sent after the cancel. */
+    assert_int_equal(count_requests(st, "GET", "/Users/", 1), 12);
+    json_decref(st);
+    json_decref(d);
+}
+
+/* OAuth 2.0 client credentials against the peer's token endpoint. */
+static void
+test_oauth_client_credentials(void **state)
+{
+    pg_scim_oauth_cfg_t oc;
+    pg_scim_oauth_t *oauth = NULL;
+    pg_scim_op_request_t req;
+    char url[160], id[256];
+    json_t *info = NULL;
+    run_t r1, r2, r3;
+
+    (void)state;
+    make_user("kim", NULL, id, sizeof(id));
+    assert_int_equal(peer_call("POST", "/_admin/oauth",
+                               "{\"client_id\": \"prov gate\", "
+                               "\"client_secret\": \"s3cr:t\", "
+                               "\"latency_ms\": 100}", NULL), 200);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/oauth/token", G.port);
+    memset(&oc, 0, sizeof(oc));
+    oc.token_url = url;
+    oc.client_id = "prov gate";
+    oc.client_secret = "s3cr:t";
+    oc.scope = "scim.write";
+    assert_int_equal(pg_scim_oauth_new(&oc, &oauth), PG_OK);
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.oauth = oauth;
+    /* The static token must not be what authenticates. */
+    T.bearer_token = (char *)"wrong-static-token";
+
+    /* Two ops started together share one token fetch. */
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_GET;
+    req.id = id;
+    req.target = &T;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    memset(&r1, 0, sizeof(r1));
+    memset(&r2, 0, sizeof(r2));
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r1, &r1.op),
+                     PG_OK);
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r2, &r2.op),
+                     PG_OK);
+    assert_int_equal(r1.cb_count + r2.cb_count, 0);
+    assert_int_equal(pg_loop_run(G.loop, &r1.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r2.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r1.st, PG_OK);
+    assert_int_equal(r2.st, PG_OK);
+    run_free(&r1);
+    run_free(&r2);
+    assert_int_equal(peer_call("GET", "/_admin/oauth", NULL, &info), 200);
+    assert_int_equal(json_integer_value(json_object_get(info,
+                                                        "token_requests")), 1);
+    assert_string_equal(json_string_value(json_object_get(info,
+                                                          "last_scope")),
+                        "scim.write");
+    assert_string_equal(json_string_value(json_object_get(info,
+                                                          "last_auth")),
+                        "basic");
+    json_decref(info);
+
+    /* Cached: a later op does not fetch again. */
+    run_op(&r3, &req);
+    assert_int_equal(r3.st, PG_OK);
+    run_free(&r3);
+    assert_int_equal(peer_call("GET", "/_admin/oauth", NULL, &info), 200);
+    assert_int_equal(json_integer_value(json_object_get(info,
+                                                        "token_requests")), 1);
+    json_decref(info);
+    pg_scim_oauth_free(oauth);
+
+    /* expires_in within the skew: every op fetches a fresh token. */
+    assert_int_equal(peer_call("POST", "/_admin/oauth",
+                               "{\"client_id\": \"prov gate\", "
+                               "\"client_secret\": \"s3cr:t\", "
+                               "\"expires_in\": 20}", NULL), 200);
+    oc.skew_s = 30;
+    assert_int_equal(pg_scim_oauth_new(&oc, &oauth), PG_OK);
+    OPTS.oauth = oauth;
+    run_op(&r3, &req);
+    assert_int_equal(r3.st, PG_OK);
+    run_free(&r3);
+    run_op(&r3, &req);
+    assert_int_equal(r3.st, PG_OK);
+    run_free(&r3);
+    assert_int_equal(peer_call("GET", "/_admin/oauth", NULL, &info), 200);
+    assert_int_equal(json_integer_value(json_object_get(info,
+                                                        "token_requests")), 2);
+    json_decref(info);
+
+    /* Wrong secret: the waiting op fails with target_auth, no SCIM call. */
+    pg_scim_oauth_free(oauth);
+    oc.client_secret = "nope";
+    assert_int_equal(pg_scim_oauth_new(&oc, &oauth), PG_OK);
+    OPTS.oauth = oauth;
+    run_op(&r3, &req);
+    assert_int_equal(r3.st, PG_ERR_DENIED);
+    assert_string_equal(r3.reason, "target_auth");
+    assert_int_equal(r3.ncalls, 0);
+
+    /* Cancel while waiting for the token: no callback. */
+    pg_scim_oauth_free(oauth);
+    oc.client_secret = "s3cr:t";
+    assert_int_equal(pg_scim_oauth_new(&oc, &oauth), PG_OK);
+    OPTS.oauth = oauth;
+    memset(&r1, 0, sizeof(r1));
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r1, &r1.op),
+                     PG_OK);
+    pg_scim_cancel(r1.op);
+    spin(50);
+    assert_int_equal(r1.cb_count, 0);
+    /* The cache still works for the next op. */
+    run_op(&r3, &req);
+    assert_int_equal(r3.st, PG_OK);
+    run_free(&r3);
+    pg_scim_oauth_free(oauth);
+}
+
+/* dialect.no_extensions: the enterprise extension is not sent. */
+static void
+test_dialect_no_extensions(void **state)
+{
+    const char *ent = "urn:ietf:params:scim:schemas:extension:enterprise:"
+                      "2.0:User";
+    pg_scim_request_t req;
+    json_t *d, *st, *body;
+    run_t r;
+
+    (void)state;
+    d = json_pack("{s:[s, s], s:s, s:{s:s}}", "schemas",
+                  "urn:ietf:params:scim:schemas:core:2.0:User", ent,
+                  "userName", "lena", ent, "department", "R&D");
+    assert_non_null(d);
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.dialect.no_extensions = 1;
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.desired = d;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &r, &r.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.created, 1);
+    st = peer_state();
+    body = json_object_get(last_request(st, "POST"), "body");
+    assert_null(json_object_get(body, ent));
+    assert_int_equal(json_array_size(json_object_get(body, "schemas")), 1);
+    assert_null(json_object_get(state_user(st, "lena"), ent));
+    json_decref(st);
+    /* The caller's desired object is untouched (the op works on a copy). */
+    assert_non_null(json_object_get(d, ent));
+
+    /* Without the dialect the extension goes out and is stored. */
+    assert_int_equal(peer_call("POST", "/_admin/clear", "{}", NULL), 200);
+    memset(&r, 0, sizeof(r));
+    run_ensure(&r, d, NULL, NULL);
+    assert_int_equal(r.st, PG_OK);
+    st = peer_state();
+    assert_string_equal(json_string_value(json_object_get(json_object_get(
+                            state_user(st, "lena"), ent), "department")),
+                        "R&D");
+    json_decref(st);
+    json_decref(d);
+}
+
+/* MODIFY without PATCH support: the operations are applied locally to the
+ * resource read and the result is PUT. */
+static void
+test_put_fallback_applies_ops(void **state)
+{
+    pg_scim_op_request_t req;
+    json_t *ops, *st, *u, *e;
+    char id[256];
+    run_t r;
+
+    (void)state;
+    make_user("mona", NULL, id, sizeof(id));
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"patch\": false}", NULL), 200);
+    ops = json_pack("[{s:s, s:s, s:s},"           /* nested, odd case */
+                    " {s:s, s:s, s:[{s:s, s:s}]},"  /* add to emails */
+                    " {s:s, s:{s:s}},"              /* no path */
+                    " {s:s, s:s},"                  /* remove by filter */
+                    " {s:s, s:s}]",                 /* remove attribute */
+                    "op", "Replace", "path", "NAME.givenName", "value", "Mo",
+                    "op", "add", "path", "emails", "value", "value",
+                    "mona@home.example", "type", "home",
+                    "op", "add", "value", "title", "Chief",
+                    "op", "remove", "path",
+                    "emails[value eq \"alice@example.org\"]",
+                    "op", "remove", "path", "name.familyName");
+    assert_non_null(ops);
+    memset(&CAPS, 0, sizeof(CAPS));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_MODIFY;
+    req.id = id;
+    req.operations = ops;
+    req.opts = &OPTS;
+    run_op(&r, &req);
+    json_decref(ops);
+    assert_int_equal(r.st, PG_OK);
+    run_free(&r);
+    st = peer_state();
+    assert_int_equal(count_requests(st, "PATCH", "", 1), 0);
+    assert_int_equal(count_requests(st, "PUT", "/Users/", 1), 1);
+    u = state_user(st, "mona");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(u, "name"), "givenName")), "Mo");
+    assert_null(json_object_get(json_object_get(u, "name"), "familyName"));
+    assert_string_equal(json_string_value(json_object_get(u, "title")),
+                        "Chief");
+    e = json_object_get(u, "emails");
+    assert_int_equal(json_array_size(e), 1);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(e, 0), "value")),
+                        "mona@home.example");
+    json_decref(st);
+
+    /* A filter the fallback cannot apply: "unsupported", nothing written. */
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    ops = json_pack("[{s:s, s:s, s:s}]", "op", "replace", "path",
+                    "emails[type eq \"home\"].value", "value", "x@y.z");
+    req.operations = ops;
+    run_op(&r, &req);
+    json_decref(ops);
+    assert_int_equal(r.st, PG_ERR_INVALID);
+    assert_string_equal(r.reason, "unsupported");
+    st = peer_state();
+    assert_int_equal(count_requests(st, "PUT", "", 1), 0);
+    assert_int_equal(count_requests(st, "GET", "/Users/", 1), 1);
+    json_decref(st);
+}
+
 int
 main(void)
 {
@@ -1692,6 +2741,20 @@ main(void)
         cmocka_unit_test_setup(test_response_over_cap, test_setup),
         cmocka_unit_test_setup(test_request_headers, test_setup),
         cmocka_unit_test_setup(test_group_paths_scripted, test_setup),
+        cmocka_unit_test(test_classify),
+        cmocka_unit_test_setup(test_run_rejects_bad_request, test_setup),
+        cmocka_unit_test_setup(test_get_modify_deactivate_delete, test_setup),
+        cmocka_unit_test_setup(test_replace_put, test_setup),
+        cmocka_unit_test_setup(test_list_pagination_and_filters, test_setup),
+        cmocka_unit_test_setup(test_discovery_cached, test_setup),
+        cmocka_unit_test_setup(test_put_fallback_with_etag, test_setup),
+        cmocka_unit_test_setup(test_412_rereads_once, test_setup),
+        cmocka_unit_test_setup(test_ensure_412_and_if_match, test_setup),
+        cmocka_unit_test_setup(test_group_remove_dialects, test_setup),
+        cmocka_unit_test_setup(test_retry_backoff, test_setup),
+        cmocka_unit_test_setup(test_oauth_client_credentials, test_setup),
+        cmocka_unit_test_setup(test_dialect_no_extensions, test_setup),
+        cmocka_unit_test_setup(test_put_fallback_applies_ops, test_setup),
     };
 
     return cmocka_run_group_tests_name("scim", tests, group_setup,

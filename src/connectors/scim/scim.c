@@ -2,7 +2,7 @@
  * provgate core: SCIM 2.0 client connector (see include/provgate/scim.h and
  * docs/connectors.md).
  *
- * Two parts:
+ * Three parts:
  *
  * 1. pg_scim_build_user(): the desired User from the target's mapping.
  *  - "schemas" is always ["urn:ietf:params:scim:schemas:core:2.0:User"]
@@ -30,7 +30,16 @@
  *    Reason codes: target_auth (401/403), target_unavailable (transport
  *    error, 429, 5xx), target_timeout, target_rejected (other 4xx, with the
  *    SCIM scimType/detail), bad_response (non-JSON, wrong shape, over
- *    PG_SCIM_MAX_RESPONSE, ambiguous), group_unknown. No retries.
+ *    PG_SCIM_MAX_RESPONSE, ambiguous), group_unknown. A 412 on the user
+ *    update re-reads the account and compares again, once. With
+ *    pg_scim_options (all opt-in): discovery of /ServiceProviderConfig into
+ *    a caller-owned cache, If-Match on writes when ETags are advertised,
+ *    PUT of the whole account when PATCH is not, and delayed retries with
+ *    backoff on host timers (pg_scim_classify()).
+ *
+ * 3. pg_scim_run(): single operations (GET, PUT, PATCH with a local PUT
+ *    fallback, DELETE, deactivate, group member removal, paged LIST,
+ *    discovery) on the same op, call, retry and callback machinery.
  *
  * Secrets: the bearer token only lives in the op's Authorization header
  * (wiped on free); it is never logged and is masked out of result details.
@@ -390,7 +399,13 @@ typedef enum scim_state {
     S_GROUP_LOOKUP,    /* GET /Groups?filter=displayName eq "<g>" */
     S_GROUP_CREATE,    /* POST /Groups (with the account as member) */
     S_GROUP_MEMBERS,   /* GET /Groups/<gid>?attributes=members */
-    S_GROUP_PATCH      /* PATCH /Groups/<gid> add member */
+    S_GROUP_PATCH,     /* PATCH /Groups/<gid> add member */
+    S_REREAD,          /* GET /Users/<id> after a 412 on the user PATCH */
+    /* pg_scim_run() */
+    S_DISCOVER,        /* GET /ServiceProviderConfig */
+    S_X_READ,          /* GET /<coll>/<id> (GET, or before a write) */
+    S_X_WRITE,         /* PUT / PATCH / DELETE /<coll>/<id> */
+    S_X_LIST           /* GET /<coll>?startIndex=..&count=.. */
 } scim_state_t;
 
 /*
@@ -424,6 +439,32 @@ struct pg_scim_op {
     char *gid;                 /* id of groups[gi] */
     int group_retried;         /* 409 on POST /Groups handled once */
 
+    /* Options (pg_scim_request.opts / pg_scim_op_request.opts). */
+    pg_scim_options_t opts;    /* copy; opts.caps borrowed */
+    int has_opts;
+    json_t *body;              /* body of the call in flight (retries) */
+    char *ifm_header;          /* "If-Match: <v>" of the call, or NULL */
+    unsigned attempt;          /* attempts of the call in flight */
+    pg_timer_t *timer;         /* retry timer (opts.host) or NULL */
+    uint32_t rnd;              /* jitter state */
+    char *version;             /* version of the account/resource read */
+    int reread_done;           /* 412 handled once */
+
+    /* pg_scim_run() */
+    pg_scim_kind_t kind;       /* 0 for ensure */
+    const char *coll;          /* "/Users" or "/Groups" (static) */
+    char *id;
+    char *member_id;
+    json_t *payload;           /* REPLACE resource / MODIFY operations */
+    char *if_match;            /* explicit version from the request */
+    char *list_filter;         /* LIST: URL-encoded filter or NULL */
+    unsigned page_size, max_results;
+    size_t start_index;
+
+    /* OAuth: waiting for the token fetch of opts.oauth. */
+    pg_scim_op_t **whead;      /* list the op waits on, or NULL */
+    pg_scim_op_t *wnext, *wprev;
+
     int in_cb;                 /* inside on_call / cb: defer frees */
     int cancelled;             /* pg_scim_cancel() seen while in_cb */
     pg_scim_result_t res;
@@ -444,6 +485,25 @@ scim_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+/* Take op off the token-wait list it is on (no-op when not waiting). */
+static void
+wait_unlink(pg_scim_op_t *op)
+{
+    if (op->whead == NULL) {
+        return;
+    }
+    if (op->wprev != NULL) {
+        op->wprev->wnext = op->wnext;
+    } else {
+        *op->whead = op->wnext;
+    }
+    if (op->wnext != NULL) {
+        op->wnext->wprev = op->wprev;
+    }
+    op->whead = NULL;
+    op->wnext = op->wprev = NULL;
+}
+
 /* Release everything the op owns. The bearer header is wiped first. */
 static void
 scim_op_free(pg_scim_op_t *op)
@@ -453,6 +513,7 @@ scim_op_free(pg_scim_op_t *op)
     if (op == NULL) {
         return;
     }
+    wait_unlink(op);
     json_decref(op->desired);
     free(op->known_id);
     for (i = 0; i < op->ngroups; i++) {
@@ -468,6 +529,19 @@ scim_op_free(pg_scim_op_t *op)
     free(op->path);
     free(op->gid);
     free(op->res.account_id);
+    json_decref(op->body);
+    free(op->ifm_header);
+    if (op->timer != NULL) {
+        op->opts.host->timer_close(op->timer);
+    }
+    free(op->version);
+    free(op->id);
+    free(op->member_id);
+    json_decref(op->payload);
+    free(op->if_match);
+    free(op->list_filter);
+    json_decref(op->res.resource);
+    json_decref(op->res.resources);
     free(op);
 }
 
@@ -489,9 +563,15 @@ detail_clean(char *out, size_t outsz)
 static void
 detail_redact(pg_scim_op_t *op)
 {
+    const char bpre[] = "Authorization: Bearer ";
     const char *tok = op->target->bearer_token;
     char *d = op->res.detail, *hit;
     size_t tlen, dlen;
+
+    if (op->auth_header != NULL &&
+        strncmp(op->auth_header, bpre, sizeof(bpre) - 1) == 0) {
+        tok = op->auth_header + sizeof(bpre) - 1;
+    }
 
     if (tok == NULL || (tlen = strlen(tok)) < 4) {
         return;
@@ -547,40 +627,30 @@ path_noquery_len(const char *path)
 }
 
 /*
- * Start one HTTP call: method on base + path, with the JSON body (borrowed,
- * may be NULL). path is taken over by the op (freed on failure too).
- * Returns PG_OK or the pg_http_start failure.
+ * Send (or re-send) the call described by op->method, op->path, op->body
+ * and op->ifm_header. Returns PG_OK or the pg_http_start failure.
  */
 static pg_status_t
-scim_call(pg_scim_op_t *op, scim_state_t state, const char *method,
-          char *path, const json_t *body)
+scim_send(pg_scim_op_t *op)
 {
     const pg_target_cfg_t *t = op->target;
-    const char *headers[3];
+    const char *headers[4];
     pg_http_request_t req;
     size_t nh = 0, blen = 0, plen, ulen;
     char *url = NULL, *b = NULL;
     pg_status_t st;
 
-    if (path == NULL) {
-        return PG_ERR_NOMEM;
-    }
-    free(op->path);
-    op->path = path;
-    op->method = method;
-    op->state = state;
-
     ulen = strlen(op->base);
-    plen = strlen(path);
+    plen = strlen(op->path);
     url = malloc(ulen + plen + 1);
     if (url == NULL) {
         return PG_ERR_NOMEM;
     }
     memcpy(url, op->base, ulen);
-    memcpy(url + ulen, path, plen + 1);
+    memcpy(url + ulen, op->path, plen + 1);
 
-    if (body != NULL) {
-        b = json_dumps(body, JSON_COMPACT);
+    if (op->body != NULL) {
+        b = json_dumps(op->body, JSON_COMPACT);
         if (b == NULL) {
             free(url);
             return PG_ERR_NOMEM;
@@ -588,14 +658,17 @@ scim_call(pg_scim_op_t *op, scim_state_t state, const char *method,
         blen = strlen(b);
     }
     headers[nh++] = "Accept: " SCIM_MEDIA;
-    if (body != NULL) {
+    if (op->body != NULL) {
         headers[nh++] = "Content-Type: " SCIM_MEDIA;
     }
     if (op->auth_header != NULL) {
         headers[nh++] = op->auth_header;
     }
+    if (op->ifm_header != NULL) {
+        headers[nh++] = op->ifm_header;
+    }
     memset(&req, 0, sizeof(req));
-    req.method = method;
+    req.method = op->method;
     req.url = url;
     req.headers = headers;
     req.nheaders = nh;
@@ -620,13 +693,60 @@ scim_call(pg_scim_op_t *op, scim_state_t state, const char *method,
     return st;
 }
 
+/* 1 when s has a byte that may not appear in a header value. */
+static int has_ctl(const char *s);
+
+/*
+ * Start one HTTP call: method on base + path, with the JSON body (borrowed,
+ * may be NULL; a reference is kept for retries) and, when version is a
+ * usable header value, "If-Match: <version>". path is taken over by the op
+ * (freed on failure too). Returns PG_OK or the pg_http_start failure.
+ */
+static pg_status_t
+scim_call_v(pg_scim_op_t *op, scim_state_t state, const char *method,
+            char *path, const json_t *body, const char *version)
+{
+    if (path == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    free(op->path);
+    op->path = path;
+    op->method = method;
+    op->state = state;
+    op->attempt = 1;
+    json_decref(op->body);
+    op->body = body != NULL ? json_incref((json_t *)body) : NULL;
+    free(op->ifm_header);
+    op->ifm_header = NULL;
+    if (version != NULL && version[0] != '\0' && !has_ctl(version) &&
+        strlen(version) <= SCIM_MAX_ID) {
+        size_t vl = strlen(version);
+        const char pre[] = "If-Match: ";
+
+        op->ifm_header = malloc(sizeof(pre) + vl);
+        if (op->ifm_header == NULL) {
+            return PG_ERR_NOMEM;
+        }
+        memcpy(op->ifm_header, pre, sizeof(pre) - 1);
+        memcpy(op->ifm_header + sizeof(pre) - 1, version, vl + 1);
+    }
+    return scim_send(op);
+}
+
+static pg_status_t
+scim_call(pg_scim_op_t *op, scim_state_t state, const char *method,
+          char *path, const json_t *body)
+{
+    return scim_call_v(op, state, method, path, body, NULL);
+}
+
 /* Start the next call from inside a callback; on failure finish the op.
  * Returns 1 when the call is in flight, 0 when the op is gone. */
 static int
-scim_next(pg_scim_op_t *op, scim_state_t state, const char *method,
-          char *path, const json_t *body)
+scim_next_v(pg_scim_op_t *op, scim_state_t state, const char *method,
+            char *path, const json_t *body, const char *version)
 {
-    pg_status_t st = scim_call(op, state, method, path, body);
+    pg_status_t st = scim_call_v(op, state, method, path, body, version);
 
     if (st == PG_OK) {
         return 1;
@@ -635,6 +755,13 @@ scim_next(pg_scim_op_t *op, scim_state_t state, const char *method,
               method, op->path != NULL ? path_noquery_len(op->path) : 0,
               op->path != NULL ? op->path : "", pg_status_str(st));
     return 0;
+}
+
+static int
+scim_next(pg_scim_op_t *op, scim_state_t state, const char *method,
+          char *path, const json_t *body)
+{
+    return scim_next_v(op, state, method, path, body, NULL);
 }
 
 /* "<prefix><urlencoded s><suffix>", malloc'd, NULL on OOM. */
@@ -992,12 +1119,98 @@ step_lookup(pg_scim_op_t *op)
                     filter_path("/Users?filter=", ua, op->username), NULL);
 }
 
-/* Account known (adopted or found by id): PATCH what differs, or go on
- * with the groups. existing is borrowed. */
+/* 1 when writes should carry If-Match (ETags advertised, not disabled). */
+static int
+use_etag(const pg_scim_op_t *op)
+{
+    return op->has_opts && op->opts.caps != NULL && op->opts.caps->loaded &&
+           op->opts.caps->etag && !op->opts.dialect.no_etag;
+}
+
+/* 1 when updates may use PATCH (default), 0 when they must PUT. */
+static int
+use_patch(const pg_scim_op_t *op)
+{
+    if (!op->has_opts) {
+        return 1;
+    }
+    if (op->opts.dialect.force_put) {
+        return 0;
+    }
+    return op->opts.caps == NULL || !op->opts.caps->loaded ||
+           op->opts.caps->patch;
+}
+
+/*
+ * Remember the version of resource r read by the call just answered: the
+ * ETag header when present, else r.meta.version. Replaces op->version
+ * (NULL when neither is there). resp may be NULL (list entries).
+ */
+static void
+remember_version(pg_scim_op_t *op, const pg_http_response_t *resp,
+                 const json_t *r)
+{
+    const char *v = NULL;
+
+    if (resp != NULL) {
+        v = pg_http_response_header(resp, "ETag");
+    }
+    if (v == NULL) {
+        v = json_string_value(json_object_get(json_object_get(r, "meta"),
+                                              "version"));
+    }
+    free(op->version);
+    op->version = NULL;
+    if (v != NULL && v[0] != '\0' && strlen(v) <= SCIM_MAX_ID &&
+        !has_ctl(v)) {
+        op->version = strdup(v); /* NULL on OOM: simply no If-Match */
+    }
+}
+
+/*
+ * Full resource for a PUT: a copy of existing without "meta" (and, for
+ * users, the read-only "groups"), with every top-level desired attribute
+ * replacing the existing one (matched case-insensitively). New reference
+ * or NULL on OOM.
+ */
+static json_t *
+user_put_body(const json_t *desired, const json_t *existing)
+{
+    json_t *out = json_deep_copy(existing), *v;
+    const char *k, *ek;
+    void *tmp;
+
+    if (out == NULL) {
+        return NULL;
+    }
+    json_object_del(out, "meta");
+    json_object_del(out, "groups");
+    json_object_foreach((json_t *)desired, k, v) {
+        if (strcasecmp(k, "id") == 0 || strcasecmp(k, "meta") == 0) {
+            continue;
+        }
+        json_object_foreach_safe(out, tmp, ek, v) {
+            (void)v;
+            if (strcasecmp(ek, k) == 0 && strcmp(ek, k) != 0) {
+                json_object_del(out, ek);
+            }
+        }
+        if (json_object_set(out, k, json_object_get(desired, k)) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* Account known (adopted or found by id): PATCH what differs (or PUT the
+ * whole account when PATCH is not supported), or go on with the groups.
+ * existing is borrowed. */
 static void
 step_update(pg_scim_op_t *op, const json_t *existing)
 {
-    json_t *patch;
+    json_t *patch, *put;
+    const char *ver = use_etag(op) ? op->version : NULL;
     int nomem;
 
     patch = user_patch(op->desired, existing, &nomem);
@@ -1009,8 +1222,22 @@ step_update(pg_scim_op_t *op, const json_t *existing)
         step_groups(op);
         return;
     }
-    (void)scim_next(op, S_PATCH_USER, "PATCH",
-                    path_with("/Users/", op->res.account_id, ""), patch);
+    if (!use_patch(op)) {
+        json_decref(patch);
+        put = user_put_body(op->desired, existing);
+        if (put == NULL) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
+            return;
+        }
+        (void)scim_next_v(op, S_PATCH_USER, "PUT",
+                          path_with("/Users/", op->res.account_id, ""), put,
+                          ver);
+        json_decref(put);
+        return;
+    }
+    (void)scim_next_v(op, S_PATCH_USER, "PATCH",
+                      path_with("/Users/", op->res.account_id, ""), patch,
+                      ver);
     json_decref(patch);
 }
 
@@ -1098,8 +1325,27 @@ on_get_known(pg_scim_op_t *op, const pg_http_response_t *resp)
         return;
     }
     if (take_account(op, r)) {
+        remember_version(op, resp, r);
         step_update(op, r);
     }
+    json_decref(r);
+}
+
+/* GET /Users/<id> after a 412 on the user update: compare again. */
+static void
+on_reread(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *r;
+
+    if (resp->status != 200) {
+        scim_status_error(op, resp);
+        return;
+    }
+    if ((r = scim_body(op, resp)) == NULL) {
+        return;
+    }
+    remember_version(op, resp, r);
+    step_update(op, r);
     json_decref(r);
 }
 
@@ -1128,6 +1374,7 @@ on_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
                       "GET /Users: match without Resources");
         } else if (take_account(op, first)) {
             op->res.adopted = 1;
+            remember_version(op, NULL, first);
             step_update(op, first);
         }
     } else if (op->user_retried) {
@@ -1167,6 +1414,17 @@ on_create(pg_scim_op_t *op, const pg_http_response_t *resp)
 static void
 on_patch_user(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
+    if (!op->reread_done &&
+        pg_scim_classify(resp->status, PG_OK, NULL, NULL, 1, NULL, 0, 0,
+                         NULL) == PG_SCIM_ACT_REREAD_RETRY) {
+        /* 412: the account changed since it was read; read and compare
+         * again, once. */
+        op->reread_done = 1;
+        op->res.reread = 1;
+        (void)scim_next(op, S_REREAD, "GET",
+                        path_with("/Users/", op->res.account_id, ""), NULL);
+        return;
+    }
     if (resp->status != 200 && resp->status != 204) {
         scim_status_error(op, resp);
         return;
@@ -1304,10 +1562,84 @@ on_group_patch(pg_scim_op_t *op, const pg_http_response_t *resp)
     next_group(op);
 }
 
+static void oauth_drop(pg_scim_op_t *op);
+static void on_discover(pg_scim_op_t *op, const pg_http_response_t *resp);
+static void on_x_read(pg_scim_op_t *op, const pg_http_response_t *resp);
+static void on_x_write(pg_scim_op_t *op, const pg_http_response_t *resp);
+static void on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp);
+
+/* Next pseudo-random value for jitter (xorshift32 seeded from the OS). */
+static uint32_t
+scim_rand(pg_scim_op_t *op)
+{
+    uint32_t x = op->rnd != 0 ? op->rnd : 0x9e3779b9u;
+
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    op->rnd = x;
+    return x;
+}
+
+/* Retry timer fired: send the same call again. */
+static void
+scim_retry_fire(void *arg)
+{
+    pg_scim_op_t *op = arg;
+    pg_status_t st = scim_send(op);
+
+    if (st != PG_OK) {
+        scim_fail(op, st, "target_unavailable", "%s %.*s: cannot start: %s",
+                  op->method, path_noquery_len(op->path), op->path,
+                  pg_status_str(st));
+    }
+}
+
+/*
+ * Retries are opt-in (opts.retry.max_attempts > 1 and opts.host). When
+ * pg_scim_classify() says RETRY_AFTER for this outcome, arm the host timer
+ * and return 1 (the op waits; nothing is delivered); else 0.
+ */
+static int
+scim_maybe_retry(pg_scim_op_t *op, pg_status_t st,
+                 const pg_http_response_t *resp)
+{
+    const char *ra = NULL;
+    unsigned delay = 0;
+    long status = (st == PG_OK && resp != NULL) ? resp->status : 0;
+
+    if (!op->has_opts || op->opts.retry.max_attempts <= 1 ||
+        op->opts.host == NULL) {
+        return 0;
+    }
+    if (st == PG_OK && resp == NULL) {
+        return 0;
+    }
+    if (st == PG_OK) {
+        ra = pg_http_response_header(resp, "Retry-After");
+    }
+    if (pg_scim_classify(status, st, NULL, ra, op->attempt, &op->opts.retry,
+                         scim_rand(op), (int64_t)time(NULL), &delay) !=
+        PG_SCIM_ACT_RETRY_AFTER) {
+        return 0;
+    }
+    if (op->timer == NULL) {
+        op->timer = op->opts.host->timer_open(op->opts.host->ctx,
+                                              scim_retry_fire, op);
+        if (op->timer == NULL) {
+            return 0;
+        }
+    }
+    op->attempt++;
+    op->res.retries++;
+    op->opts.host->timer_arm(op->timer, delay);
+    return 1;
+}
+
 /*
  * pg_http callback for every call: report it through on_call, honour a
- * cancellation made from on_call, map transport failures, then dispatch
- * on the state.
+ * cancellation made from on_call, retry when the options allow it, map
+ * transport failures, then dispatch on the state.
  */
 static void
 scim_http_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
@@ -1322,6 +1654,9 @@ scim_http_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
     if (status != 0) {
         op->res.http_status = status;
     }
+    if (status == 401) {
+        oauth_drop(op);
+    }
     if (op->on_call != NULL) {
         op->in_cb++;
         op->on_call(op->arg, op->method, op->path, status, st, ms);
@@ -1330,6 +1665,9 @@ scim_http_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
             scim_op_free(op);
             return;
         }
+    }
+    if (scim_maybe_retry(op, st, resp)) {
+        return;
     }
     plen = path_noquery_len(op->path);
     if (st == PG_OK && resp == NULL) {
@@ -1360,6 +1698,11 @@ scim_http_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
     case S_GROUP_CREATE: on_group_create(op, resp); break;
     case S_GROUP_MEMBERS: on_group_members(op, resp); break;
     case S_GROUP_PATCH: on_group_patch(op, resp); break;
+    case S_REREAD: on_reread(op, resp); break;
+    case S_DISCOVER: on_discover(op, resp); break;
+    case S_X_READ: on_x_read(op, resp); break;
+    case S_X_WRITE: on_x_write(op, resp); break;
+    case S_X_LIST: on_x_list(op, resp); break;
     }
 }
 
@@ -1373,6 +1716,49 @@ has_ctl(const char *s)
         }
     }
     return 0;
+}
+
+static pg_status_t op_start(pg_scim_op_t *op);
+static pg_status_t x_begin(pg_scim_op_t *op);
+
+/* Remove every "urn:..." member of user and every schemas entry other
+ * than the core User schema (dialect.no_extensions). */
+static void
+drop_extensions(json_t *user)
+{
+    json_t *schemas = json_object_get(user, "schemas"), *v;
+    const char *k;
+    void *tmp;
+    size_t i;
+
+    json_object_foreach_safe(user, tmp, k, v) {
+        if (strncasecmp(k, "urn:", 4) == 0) {
+            json_object_del(user, k);
+        }
+    }
+    for (i = json_array_size(schemas); i-- > 0;) {
+        v = json_array_get(schemas, i);
+        if (!json_is_string(v) ||
+            strcmp(json_string_value(v), SCIM_USER_SCHEMA) != 0) {
+            json_array_remove(schemas, i);
+        }
+    }
+}
+
+/* First call of an ensure: the known id, or the lookup by name. */
+static pg_status_t
+ensure_begin(pg_scim_op_t *op)
+{
+    const pg_target_cfg_t *t = op->target;
+    const char *ua = (t->username_attr != NULL && t->username_attr[0] != '\0')
+                         ? t->username_attr : "userName";
+
+    if (op->known_id != NULL) {
+        return scim_call(op, S_GET_KNOWN, "GET",
+                         path_with("/Users/", op->known_id, ""), NULL);
+    }
+    return scim_call(op, S_LOOKUP, "GET",
+                     filter_path("/Users?filter=", ua, op->username), NULL);
 }
 
 /*
@@ -1479,13 +1865,21 @@ pg_scim_ensure(pg_http_t *http, const pg_scim_request_t *req, pg_scim_cb cb,
         memcpy(op->auth_header + sizeof(pre) - 1, t->bearer_token, tl + 1);
     }
 
-    if (op->known_id != NULL) {
-        st = scim_call(op, S_GET_KNOWN, "GET",
-                       path_with("/Users/", op->known_id, ""), NULL);
-    } else {
-        st = scim_call(op, S_LOOKUP, "GET",
-                       filter_path("/Users?filter=", ua, op->username), NULL);
+    if (req->opts != NULL) {
+        op->opts = *req->opts;
+        op->has_opts = 1;
+        if (op->opts.retry.max_attempts > 1 && op->opts.host == NULL) {
+            scim_op_free(op);
+            return PG_ERR_INVALID;
+        }
+        if (op->opts.dialect.no_extensions) {
+            drop_extensions(op->desired);
+        }
+        if (pg_random(&op->rnd, sizeof(op->rnd)) != PG_OK) {
+            op->rnd = (uint32_t)scim_now_ms();
+        }
     }
+    st = op_start(op);
     if (st != PG_OK) {
         scim_op_free(op);
         return st;
@@ -1521,4 +1915,1246 @@ pg_scim_cancel(pg_scim_op_t *op)
         op->hop = NULL;
     }
     scim_op_free(op);
+}
+
+/* ======================================================================
+ * Error classification (pure).
+ * ====================================================================== */
+
+/*
+ * Seconds to wait from a Retry-After value: delta-seconds ("120") or an
+ * IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") compared with now_unix.
+ * Returns -1 when absent or unparsable; a date in the past gives 0.
+ * Values are capped at one day.
+ */
+static long
+retry_after_s(const char *ra, int64_t now_unix)
+{
+    char *end = NULL;
+    struct tm tm;
+    long v;
+    time_t when;
+
+    if (ra == NULL || strlen(ra) > 64) {
+        return -1;
+    }
+    while (*ra == ' ' || *ra == '\t') {
+        ra++;
+    }
+    if (*ra >= '0' && *ra <= '9') {
+        v = strtol(ra, &end, 10);
+        while (end != NULL && (*end == ' ' || *end == '\t')) {
+            end++;
+        }
+        if (end == NULL || *end != '\0' || v < 0) {
+            return -1;
+        }
+        return v > 86400 ? 86400 : v;
+    }
+    memset(&tm, 0, sizeof(tm));
+    end = strptime(ra, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    if (end == NULL || *end != '\0') {
+        return -1;
+    }
+    when = timegm(&tm);
+    if (when == (time_t)-1) {
+        return -1;
+    }
+    if ((int64_t)when <= now_unix) {
+        return 0;
+    }
+    return (int64_t)when - now_unix > 86400 ? 86400
+                                             : (long)((int64_t)when - now_unix);
+}
+
+/* See scim.h. */
+pg_scim_action_t
+pg_scim_classify(long status, pg_status_t transport, const char *scim_type,
+                 const char *retry_after, unsigned attempt,
+                 const pg_scim_retry_t *retry, uint32_t rnd, int64_t now_unix,
+                 unsigned *delay_ms)
+{
+    unsigned max_attempts, base, cap, half;
+    uint64_t backoff, ra_ms;
+    long ra;
+
+    if (delay_ms != NULL) {
+        *delay_ms = 0;
+    }
+    if (transport == PG_OK) {
+        if (status >= 200 && status <= 299) {
+            return PG_SCIM_ACT_OK;
+        }
+        if (status == 409) {
+            return (scim_type == NULL || scim_type[0] == '\0' ||
+                    strcmp(scim_type, "uniqueness") == 0)
+                       ? PG_SCIM_ACT_ADOPT : PG_SCIM_ACT_FAIL;
+        }
+        if (status == 412) {
+            return PG_SCIM_ACT_REREAD_RETRY;
+        }
+        if (status != 429 &&
+            !(status >= 500 && status <= 599 && status != 501 &&
+              status != 505)) {
+            return PG_SCIM_ACT_FAIL;
+        }
+    } else if (transport != PG_ERR_IO && transport != PG_ERR_TIMEOUT) {
+        return PG_SCIM_ACT_FAIL;
+    }
+    /* Retryable outcome. */
+    max_attempts = retry != NULL ? retry->max_attempts : 0;
+    if (max_attempts > 10) {
+        max_attempts = 10;
+    }
+    if (max_attempts <= 1 || attempt == 0 || attempt >= max_attempts) {
+        return PG_SCIM_ACT_FAIL;
+    }
+    base = retry->base_ms != 0 ? retry->base_ms : 200;
+    cap = retry->max_ms != 0 ? retry->max_ms : 10000;
+    backoff = (uint64_t)base << (attempt - 1 < 20 ? attempt - 1 : 20);
+    if (backoff > cap) {
+        backoff = cap;
+    }
+    half = (unsigned)(backoff / 2);
+    backoff = half + (uint64_t)(rnd % ((uint64_t)(backoff - half) + 1));
+    ra = transport == PG_OK ? retry_after_s(retry_after, now_unix) : -1;
+    if (ra >= 0) {
+        ra_ms = (uint64_t)ra * 1000u;
+        if (ra_ms > cap) {
+            return PG_SCIM_ACT_FAIL; /* cannot honour it within budget */
+        }
+        if (ra_ms > backoff) {
+            backoff = ra_ms;
+        }
+    }
+    if (delay_ms != NULL) {
+        *delay_ms = (unsigned)backoff;
+    }
+    return PG_SCIM_ACT_RETRY_AFTER;
+}
+
+/* ======================================================================
+ * pg_scim_run(): single operations.
+ * ====================================================================== */
+
+#define SCIM_DEFAULT_PAGE 100u
+#define SCIM_DEFAULT_MAX_RESULTS 1000u
+
+/* Existing key of obj equal to name ignoring ASCII case, else name. */
+static const char *
+ci_key(const json_t *obj, const char *name)
+{
+    const char *k;
+    json_t *v;
+
+    if (json_object_get(obj, name) != NULL) {
+        return name;
+    }
+    json_object_foreach((json_t *)obj, k, v) {
+        (void)v;
+        if (strcasecmp(k, name) == 0) {
+            return k;
+        }
+    }
+    return name;
+}
+
+/* 1 when array element e has a "value" equal to one of vals[].value. */
+static int
+value_listed(const json_t *e, const json_t *vals)
+{
+    const json_t *ev = json_object_get(e, "value"), *v;
+    size_t i;
+
+    if (ev == NULL) {
+        return 0;
+    }
+    json_array_foreach(vals, i, v) {
+        if (json_equal(ev, json_object_get(v, "value"))) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Parse `attr[value eq "x"]` (the only value filter the PUT fallback
+ * handles). On success attr (NUL-terminated, at most asz-1 bytes) and *val
+ * (a new JSON string, caller decrefs) are set and 0 returned; -1 otherwise.
+ */
+static int
+parse_value_filter(const char *path, char *attr, size_t asz, json_t **val)
+{
+    const char *lb = strchr(path, '['), *p;
+    char buf[SCIM_MAX_PATH];
+    size_t n = 0;
+
+    if (lb == NULL || (size_t)(lb - path) >= asz || lb == path) {
+        return -1;
+    }
+    memcpy(attr, path, (size_t)(lb - path));
+    attr[lb - path] = '\0';
+    p = lb + 1;
+    while (*p == ' ') {
+        p++;
+    }
+    if (strncasecmp(p, "value", 5) != 0) {
+        return -1;
+    }
+    p += 5;
+    while (*p == ' ') {
+        p++;
+    }
+    if (strncasecmp(p, "eq", 2) != 0) {
+        return -1;
+    }
+    p += 2;
+    while (*p == ' ') {
+        p++;
+    }
+    if (*p++ != '"') {
+        return -1;
+    }
+    while (*p != '"') {
+        if (*p == '\0' || n + 1 >= sizeof(buf)) {
+            return -1;
+        }
+        if (*p == '\\') {
+            p++;
+            if (*p == '\0') {
+                return -1;
+            }
+        }
+        buf[n++] = *p++;
+    }
+    buf[n] = '\0';
+    p++;
+    while (*p == ' ') {
+        p++;
+    }
+    if (p[0] != ']' || p[1] != '\0') {
+        return -1;
+    }
+    *val = json_string(buf);
+    return *val != NULL ? 0 : -1;
+}
+
+/*
+ * Apply PatchOp operations (borrowed) to resource r in place, for servers
+ * without PATCH. Supported: add/replace/remove (case-insensitive) with no
+ * path (add/replace of an object's members), a path "a" or "a.b" (attribute
+ * names matched case-insensitively), remove with a value array on a
+ * multi-valued attribute (entries with the same "value" go), and remove of
+ * `attr[value eq "x"]`. Returns 0, or -1 for anything else (the op then
+ * fails with "unsupported" and nothing is written).
+ */
+static int
+apply_ops(json_t *r, const json_t *ops)
+{
+    const json_t *o;
+    size_t i;
+
+    if (!json_is_array(ops)) {
+        return -1;
+    }
+    json_array_foreach(ops, i, o) {
+        const char *name = json_string_value(json_object_get(o, "op"));
+        const char *path = json_string_value(json_object_get(o, "path"));
+        json_t *value = json_object_get(o, "value"), *parent = r, *cur, *e;
+        char seg[SCIM_MAX_PATH], *dot;
+        const char *k;
+        size_t j;
+        int add, rep, rem;
+
+        if (name == NULL) {
+            return -1;
+        }
+        add = strcasecmp(name, "add") == 0;
+        rep = strcasecmp(name, "replace") == 0;
+        rem = strcasecmp(name, "remove") == 0;
+        if (!add && !rep && !rem) {
+            return -1;
+        }
+        if (path == NULL) {
+            if (rem || !json_is_object(value)) {
+                return -1;
+            }
+            json_object_foreach(value, k, e) {
+                if (json_object_set(r, ci_key(r, k), e) != 0) {
+                    return -1;
+                }
+            }
+            continue;
+        }
+        if (strlen(path) >= sizeof(seg) || strncasecmp(path, "urn:", 4) == 0) {
+            return -1;
+        }
+        if (strchr(path, '[') != NULL) {
+            json_t *want = NULL;
+            char attr[SCIM_MAX_PATH];
+
+            if (!rem || parse_value_filter(path, attr, sizeof(attr), &want)) {
+                return -1;
+            }
+            cur = json_object_get(r, ci_key(r, attr));
+            if (json_is_array(cur)) {
+                for (j = json_array_size(cur); j-- > 0;) {
+                    if (json_equal(json_object_get(json_array_get(cur, j),
+                                                   "value"), want)) {
+                        json_array_remove(cur, j);
+                    }
+                }
+            }
+            json_decref(want);
+            continue;
+        }
+        memcpy(seg, path, strlen(path) + 1);
+        dot = strchr(seg, '.');
+        if (dot != NULL) {
+            *dot = '\0';
+            if (strchr(dot + 1, '.') != NULL || dot[1] == '\0') {
+                return -1;
+            }
+            cur = json_object_get(r, ci_key(r, seg));
+            if (cur == NULL) {
+                if (rem) {
+                    continue;
+                }
+                cur = json_object();
+                if (cur == NULL ||
+                    json_object_set_new(r, seg, cur) != 0) {
+                    return -1;
+                }
+            }
+            if (!json_is_object(cur)) {
+                return -1;
+            }
+            parent = cur;
+            memmove(seg, dot + 1, strlen(dot + 1) + 1);
+        }
+        k = ci_key(parent, seg);
+        cur = json_object_get(parent, k);
+        if (rem) {
+            if (json_is_array(value) && json_is_array(cur)) {
+                for (j = json_array_size(cur); j-- > 0;) {
+                    if (value_listed(json_array_get(cur, j), value)) {
+                        json_array_remove(cur, j);
+                    }
+                }
+            } else if (cur != NULL) {
+                json_object_del(parent, k);
+            }
+            continue;
+        }
+        if (value == NULL) {
+            return -1;
+        }
+        if (add && json_is_array(cur) && json_is_array(value)) {
+            json_array_foreach(value, j, e) {
+                size_t m;
+                const json_t *x;
+                int dup = 0;
+
+                json_array_foreach(cur, m, x) {
+                    const json_t *ev = json_object_get(e, "value");
+
+                    if (json_equal(x, e) ||
+                        (ev != NULL &&
+                         json_equal(json_object_get(x, "value"), ev))) {
+                        dup = 1;
+                        break;
+                    }
+                }
+                if (!dup && json_array_append(cur, e) != 0) {
+                    return -1;
+                }
+            }
+            continue;
+        }
+        if (json_object_set(parent, k, value) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Fill caps from a ServiceProviderConfig document (may be NULL: defaults). */
+static void
+caps_fill(pg_scim_caps_t *c, const json_t *spc)
+{
+    json_t *mr;
+
+    memset(c, 0, sizeof(*c));
+    c->loaded = 1;
+    if (spc == NULL) {
+        c->patch = 1;
+        return;
+    }
+    c->patch = json_is_true(scim_get_ci(scim_get_ci(spc, "patch"),
+                                        "supported"));
+    c->etag = json_is_true(scim_get_ci(scim_get_ci(spc, "etag"),
+                                       "supported"));
+    c->bulk = json_is_true(scim_get_ci(scim_get_ci(spc, "bulk"),
+                                       "supported"));
+    c->filter = json_is_true(scim_get_ci(scim_get_ci(spc, "filter"),
+                                         "supported"));
+    c->sort = json_is_true(scim_get_ci(scim_get_ci(spc, "sort"),
+                                       "supported"));
+    mr = scim_get_ci(scim_get_ci(spc, "filter"), "maxResults");
+    if (json_is_integer(mr) && json_integer_value(mr) > 0) {
+        c->max_results = json_integer_value(mr) > 1000000
+                             ? 1000000u : (unsigned)json_integer_value(mr);
+    }
+}
+
+/* "<coll>/<urlencoded id>" for the op, malloc'd. */
+static char *
+x_path(const pg_scim_op_t *op)
+{
+    char prefix[16];
+
+    snprintf(prefix, sizeof(prefix), "%s/", op->coll);
+    return path_with(prefix, op->id, "");
+}
+
+/* Finish with the resource r (borrowed; a reference is kept). */
+static void
+x_finish_resource(pg_scim_op_t *op, const pg_http_response_t *resp,
+                  json_t *r)
+{
+    if (r != NULL) {
+        remember_version(op, resp, r);
+        op->res.resource = json_incref(r);
+    } else {
+        free(op->version);
+        op->version = NULL;
+    }
+    op->res.etag = op->version;
+    op->res.detail[0] = '\0';
+    scim_finish(op, PG_OK, "ok");
+}
+
+/* Start the call for the next page of a LIST (does not finish the op). */
+static pg_status_t
+x_list_call(pg_scim_op_t *op)
+{
+    char q[128];
+    size_t n;
+    char *path;
+
+    snprintf(q, sizeof(q), "?startIndex=%zu&count=%u", op->start_index,
+             op->page_size);
+    n = strlen(op->coll) + strlen(q) +
+        (op->list_filter != NULL ? strlen(op->list_filter) : 0) + 1;
+    path = malloc(n);
+    if (path != NULL) {
+        snprintf(path, n, "%s%s%s", op->coll, q,
+                 op->list_filter != NULL ? op->list_filter : "");
+    }
+    return scim_call(op, S_X_LIST, "GET", path, NULL);
+}
+
+/*
+ * Start the write step of REPLACE/MODIFY/DELETE; existing is the resource
+ * just read (borrowed) or NULL when the write goes without a read (then a
+ * PUT fallback starts the read instead). Does not finish the op: on
+ * failure returns the status and *why the reason code.
+ */
+static pg_status_t
+x_write_call(pg_scim_op_t *op, const json_t *existing, const char **why)
+{
+    const char *ver = op->if_match != NULL ? op->if_match
+                      : (use_etag(op) ? op->version : NULL);
+    json_t *body;
+    pg_status_t st;
+
+    *why = "target_unavailable";
+    switch (op->kind) {
+    case PG_SCIM_OP_DELETE:
+        return scim_call_v(op, S_X_WRITE, "DELETE", x_path(op), NULL, ver);
+    case PG_SCIM_OP_REPLACE:
+        return scim_call_v(op, S_X_WRITE, "PUT", x_path(op), op->payload,
+                           ver);
+    default:
+        break;
+    }
+    if (use_patch(op)) {
+        body = json_pack("{s:[s], s:O}", "schemas", SCIM_PATCH_SCHEMA,
+                         "Operations", op->payload);
+        if (body == NULL) {
+            return PG_ERR_NOMEM;
+        }
+        st = scim_call_v(op, S_X_WRITE, "PATCH", x_path(op), body, ver);
+        json_decref(body);
+        return st;
+    }
+    if (existing == NULL) {
+        /* PUT fallback needs the current resource. */
+        return scim_call(op, S_X_READ, "GET", x_path(op), NULL);
+    }
+    body = json_deep_copy(existing);
+    if (body == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    json_object_del(body, "meta");
+    if (strcmp(op->coll, "/Users") == 0) {
+        json_object_del(body, "groups");
+    }
+    if (apply_ops(body, op->payload) != 0) {
+        json_decref(body);
+        *why = "unsupported";
+        return PG_ERR_INVALID;
+    }
+    st = scim_call_v(op, S_X_WRITE, "PUT", x_path(op), body, ver);
+    json_decref(body);
+    return st;
+}
+
+/* x_write_call from a callback: finish the op on failure. */
+static void
+x_write(pg_scim_op_t *op, const json_t *existing)
+{
+    const char *why = NULL;
+    pg_status_t st = x_write_call(op, existing, &why);
+
+    if (st == PG_OK) {
+        return;
+    }
+    if (why != NULL && strcmp(why, "unsupported") == 0) {
+        scim_fail(op, st, why, "PATCH not supported by the target and the "
+                  "operations cannot be applied locally");
+        return;
+    }
+    scim_fail(op, st, why, "cannot start the write: %s", pg_status_str(st));
+}
+
+/* First call of a pg_scim_run() op (after discovery). Does not finish the
+ * op: returns the start status. */
+static pg_status_t
+x_begin(pg_scim_op_t *op)
+{
+    const char *why = NULL;
+    int need_read;
+
+    switch (op->kind) {
+    case PG_SCIM_OP_DISCOVER:
+        return scim_call(op, S_DISCOVER, "GET",
+                         strdup("/ServiceProviderConfig"), NULL);
+    case PG_SCIM_OP_GET:
+        return scim_call(op, S_X_READ, "GET", x_path(op), NULL);
+    case PG_SCIM_OP_LIST:
+        if (op->opts.caps != NULL && op->opts.caps->max_results != 0 &&
+            op->page_size > op->opts.caps->max_results) {
+            op->page_size = op->opts.caps->max_results;
+        }
+        op->start_index = 1;
+        return x_list_call(op);
+    default:
+        break;
+    }
+    /* Writes: read first when an If-Match version is needed (and none was
+     * given), or when the PUT fallback needs the current resource. */
+    need_read = (op->if_match == NULL && use_etag(op)) ||
+                (op->kind != PG_SCIM_OP_REPLACE &&
+                 op->kind != PG_SCIM_OP_DELETE && !use_patch(op));
+    if (need_read) {
+        return scim_call(op, S_X_READ, "GET", x_path(op), NULL);
+    }
+    return x_write_call(op, NULL, &why);
+}
+
+/*
+ * Response handlers of discovery and pg_scim_run(), one per state; each
+ * starts the next call or finishes the op.
+ *
+ * on_discover: fill opts.caps (defaults on a non-200 answer), then either
+ * deliver the document (DISCOVER) or start the op's own first call.
+ */
+static void
+on_discover(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *r = NULL;
+    pg_status_t st;
+
+    if (resp->status == 200) {
+        if ((r = scim_body(op, resp)) == NULL) {
+            return;
+        }
+    }
+    if (op->opts.caps != NULL) {
+        caps_fill(op->opts.caps, r);
+    }
+    if (op->kind == PG_SCIM_OP_DISCOVER) {
+        if (r == NULL) {
+            scim_status_error(op, resp);
+            return;
+        }
+        x_finish_resource(op, resp, r);
+        json_decref(r);
+        return;
+    }
+    json_decref(r);
+    st = op->kind == 0 ? ensure_begin(op) : x_begin(op);
+    if (st != PG_OK) {
+        scim_fail(op, st, "target_unavailable", "cannot start: %s",
+                  pg_status_str(st));
+    }
+}
+
+/* GET of the resource: deliver it (GET) or write with its version. */
+static void
+on_x_read(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *r;
+
+    if (resp->status == 404) {
+        scim_fail(op, PG_ERR_NOT_FOUND, "not_found", "%s %.*s: HTTP 404",
+                  op->method, path_noquery_len(op->path), op->path);
+        return;
+    }
+    if (resp->status != 200) {
+        scim_status_error(op, resp);
+        return;
+    }
+    if ((r = scim_body(op, resp)) == NULL) {
+        return;
+    }
+    if (op->kind == PG_SCIM_OP_GET) {
+        x_finish_resource(op, resp, r);
+    } else {
+        remember_version(op, resp, r);
+        x_write(op, r);
+    }
+    json_decref(r);
+}
+
+/* PUT/PATCH/DELETE answered: 412 re-reads once (unless the caller gave
+ * the version), 404 is not_found, 2xx delivers the returned resource. */
+static void
+on_x_write(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *r;
+
+    if (resp->status == 412 && op->if_match == NULL && !op->reread_done &&
+        pg_scim_classify(resp->status, PG_OK, NULL, NULL, 1, NULL, 0, 0,
+                         NULL) == PG_SCIM_ACT_REREAD_RETRY) {
+        op->reread_done = 1;
+        op->res.reread = 1;
+        (void)scim_next(op, S_X_READ, "GET", x_path(op), NULL);
+        return;
+    }
+    if (resp->status == 412) {
+        scim_fail(op, PG_ERR_CONFLICT, "target_rejected",
+                  "%s %.*s: HTTP 412: the resource changed", op->method,
+                  path_noquery_len(op->path), op->path);
+        return;
+    }
+    if (resp->status == 404) {
+        scim_fail(op, PG_ERR_NOT_FOUND, "not_found", "%s %.*s: HTTP 404",
+                  op->method, path_noquery_len(op->path), op->path);
+        return;
+    }
+    if (resp->status == 204 ||
+        (resp->status == 200 && (resp->body == NULL || resp->body_len == 0))) {
+        x_finish_resource(op, resp, NULL);
+        return;
+    }
+    if (resp->status != 200 && resp->status != 201) {
+        scim_status_error(op, resp);
+        return;
+    }
+    if ((r = scim_body(op, resp)) == NULL) {
+        return;
+    }
+    x_finish_resource(op, resp, r);
+    json_decref(r);
+}
+
+/* One LIST page: append its Resources (capped at max_results), then the
+ * next page until totalResults is reached or a page comes back empty. */
+static void
+on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *list, *res, *e, *tot;
+    pg_status_t st;
+    size_t i, n;
+
+    if (resp->status != 200) {
+        scim_status_error(op, resp);
+        return;
+    }
+    if ((list = scim_body(op, resp)) == NULL) {
+        return;
+    }
+    res = json_object_get(list, "Resources");
+    tot = json_object_get(list, "totalResults");
+    if ((res != NULL && !json_is_array(res)) || !json_is_integer(tot) ||
+        json_integer_value(tot) < 0) {
+        json_decref(list);
+        scim_fail(op, PG_ERR_INVALID, "bad_response",
+                  "GET %s: not a ListResponse", op->coll);
+        return;
+    }
+    op->res.total_results = (size_t)json_integer_value(tot);
+    n = json_array_size(res);
+    json_array_foreach(res, i, e) {
+        if (!json_is_object(e)) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_INVALID, "bad_response",
+                      "GET %s: a resource is not an object", op->coll);
+            return;
+        }
+        if (json_array_size(op->res.resources) >= op->max_results) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_TOO_LARGE, "too_many",
+                      "GET %s: more than %u resources", op->coll,
+                      op->max_results);
+            return;
+        }
+        if (json_array_append(op->res.resources, e) != 0) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                      "out of memory");
+            return;
+        }
+    }
+    json_decref(list);
+    if (n == 0 || json_array_size(op->res.resources) >= op->res.total_results) {
+        op->res.detail[0] = '\0';
+        scim_finish(op, PG_OK, "ok");
+        return;
+    }
+    op->start_index += n;
+    st = x_list_call(op);
+    if (st != PG_OK) {
+        scim_fail(op, st, "target_unavailable", "GET %s: cannot start: %s",
+                  op->coll, pg_status_str(st));
+    }
+}
+
+/* 1 when attr may be used in a LIST filter. */
+static int
+filter_attr_ok(const char *a, int groups)
+{
+    static const char *const users[] = { "userName", "externalId",
+                                         "emails.value", "id", NULL };
+    static const char *const grps[] = { "displayName", "externalId", "id",
+                                        NULL };
+    const char *const *l = groups ? grps : users;
+
+    for (; *l != NULL; l++) {
+        if (strcasecmp(*l, a) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* "&filter=<urlencoded attr eq "escaped">", malloc'd, NULL on OOM. */
+static char *
+list_filter_q(const char *attr, const char *value)
+{
+    char *p = filter_path("", attr, value), *out;
+    size_t n;
+
+    if (p == NULL) {
+        return NULL;
+    }
+    n = strlen(p) + sizeof("&filter=");
+    out = malloc(n);
+    if (out != NULL) {
+        snprintf(out, n, "&filter=%s", p);
+    }
+    free(p);
+    return out;
+}
+
+/*
+ * Start one operation (see scim.h). req and everything it points to is
+ * copied, except req->target and opts->caps/opts->host (borrowed: they
+ * must outlive the op). Synchronous failures (no op, cb never called):
+ * PG_ERR_INVALID (missing id/member/resource/operations for the kind, a
+ * filter attribute not allowed, retries without a host, a token with
+ * control bytes), PG_ERR_NOMEM, or the pg_http_start failure.
+ */
+pg_status_t
+pg_scim_run(pg_http_t *http, const pg_scim_op_request_t *req, pg_scim_cb cb,
+            void *arg, pg_scim_op_t **op_out)
+{
+    const pg_target_cfg_t *t;
+    pg_scim_op_t *op;
+    pg_status_t st;
+    size_t n;
+
+    if (op_out != NULL) {
+        *op_out = NULL;
+    }
+    if (http == NULL || req == NULL || cb == NULL || req->target == NULL ||
+        req->target->base_url == NULL || req->kind < PG_SCIM_OP_GET ||
+        req->kind > PG_SCIM_OP_DISCOVER) {
+        return PG_ERR_INVALID;
+    }
+    t = req->target;
+    if (req->kind != PG_SCIM_OP_LIST && req->kind != PG_SCIM_OP_DISCOVER &&
+        (req->id == NULL || req->id[0] == '\0' ||
+         strlen(req->id) > SCIM_MAX_ID)) {
+        return PG_ERR_INVALID;
+    }
+    if ((req->kind == PG_SCIM_OP_REPLACE && !json_is_object(req->resource)) ||
+        (req->kind == PG_SCIM_OP_MODIFY &&
+         (!json_is_array(req->operations) ||
+          json_array_size(req->operations) == 0)) ||
+        (req->kind == PG_SCIM_OP_GROUP_REMOVE &&
+         (req->member_id == NULL || req->member_id[0] == '\0' ||
+          strlen(req->member_id) > SCIM_MAX_ID)) ||
+        (req->kind == PG_SCIM_OP_DISCOVER &&
+         (req->opts == NULL || req->opts->caps == NULL))) {
+        return PG_ERR_INVALID;
+    }
+    if (req->kind == PG_SCIM_OP_LIST && req->filter_attr != NULL &&
+        (req->filter_value == NULL ||
+         !filter_attr_ok(req->filter_attr, req->groups))) {
+        return PG_ERR_INVALID;
+    }
+    if (req->if_match != NULL &&
+        (has_ctl(req->if_match) || strlen(req->if_match) > SCIM_MAX_ID)) {
+        return PG_ERR_INVALID;
+    }
+    if (t->auth == PG_AUTH_BEARER &&
+        (t->bearer_token == NULL || has_ctl(t->bearer_token))) {
+        return PG_ERR_INVALID;
+    }
+    if (req->opts != NULL && req->opts->retry.max_attempts > 1 &&
+        req->opts->host == NULL) {
+        return PG_ERR_INVALID;
+    }
+
+    op = calloc(1, sizeof(*op));
+    if (op == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    op->http = http;
+    op->target = t;
+    op->cb = cb;
+    op->arg = arg;
+    op->on_call = req->on_call;
+    op->res.reason = "ok";
+    op->kind = req->kind;
+    op->coll = (req->groups || req->kind == PG_SCIM_OP_GROUP_REMOVE)
+                   ? "/Groups" : "/Users";
+    if (req->opts != NULL) {
+        op->opts = *req->opts;
+        op->has_opts = 1;
+    }
+    if (pg_random(&op->rnd, sizeof(op->rnd)) != PG_OK) {
+        op->rnd = (uint32_t)scim_now_ms();
+    }
+    op->base = strdup(t->base_url);
+    if (op->base == NULL) {
+        goto nomem;
+    }
+    n = strlen(op->base);
+    while (n > 0 && op->base[n - 1] == '/') {
+        op->base[--n] = '\0';
+    }
+    if (req->id != NULL && (op->id = strdup(req->id)) == NULL) {
+        goto nomem;
+    }
+    if (req->if_match != NULL &&
+        (op->if_match = strdup(req->if_match)) == NULL) {
+        goto nomem;
+    }
+    switch (req->kind) {
+    case PG_SCIM_OP_REPLACE:
+        op->payload = json_deep_copy(req->resource);
+        break;
+    case PG_SCIM_OP_MODIFY:
+        op->payload = json_deep_copy(req->operations);
+        break;
+    case PG_SCIM_OP_DEACTIVATE:
+        op->payload = json_pack("[{s:s, s:s, s:b}]", "op", "replace", "path",
+                                "active", "value", 0);
+        break;
+    case PG_SCIM_OP_GROUP_REMOVE:
+        if ((op->member_id = strdup(req->member_id)) == NULL) {
+            goto nomem;
+        }
+        if (op->opts.dialect.member_remove_value) {
+            op->payload = json_pack("[{s:s, s:s, s:[{s:s}]}]", "op",
+                                    "remove", "path", "members", "value",
+                                    "value", op->member_id);
+        } else {
+            char *esc = pg_scim_filter_escape(op->member_id), *p;
+            size_t pl;
+
+            if (esc == NULL) {
+                goto nomem;
+            }
+            pl = strlen(esc) + sizeof("members[value eq \"\"]");
+            p = malloc(pl);
+            if (p == NULL) {
+                free(esc);
+                goto nomem;
+            }
+            snprintf(p, pl, "members[value eq \"%s\"]", esc);
+            free(esc);
+            op->payload = json_pack("[{s:s, s:s}]", "op", "remove", "path",
+                                    p);
+            free(p);
+        }
+        break;
+    case PG_SCIM_OP_LIST:
+        op->res.resources = json_array();
+        if (op->res.resources == NULL) {
+            goto nomem;
+        }
+        op->page_size = req->page_size != 0 ? req->page_size
+                                             : SCIM_DEFAULT_PAGE;
+        if (op->page_size > PG_SCIM_LIST_MAX) {
+            op->page_size = PG_SCIM_LIST_MAX;
+        }
+        op->max_results = req->max_results != 0 ? req->max_results
+                                                 : SCIM_DEFAULT_MAX_RESULTS;
+        if (op->max_results > PG_SCIM_LIST_MAX) {
+            op->max_results = PG_SCIM_LIST_MAX;
+        }
+        if (req->filter_attr != NULL &&
+            (op->list_filter = list_filter_q(req->filter_attr,
+                                             req->filter_value)) == NULL) {
+            goto nomem;
+        }
+        break;
+    default:
+        break;
+    }
+    if ((req->kind == PG_SCIM_OP_REPLACE || req->kind == PG_SCIM_OP_MODIFY ||
+         req->kind == PG_SCIM_OP_DEACTIVATE ||
+         req->kind == PG_SCIM_OP_GROUP_REMOVE) && op->payload == NULL) {
+        goto nomem;
+    }
+    if (t->auth == PG_AUTH_BEARER) {
+        size_t tl = strlen(t->bearer_token);
+        const char pre[] = "Authorization: Bearer ";
+
+        op->auth_header = malloc(sizeof(pre) + tl);
+        if (op->auth_header == NULL) {
+            goto nomem;
+        }
+        memcpy(op->auth_header, pre, sizeof(pre) - 1);
+        memcpy(op->auth_header + sizeof(pre) - 1, t->bearer_token, tl + 1);
+    }
+
+    /* The first call: discovery when the cache is empty, else the op's
+     * own first call. Started with scim_call (never finishing the op
+     * here) so that cb is not called from inside this function. */
+    st = op_start(op);
+    if (st != PG_OK) {
+        scim_op_free(op);
+        return st;
+    }
+    if (op_out != NULL) {
+        *op_out = op;
+    }
+    return PG_OK;
+
+nomem:
+    scim_op_free(op);
+    return PG_ERR_NOMEM;
+}
+
+/* ======================================================================
+ * OAuth 2.0 client credentials token cache.
+ * ====================================================================== */
+
+#define SCIM_OAUTH_MAX_RESPONSE (64u * 1024u)
+#define SCIM_OAUTH_MAX_TOKEN 8192u
+
+struct pg_scim_oauth {
+    char *token_url, *client_id, *client_secret, *scope;
+    unsigned skew_s, timeout_ms;
+    pg_http_tls_t tls;
+    char *token;               /* current access token or NULL */
+    uint64_t expires_at;       /* monotonic ms */
+    pg_http_op_t *hop;         /* fetch in flight or NULL */
+    pg_scim_op_t *waiters;     /* ops waiting for that fetch */
+};
+
+/* Free a string holding a secret: wiped first. */
+static void
+free_secret(char *s)
+{
+    if (s != NULL) {
+        memset(s, 0, strlen(s));
+        free(s);
+    }
+}
+
+/*
+ * Create a token cache (see scim.h). cfg strings are copied (tls strings
+ * borrowed). *out is owned by the caller: pg_scim_oauth_free().
+ */
+pg_status_t
+pg_scim_oauth_new(const pg_scim_oauth_cfg_t *cfg, pg_scim_oauth_t **out)
+{
+    pg_scim_oauth_t *o;
+
+    if (out == NULL) {
+        return PG_ERR_INVALID;
+    }
+    *out = NULL;
+    if (cfg == NULL || cfg->token_url == NULL || cfg->client_id == NULL ||
+        cfg->client_secret == NULL || has_ctl(cfg->token_url) ||
+        has_ctl(cfg->client_id) || has_ctl(cfg->client_secret) ||
+        (cfg->scope != NULL && has_ctl(cfg->scope))) {
+        return PG_ERR_INVALID;
+    }
+    o = calloc(1, sizeof(*o));
+    if (o == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    o->token_url = strdup(cfg->token_url);
+    o->client_id = strdup(cfg->client_id);
+    o->client_secret = strdup(cfg->client_secret);
+    o->scope = cfg->scope != NULL ? strdup(cfg->scope) : NULL;
+    o->skew_s = cfg->skew_s != 0 ? cfg->skew_s : 30;
+    o->timeout_ms = cfg->timeout_ms;
+    o->tls = cfg->tls;
+    if (o->token_url == NULL || o->client_id == NULL ||
+        o->client_secret == NULL || (cfg->scope != NULL && o->scope == NULL)) {
+        pg_scim_oauth_free(o);
+        return PG_ERR_NOMEM;
+    }
+    *out = o;
+    return PG_OK;
+}
+
+/* Free the cache; an in-flight fetch is cancelled. No op may still use it
+ * (waiting ops would be left hanging: a bug). NULL is a no-op. */
+void
+pg_scim_oauth_free(pg_scim_oauth_t *o)
+{
+    if (o == NULL) {
+        return;
+    }
+    if (o->hop != NULL) {
+        pg_http_cancel(o->hop);
+    }
+    free(o->token_url);
+    free(o->client_id);
+    free_secret(o->client_secret);
+    free(o->scope);
+    free_secret(o->token);
+    free(o);
+}
+
+/* A 401 from the target: forget the cached token if the op used it. */
+static void
+oauth_drop(pg_scim_op_t *op)
+{
+    const char pre[] = "Authorization: Bearer ";
+    pg_scim_oauth_t *o = op->has_opts ? op->opts.oauth : NULL;
+
+    if (o == NULL || o->token == NULL || op->auth_header == NULL ||
+        strncmp(op->auth_header, pre, sizeof(pre) - 1) != 0 ||
+        strcmp(op->auth_header + sizeof(pre) - 1, o->token) != 0) {
+        return;
+    }
+    free_secret(o->token);
+    o->token = NULL;
+}
+
+/* op->auth_header = "Authorization: Bearer <tok>". 0 on success. */
+static int
+set_bearer(pg_scim_op_t *op, const char *tok)
+{
+    const char pre[] = "Authorization: Bearer ";
+    size_t tl = strlen(tok);
+    char *h = malloc(sizeof(pre) + tl);
+
+    if (h == NULL) {
+        return -1;
+    }
+    memcpy(h, pre, sizeof(pre) - 1);
+    memcpy(h + sizeof(pre) - 1, tok, tl + 1);
+    free_secret(op->auth_header);
+    op->auth_header = h;
+    return 0;
+}
+
+/* First call of any op once authenticated: discovery when the cache is
+ * empty, else the op's own first call. Does not finish the op. */
+static pg_status_t
+op_first_call(pg_scim_op_t *op)
+{
+    if (op->has_opts && op->opts.caps != NULL && !op->opts.caps->loaded) {
+        return scim_call(op, S_DISCOVER, "GET",
+                         strdup("/ServiceProviderConfig"), NULL);
+    }
+    return op->kind == 0 ? ensure_begin(op) : x_begin(op);
+}
+
+/* Token endpoint answered (or failed): store the token, then start or
+ * fail every op that waited, one at a time (a callback may cancel
+ * others or start new ops; new ops wait on the cache again). */
+static void
+oauth_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
+{
+    pg_scim_oauth_t *o = arg;
+    pg_scim_op_t *list = o->waiters, *op;
+    const char *reason = "target_unavailable";
+    pg_status_t fst = st;
+    json_t *j = NULL, *tok, *exp;
+    char detail[128];
+
+    o->hop = NULL;
+    o->waiters = NULL;
+    for (op = list; op != NULL; op = op->wnext) {
+        op->whead = &list;
+    }
+    snprintf(detail, sizeof(detail), "token endpoint: %s",
+             pg_status_str(st));
+    if (st == PG_OK && resp != NULL) {
+        if (resp->status == 200 && resp->body_len > 0 &&
+            resp->body_len <= SCIM_OAUTH_MAX_RESPONSE) {
+            j = json_loadb(resp->body, resp->body_len, 0, NULL);
+        }
+        tok = json_object_get(j, "access_token");
+        exp = json_object_get(j, "expires_in");
+        if (json_is_string(tok) && json_string_length(tok) > 0 &&
+            json_string_length(tok) <= SCIM_OAUTH_MAX_TOKEN &&
+            strlen(json_string_value(tok)) == json_string_length(tok) &&
+            !has_ctl(json_string_value(tok))) {
+            uint64_t life = json_is_integer(exp) &&
+                                    json_integer_value(exp) > 0
+                                ? (uint64_t)json_integer_value(exp) : 3600u;
+
+            free_secret(o->token);
+            o->token = strdup(json_string_value(tok));
+            life = life > o->skew_s ? life - o->skew_s : 0;
+            o->expires_at = scim_now_ms() + life * 1000u;
+            fst = o->token != NULL ? PG_OK : PG_ERR_NOMEM;
+        } else if (resp->status == 400 || resp->status == 401 ||
+                   resp->status == 403) {
+            fst = PG_ERR_DENIED;
+            reason = "target_auth";
+            snprintf(detail, sizeof(detail),
+                     "token endpoint: HTTP %ld: client credentials refused",
+                     resp->status);
+        } else {
+            fst = PG_ERR_INVALID;
+            reason = resp->status == 200 ? "bad_response"
+                                         : "target_unavailable";
+            snprintf(detail, sizeof(detail),
+                     "token endpoint: HTTP %ld without a usable token",
+                     resp->status);
+        }
+        json_decref(j);
+    }
+    while ((op = list) != NULL) {
+        pg_status_t s2;
+
+        wait_unlink(op);
+        if (fst == PG_OK && o->token != NULL) {
+            if (set_bearer(op, o->token) != 0) {
+                scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                          "out of memory");
+                continue;
+            }
+            s2 = op_first_call(op);
+            if (s2 != PG_OK) {
+                scim_fail(op, s2, "target_unavailable", "cannot start: %s",
+                          pg_status_str(s2));
+            }
+            continue;
+        }
+        scim_fail(op, fst == PG_OK ? PG_ERR_NOMEM : fst, reason, "%s",
+                  detail);
+    }
+}
+
+/* Start the token fetch of o through http. */
+static pg_status_t
+oauth_fetch(pg_scim_oauth_t *o, pg_http_t *http)
+{
+    const char *headers[2] = { "Accept: application/json",
+                               "Content-Type: application/"
+                               "x-www-form-urlencoded" };
+    char *uid = pg_urlencode(o->client_id, strlen(o->client_id));
+    char *usec = pg_urlencode(o->client_secret, strlen(o->client_secret));
+    char *sc = o->scope != NULL ? pg_urlencode(o->scope, strlen(o->scope))
+                                : NULL;
+    char *body = NULL;
+    pg_http_request_t req;
+    pg_status_t st = PG_ERR_NOMEM;
+    size_t n;
+
+    if (uid == NULL || usec == NULL || (o->scope != NULL && sc == NULL)) {
+        goto out;
+    }
+    n = sizeof("grant_type=client_credentials&scope=") +
+        (sc != NULL ? strlen(sc) : 0);
+    body = malloc(n);
+    if (body == NULL) {
+        goto out;
+    }
+    snprintf(body, n, "grant_type=client_credentials%s%s",
+             sc != NULL ? "&scope=" : "", sc != NULL ? sc : "");
+    memset(&req, 0, sizeof(req));
+    req.method = "POST";
+    req.url = o->token_url;
+    req.headers = headers;
+    req.nheaders = 2;
+    req.body = body;
+    req.body_len = strlen(body);
+    req.basic_user = uid;       /* RFC 6749 2.3.1: form-encoded first */
+    req.basic_pass = usec;
+    req.timeout_ms = o->timeout_ms;
+    req.max_response = SCIM_OAUTH_MAX_RESPONSE;
+    req.tls = o->tls;
+    st = pg_http_start(http, &req, oauth_done, o, &o->hop);
+    if (st != PG_OK) {
+        o->hop = NULL;
+    }
+out:
+    free(uid);
+    free_secret(usec);
+    free(sc);
+    free(body);
+    return st;
+}
+
+/*
+ * Start an op (from pg_scim_ensure/pg_scim_run; never finishes it): with
+ * an OAuth cache, use the cached token or wait for the (one) fetch;
+ * otherwise go straight to the first call.
+ */
+static pg_status_t
+op_start(pg_scim_op_t *op)
+{
+    pg_scim_oauth_t *o = op->has_opts ? op->opts.oauth : NULL;
+    pg_status_t st;
+
+    if (o == NULL) {
+        return op_first_call(op);
+    }
+    if (o->token != NULL && scim_now_ms() < o->expires_at) {
+        if (set_bearer(op, o->token) != 0) {
+            return PG_ERR_NOMEM;
+        }
+        return op_first_call(op);
+    }
+    if (o->hop == NULL) {
+        st = oauth_fetch(o, op->http);
+        if (st != PG_OK) {
+            return st;
+        }
+    }
+    op->whead = &o->waiters;
+    op->wprev = NULL;
+    op->wnext = o->waiters;
+    if (o->waiters != NULL) {
+        o->waiters->wprev = op;
+    }
+    o->waiters = op;
+    return PG_OK;
 }
