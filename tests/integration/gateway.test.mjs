@@ -5,7 +5,9 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
-import { cleanupAll, stopRedis, restartRedis, sleep, parseForms } from './lib/harness.mjs';
+import {
+  cleanupAll, stopRedis, restartRedis, sleep, parseForms, oidcLogout,
+} from './lib/harness.mjs';
 import { startEnv } from './gw/env.mjs';
 
 /** Values of header `name` (any case) the echo upstream received. */
@@ -300,6 +302,21 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     const after1 = await b.request('GET', `${e.base}/app/out`);
     assert.equal(after1.status, 302, 'old cookie no longer works');
     assert.ok(e.audit().some((x) => x.type === 'session.end' && x.reason === 'logout'));
+  });
+
+  test('RP-initiated logout ends the session at the provider too', async () => {
+    const { b } = await e.login('alice', '/app/rp');
+    // while signed in at the provider, a new app session needs no password
+    b.setCookie(`${e.base}/`, 'provgate_session', 'gone');
+    const sso = await b.get(`${e.base}/app/rp`);
+    assert.equal(sso.status, 200, 'single sign-on without a login form');
+    const r = await b.request('GET', `${e.base}/provgate/logout`);
+    const done = await oidcLogout(b, r.location);
+    assert.equal(done.status, 200, done.body);
+    assert.equal(new URL(done.url).pathname, '/signed-out', 'back at post_logout_redirect_uri');
+    // the provider's session is gone: the next sign-in shows its login form
+    const again = await b.get(`${e.base}/app/rp`);
+    assert.match(again.body, /type="password"/, 'the provider asks for the password again');
   });
 
   test('target down: clear 503, no session, audited', async () => {
