@@ -292,10 +292,14 @@ pg_provision_start(pg_op_t *op)
                    "Your access could not be evaluated.", NULL);
         return;
     }
-    f = json_pack("{s:s, s:b, s:O?, s:O?}", "target", op->app, "granted",
-                  op->decision.has_account, "entitlements",
-                  op->decision.entitlements, "explanation",
-                  op->decision.explanation);
+    f = json_pack("{s:s, s:b, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}", "target",
+                  op->app, "granted", op->decision.has_account,
+                  "entitlements", op->decision.entitlements,
+                  "denied", op->decision.denied,
+                  "sod_findings", op->decision.sod_findings,
+                  "pending_approval", op->decision.pending_approval,
+                  "jit", op->decision.jit,
+                  "explanation", op->decision.explanation);
     if (!op->decision.has_account) {
         pg_op_deny(op, 403, "policy.decision", "not_entitled",
                    "No policy gives you access to this application. Ask "
