@@ -5,7 +5,7 @@ CC ?= cc
 NGINX_SRC ?= /usr/share/nginx/src
 BUILD := build
 
-PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl libxml-2.0 xmlsec1-openssl
+PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl libxml-2.0 xmlsec1-openssl libevent
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lz -lm
 
@@ -34,7 +34,7 @@ PHONY_TOOLS := tools
 
 all: lib unit module tools
 
-TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy
+TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy $(BUILD)/provgated
 tools: $(TOOLS)
 
 # provgatectl: the command-line tool (policy check/explain today)
@@ -42,6 +42,17 @@ $(BUILD)/provgatectl: tools/provgatectl/provgatectl.c $(BUILD)/libprovgate.a $(w
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
+
+# provgated: the sidecar daemon (libevent host, health and metrics today)
+$(BUILD)/provgated: sidecar/provgated.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
+
+$(BUILD)/asan-bin/provgated: sidecar/provgated.c $(BUILD)/libprovgate-asan.a $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -o $@
 
 # policy evaluation benchmark (counts allocations with its own malloc wrapper)
 $(BUILD)/bench_policy: tools/provgatectl/bench_policy.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
@@ -95,7 +106,7 @@ $(ASAN_MODULE_SO): $(BUILD)/libprovgate-asan.a $(MODULE_SRCS)
 	PROVGATE_LIB=$(abspath $(BUILD)/libprovgate-asan.a) \
 	    tools/build-module.sh $(abspath $(BUILD)/nginx-asan) $(abspath $@) "$(SAN)"
 
-asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO)
+asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO) $(BUILD)/asan-bin/provgated
 
 deps:
 	tools/deps.sh
@@ -103,10 +114,10 @@ deps:
 check-unit: $(UNIT_BINS)
 	tests/run-unit.sh $(BUILD)/unit
 
-check-integration: $(MODULE_SO)
+check-integration: $(MODULE_SO) $(TOOLS)
 	tests/run-integration.sh $(MODULE_SO)
 
-check-asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO)
+check-asan: $(ASAN_UNIT_BINS) $(ASAN_MODULE_SO) $(BUILD)/asan-bin/provgated
 	tests/run-unit.sh $(BUILD)/unit-asan
 	PROVGATE_ASAN=1 tests/run-integration.sh $(ASAN_MODULE_SO)
 

@@ -8,7 +8,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 pkgs=(build-essential pkg-config ca-certificates curl
       nginx nginx-dev redis-server
       liblasso3-dev liboauth2-dev libcjose-dev libhiredis-dev libjansson-dev
-      libcurl4-openssl-dev libssl-dev libcmocka-dev zlib1g-dev
+      libcurl4-openssl-dev libssl-dev libcmocka-dev zlib1g-dev libevent-dev
       clang-14 libfuzzer-14-dev libclang-rt-14-dev
       wrk libxml2-utils xmlsec1 chromium)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)

@@ -1,0 +1,793 @@
+/*
+ * provgated: the provgate sidecar daemon (GitHub issue 6, "Daemon").
+ *
+ *   provgated --config provgate.json [--listen 127.0.0.1:PORT]
+ *             [--log-file F] [--log-level error|warn|info|debug]
+ *             [--health-interval-ms N]
+ *
+ * What it does today:
+ *  - loads the same JSON configuration as the nginx module
+ *    (pg_config_load); a bad file at start: the error is logged and the
+ *    exit status is 1;
+ *  - runs one libevent loop (pg_evhost) with the async Redis client
+ *    (pg_redis) on the configured Redis, probed with PING every
+ *    --health-interval-ms (default 1000);
+ *  - writes structured JSON log lines ({"ts","level","msg",...}) to stderr
+ *    or --log-file (reopened on SIGHUP);
+ *  - SIGHUP reloads the configuration: on success the Redis client and the
+ *    audit emitter are rebuilt from the new file; on error the old
+ *    configuration stays in use and the reason is logged and counted;
+ *  - SIGTERM/SIGINT stop gracefully (listener closed, "daemon.stop" audit
+ *    event, 100 ms for the last Redis writes, everything freed, exit 0);
+ *  - HTTP on --listen (default 127.0.0.1:9180, port 0 = any free port,
+ *    the bound address is logged): GET /healthz and GET /metrics;
+ *  - audit events (pg_audit): daemon.start, config.reload, daemon.stop.
+ *
+ * Exit status: 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a
+ * usage error.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include "provgate/audit.h"
+#include "provgate/config.h"
+#include "provgate/evhost.h"
+#include "provgate/redis.h"
+
+#define DEFAULT_LISTEN "127.0.0.1:9180"
+#define MAX_LISTEN_ARG 300u
+#define MAX_LOG_LINE 4096u           /* cap of one log message text */
+#define HTTP_MAX_HEADERS 8192        /* request header bytes */
+#define HTTP_MAX_BODY 1024           /* GET only: bodies are not expected */
+#define HTTP_TIMEOUT_S 10
+#define STOP_GRACE_MS 100
+
+typedef struct daemon {
+    pg_evhost_t *eh;
+    const pg_host_t *host;
+    struct event_base *base;
+
+    const char *config_path;     /* argv, borrowed */
+    pg_config_t *cfg;
+    pg_redis_t *redis;
+    pg_audit_t *audit;
+
+    struct evhttp *http;
+    char listen_addr[MAX_LISTEN_ARG];
+    struct event *sig_hup, *sig_term, *sig_int;
+
+    pg_timer_t *health_timer;
+    pg_redis_op_t *health_op;    /* PING in flight, or NULL */
+    unsigned health_interval_ms;
+    int redis_up;
+
+    unsigned long long reloads;
+    unsigned long long reload_failures;
+    double start_time;           /* Unix seconds */
+    int stopping;
+
+    const char *log_file;        /* argv, borrowed; NULL: stderr */
+    int log_fd;
+    pg_log_level_t log_level;
+} daemon_t;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+/* ---- logging ---------------------------------------------------------- */
+
+/* UTC RFC 3339 with milliseconds into out. */
+static void
+timestamp(char *out, size_t outsz)
+{
+    struct timespec ts;
+    struct tm tm;
+    char base[32];
+
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0 ||
+        gmtime_r(&ts.tv_sec, &tm) == NULL ||
+        strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+        snprintf(out, outsz, "1970-01-01T00:00:00.000Z");
+        return;
+    }
+    snprintf(out, outsz, "%s.%03uZ", base,
+             (unsigned)(ts.tv_nsec / 1000000L) % 1000u);
+}
+
+/*
+ * Write one JSON log line {"ts","level","msg",...fields} with a single
+ * write(2). fields (may be NULL) is stolen; its members never replace the
+ * three header members. Lines below the configured level are dropped.
+ */
+static void
+dlog(daemon_t *d, pg_log_level_t level, json_t *fields, const char *fmt, ...)
+    PG_PRINTF(4, 5);
+
+static void
+dlog(daemon_t *d, pg_log_level_t level, json_t *fields, const char *fmt, ...)
+{
+    char msg[MAX_LOG_LINE], ts[64];
+    const char *key;
+    json_t *line, *val;
+    char *text;
+    size_t len;
+    va_list ap;
+
+    if (level > d->log_level) {
+        json_decref(fields);
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    timestamp(ts, sizeof(ts));
+    line = json_object();
+    if (line == NULL) {
+        json_decref(fields);
+        return;
+    }
+    json_object_set_new(line, "ts", json_string(ts));
+    json_object_set_new(line, "level",
+                        json_string(level_names[(unsigned)level & 3u]));
+    val = json_string(msg);
+    if (val == NULL) {
+        /* not UTF-8 (e.g. a path): replace every non-ASCII byte */
+        size_t i;
+
+        for (i = 0; msg[i] != '\0'; i++) {
+            if ((unsigned char)msg[i] >= 0x80) {
+                msg[i] = '?';
+            }
+        }
+        val = json_string(msg);
+    }
+    json_object_set_new(line, "msg", val != NULL ? val : json_null());
+    if (json_is_object(fields)) {
+        json_object_foreach(fields, key, val) {
+            if (json_object_get(line, key) == NULL) {
+                json_object_set(line, key, val);
+            }
+        }
+    }
+    json_decref(fields);
+    text = json_dumps(line, JSON_COMPACT);
+    json_decref(line);
+    if (text == NULL) {
+        return;
+    }
+    len = strlen(text);
+    text[len] = '\n'; /* replaces the NUL; length is explicit below */
+    if (write(d->log_fd, text, len + 1) < 0) {
+        /* nowhere left to report it */
+    }
+    free(text);
+}
+
+/* Sink for core log lines (pg_log through the evhost). */
+static void
+core_log(void *arg, pg_log_level_t level, const char *msg)
+{
+    daemon_t *d = arg;
+
+    dlog(d, level, json_pack("{s:s}", "source", "core"), "%s", msg);
+}
+
+/* Open (or reopen) --log-file. The old descriptor is kept on failure. */
+static int
+open_log(daemon_t *d)
+{
+    int fd;
+
+    if (d->log_file == NULL) {
+        d->log_fd = STDERR_FILENO;
+        return 0;
+    }
+    fd = open(d->log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        return -1;
+    }
+    if (d->log_fd > STDERR_FILENO) {
+        close(d->log_fd);
+    }
+    d->log_fd = fd;
+    return 0;
+}
+
+/* ---- Redis health ----------------------------------------------------- */
+
+static void set_redis_up(daemon_t *d, int up, const char *why);
+
+/* PING reply: record the state, schedule the next probe. */
+static void
+on_ping(void *arg, pg_status_t st, const struct redisReply *reply)
+{
+    daemon_t *d = arg;
+
+    d->health_op = NULL;
+    if (st == PG_ERR_CANCELLED) {
+        return; /* client being freed: no new probe from here */
+    }
+    if (st == PG_OK && reply != NULL && reply->type == REDIS_REPLY_STATUS &&
+        reply->str != NULL && strcmp(reply->str, "PONG") == 0) {
+        set_redis_up(d, 1, "ping ok");
+    } else {
+        set_redis_up(d, 0, st != PG_OK ? pg_status_str(st) : "bad reply");
+    }
+    d->host->timer_arm(d->health_timer, d->health_interval_ms);
+}
+
+/* Health timer: send one PING unless one is still in flight. */
+static void
+on_health_timer(void *arg)
+{
+    daemon_t *d = arg;
+    const char *argv[] = {"PING"};
+    pg_status_t st;
+
+    if (d->health_op != NULL || d->redis == NULL) {
+        d->host->timer_arm(d->health_timer, d->health_interval_ms);
+        return;
+    }
+    st = pg_redis_command(d->redis, 1, argv, NULL, 0, on_ping, d,
+                          &d->health_op);
+    if (st != PG_OK) {
+        d->health_op = NULL;
+        set_redis_up(d, 0, pg_status_str(st));
+        d->host->timer_arm(d->health_timer, d->health_interval_ms);
+    }
+}
+
+/* Log transitions only (not every probe). */
+static void
+set_redis_up(daemon_t *d, int up, const char *why)
+{
+    if (up == d->redis_up) {
+        return;
+    }
+    d->redis_up = up;
+    dlog(d, up ? PG_LOG_INFO : PG_LOG_WARN,
+         json_pack("{s:s,s:s}", "redis", up ? "up" : "down", "reason", why),
+         "redis is %s", up ? "up" : "down");
+}
+
+/* ---- configuration and its dependents --------------------------------- */
+
+/* Stop the PING in flight (its cb will not run). */
+static void
+cancel_health(daemon_t *d)
+{
+    if (d->health_op != NULL) {
+        pg_redis_cancel(d->health_op);
+        d->health_op = NULL;
+    }
+}
+
+/*
+ * Build a Redis client and an audit emitter for cfg. On success both are
+ * returned (owned by the caller); on failure nothing is left allocated and
+ * err says why.
+ */
+static pg_status_t
+build_runtime(daemon_t *d, const pg_config_t *cfg, pg_redis_t **redis,
+              pg_audit_t **audit, pg_err_t *err)
+{
+    pg_status_t st;
+
+    *redis = NULL;
+    *audit = NULL;
+    st = pg_redis_new(d->host, &cfg->redis, redis);
+    if (st != PG_OK) {
+        pg_err_set(err, "redis client: %s", pg_status_str(st));
+        return st;
+    }
+    st = pg_audit_new(d->host, &cfg->audit, cfg->instance, *redis, audit,
+                      err);
+    if (st != PG_OK) {
+        pg_redis_free(*redis);
+        *redis = NULL;
+        return st;
+    }
+    return PG_OK;
+}
+
+/* Emit an audit event and ignore the id. fields stolen. */
+static void
+audit(daemon_t *d, const char *type, const char *outcome, const char *reason,
+      json_t *fields)
+{
+    if (d->audit != NULL) {
+        pg_audit_emit(d->audit, type, outcome, reason, fields, NULL);
+    } else {
+        json_decref(fields);
+    }
+}
+
+/*
+ * SIGHUP: reopen the log file, load the configuration again. Success:
+ * new Redis client + audit emitter replace the old ones (pending PING and
+ * XADDs of the old client are cancelled). Failure: everything stays as it
+ * was; the error is logged, audited and counted.
+ */
+static void
+reload(daemon_t *d)
+{
+    pg_config_t *ncfg = NULL;
+    pg_redis_t *nredis = NULL;
+    pg_audit_t *naudit = NULL;
+    pg_err_t err;
+    pg_status_t st;
+
+    if (open_log(d) != 0) {
+        dlog(d, PG_LOG_ERROR, NULL, "cannot reopen log file %s: %s",
+             d->log_file, strerror(errno));
+    }
+    memset(&err, 0, sizeof(err));
+    st = pg_config_load(d->config_path, &ncfg, &err);
+    if (st == PG_OK) {
+        st = build_runtime(d, ncfg, &nredis, &naudit, &err);
+    }
+    if (st != PG_OK) {
+        pg_config_free(ncfg);
+        d->reload_failures++;
+        dlog(d, PG_LOG_ERROR,
+             json_pack("{s:s,s:s}", "event", "config.reload", "error",
+                       err.msg),
+             "configuration reload failed, keeping the old one: %s",
+             err.msg);
+        audit(d, "config.reload", "failure", "invalid_config",
+              json_pack("{s:s,s:s}", "config", d->config_path, "error",
+                        err.msg));
+        if (pg_audit_reopen(d->audit, &err) != PG_OK) {
+            dlog(d, PG_LOG_ERROR, NULL, "%s", err.msg);
+        }
+        return;
+    }
+    pg_audit_free(d->audit);
+    cancel_health(d);
+    pg_redis_free(d->redis);
+    pg_config_free(d->cfg);
+    d->cfg = ncfg;
+    d->redis = nredis;
+    d->audit = naudit;
+    d->reloads++;
+    dlog(d, PG_LOG_INFO, json_pack("{s:s}", "event", "config.reload"),
+         "configuration reloaded from %s", d->config_path);
+    audit(d, "config.reload", "success", NULL,
+          json_pack("{s:s}", "config", d->config_path));
+    d->host->timer_arm(d->health_timer, 0); /* probe the new Redis now */
+}
+
+/* ---- HTTP ------------------------------------------------------------- */
+
+/* Send body with a content type and status. */
+static void
+reply(struct evhttp_request *req, int code, const char *reason,
+      const char *ctype, const char *body, size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      ctype);
+    evhttp_add_header(evhttp_request_get_output_headers(req),
+                      "Cache-Control", "no-store");
+    if (buf == NULL) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    evbuffer_add(buf, body, len);
+    evhttp_send_reply(req, code, reason, buf);
+    evbuffer_free(buf);
+}
+
+static void
+serve_healthz(daemon_t *d, struct evhttp_request *req)
+{
+    json_t *o = json_pack("{s:s,s:s}", "status", d->redis_up ? "ok" : "unavailable",
+                          "redis", d->redis_up ? "up" : "down");
+    char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+
+    json_decref(o);
+    if (text == NULL) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    if (d->redis_up) {
+        reply(req, 200, "OK", "application/json", text, strlen(text));
+    } else {
+        reply(req, 503, "Service Unavailable", "application/json", text,
+              strlen(text));
+    }
+    free(text);
+}
+
+static void
+serve_metrics(daemon_t *d, struct evhttp_request *req)
+{
+    char body[2048];
+    int n;
+
+    n = snprintf(body, sizeof(body),
+        "# HELP provgated_up 1 while the daemon is running.\n"
+        "# TYPE provgated_up gauge\n"
+        "provgated_up 1\n"
+        "# HELP provgated_redis_up 1 when the last Redis PING succeeded.\n"
+        "# TYPE provgated_redis_up gauge\n"
+        "provgated_redis_up %d\n"
+        "# HELP provgated_config_reloads_total Successful configuration "
+        "reloads (SIGHUP).\n"
+        "# TYPE provgated_config_reloads_total counter\n"
+        "provgated_config_reloads_total %llu\n"
+        "# HELP provgated_config_reload_failures_total Configuration "
+        "reloads that failed (old configuration kept).\n"
+        "# TYPE provgated_config_reload_failures_total counter\n"
+        "provgated_config_reload_failures_total %llu\n"
+        "# HELP process_start_time_seconds Start time of the process since "
+        "unix epoch in seconds.\n"
+        "# TYPE process_start_time_seconds gauge\n"
+        "process_start_time_seconds %.3f\n",
+        d->redis_up ? 1 : 0, d->reloads, d->reload_failures, d->start_time);
+    if (n < 0 || (size_t)n >= sizeof(body)) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", body,
+          (size_t)n);
+}
+
+/* Every request: GET/HEAD (others are refused by evhttp) to two paths. */
+static void
+on_request(struct evhttp_request *req, void *arg)
+{
+    daemon_t *d = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri != NULL ? evhttp_uri_get_path(uri) : NULL;
+
+    if (path == NULL) {
+        evhttp_send_error(req, 400, "Bad Request");
+    } else if (strcmp(path, "/healthz") == 0) {
+        serve_healthz(d, req);
+    } else if (strcmp(path, "/metrics") == 0) {
+        serve_metrics(d, req);
+    } else {
+        reply(req, 404, "Not Found", "text/plain; charset=utf-8",
+              "not found\n", 10);
+    }
+}
+
+/*
+ * Parse "HOST:PORT" (the last ':' splits; IPv6 as "[::1]:PORT") into host
+ * (NUL-terminated, at most hostsz-1 bytes) and port 0..65535. 0 on success.
+ */
+static int
+parse_listen(const char *s, char *host, size_t hostsz, unsigned *port)
+{
+    const char *colon = strrchr(s, ':');
+    const char *h = s;
+    size_t hlen;
+    char *end;
+    long p;
+
+    if (colon == NULL || colon[1] == '\0' || strlen(s) >= MAX_LISTEN_ARG) {
+        return -1;
+    }
+    hlen = (size_t)(colon - s);
+    if (hlen >= 2 && s[0] == '[' && s[hlen - 1] == ']') {
+        h = s + 1;
+        hlen -= 2;
+    }
+    if (hlen == 0 || hlen >= hostsz) {
+        return -1;
+    }
+    errno = 0;
+    p = strtol(colon + 1, &end, 10);
+    if (errno != 0 || *end != '\0' || p < 0 || p > 65535) {
+        return -1;
+    }
+    memcpy(host, h, hlen);
+    host[hlen] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+/* Bind the HTTP listener; d->listen_addr gets the bound "host:port". */
+static int
+start_http(daemon_t *d, const char *listen_arg)
+{
+    struct evhttp_bound_socket *bs;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char host[256], ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    int bound = -1;
+
+    if (parse_listen(listen_arg, host, sizeof(host), &port) != 0) {
+        dlog(d, PG_LOG_ERROR, NULL, "--listen: expected HOST:PORT, got \"%s\"",
+             listen_arg);
+        return -1;
+    }
+    d->http = evhttp_new(d->base);
+    if (d->http == NULL) {
+        dlog(d, PG_LOG_ERROR, NULL, "evhttp_new failed");
+        return -1;
+    }
+    evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_max_headers_size(d->http, HTTP_MAX_HEADERS);
+    evhttp_set_max_body_size(d->http, HTTP_MAX_BODY);
+    evhttp_set_timeout(d->http, HTTP_TIMEOUT_S);
+    evhttp_set_gencb(d->http, on_request, d);
+    bs = evhttp_bind_socket_with_handle(d->http, host, (ev_uint16_t)port);
+    if (bs == NULL) {
+        dlog(d, PG_LOG_ERROR, NULL, "cannot listen on %s: %s", listen_arg,
+             strerror(errno));
+        return -1;
+    }
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss,
+                    &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip));
+            bound = ntohs(in->sin_port);
+            snprintf(d->listen_addr, sizeof(d->listen_addr), "%s:%d", ip,
+                     bound);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
+            bound = ntohs(in6->sin6_port);
+            snprintf(d->listen_addr, sizeof(d->listen_addr), "[%s]:%d", ip,
+                     bound);
+        }
+    }
+    if (bound < 0) {
+        snprintf(d->listen_addr, sizeof(d->listen_addr), "%s", listen_arg);
+    }
+    return 0;
+}
+
+/* ---- signals ---------------------------------------------------------- */
+
+static void
+on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    daemon_t *d = arg;
+
+    (void)sig;
+    (void)what;
+    if (d->stopping) {
+        return;
+    }
+    dlog(d, PG_LOG_INFO, NULL, "SIGHUP: reloading %s", d->config_path);
+    reload(d);
+}
+
+/* SIGTERM/SIGINT: close the listener, audit, leave the loop shortly. */
+static void
+on_sigstop(evutil_socket_t sig, short what, void *arg)
+{
+    daemon_t *d = arg;
+    struct timeval grace = {0, STOP_GRACE_MS * 1000};
+
+    (void)what;
+    if (d->stopping) {
+        return;
+    }
+    d->stopping = 1;
+    if (d->http != NULL) {
+        evhttp_free(d->http);
+        d->http = NULL;
+    }
+    dlog(d, PG_LOG_INFO, json_pack("{s:s}", "signal", strsignal((int)sig)),
+         "stopping");
+    audit(d, "daemon.stop", "info", NULL,
+          json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    event_base_loopexit(d->base, &grace);
+}
+
+/* ---- main ------------------------------------------------------------- */
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "usage: provgated --config FILE [--listen HOST:PORT] "
+            "[--log-file FILE]\n"
+            "                 [--log-level error|warn|info|debug] "
+            "[--health-interval-ms N]\n");
+}
+
+/* Free everything that exists (safe on a partly started daemon). */
+static void
+shutdown_all(daemon_t *d)
+{
+    if (d->http != NULL) {
+        evhttp_free(d->http);
+        d->http = NULL;
+    }
+    if (d->sig_hup != NULL) {
+        event_free(d->sig_hup);
+    }
+    if (d->sig_term != NULL) {
+        event_free(d->sig_term);
+    }
+    if (d->sig_int != NULL) {
+        event_free(d->sig_int);
+    }
+    pg_audit_free(d->audit);
+    d->audit = NULL;
+    cancel_health(d);
+    pg_redis_free(d->redis);
+    d->redis = NULL;
+    if (d->health_timer != NULL) {
+        d->host->timer_close(d->health_timer);
+    }
+    pg_evhost_free(d->eh); /* frees the base it created */
+    pg_config_free(d->cfg);
+    if (d->log_fd > STDERR_FILENO) {
+        close(d->log_fd);
+    }
+}
+
+/* Parse --log-level. 0 on success. */
+static int
+parse_level(const char *s, pg_log_level_t *out)
+{
+    unsigned i;
+
+    for (i = 0; i < 4; i++) {
+        if (strcmp(s, level_names[i]) == 0) {
+            *out = (pg_log_level_t)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int
+main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"log-file", required_argument, NULL, 'f'},
+        {"log-level", required_argument, NULL, 'v'},
+        {"health-interval-ms", required_argument, NULL, 'i'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}
+    };
+    daemon_t d;
+    const char *listen_arg = DEFAULT_LISTEN;
+    struct timespec now;
+    pg_err_t err;
+    pg_status_t st;
+    char *end;
+    long v;
+    int c, rc = 1;
+
+    memset(&d, 0, sizeof(d));
+    d.log_fd = STDERR_FILENO;
+    d.log_level = PG_LOG_INFO;
+    d.health_interval_ms = 1000;
+    while ((c = getopt_long(argc, argv, "c:l:f:v:i:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            d.config_path = optarg;
+            break;
+        case 'l':
+            listen_arg = optarg;
+            break;
+        case 'f':
+            d.log_file = optarg;
+            break;
+        case 'v':
+            if (parse_level(optarg, &d.log_level) != 0) {
+                fprintf(stderr, "provgated: bad --log-level \"%s\"\n",
+                        optarg);
+                usage(stderr);
+                return 2;
+            }
+            break;
+        case 'i':
+            errno = 0;
+            v = strtol(optarg, &end, 10);
+            if (errno != 0 || *end != '\0' || v < 10 || v > 600000) {
+                fprintf(stderr, "provgated: --health-interval-ms must be "
+                        "10..600000\n");
+                return 2;
+            }
+            d.health_interval_ms = (unsigned)v;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (d.config_path == NULL || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    {
+        char lhost[256];
+        unsigned lport;
+
+        if (parse_listen(listen_arg, lhost, sizeof(lhost), &lport) != 0) {
+            fprintf(stderr, "provgated: --listen: expected HOST:PORT, got "
+                    "\"%s\"\n", listen_arg);
+            return 2;
+        }
+    }
+    if (open_log(&d) != 0) {
+        fprintf(stderr, "provgated: cannot open log file %s: %s\n",
+                d.log_file, strerror(errno));
+        return 1;
+    }
+    clock_gettime(CLOCK_REALTIME, &now);
+    d.start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+
+    memset(&err, 0, sizeof(err));
+    st = pg_config_load(d.config_path, &d.cfg, &err);
+    if (st != PG_OK) {
+        dlog(&d, PG_LOG_ERROR, json_pack("{s:s}", "error", err.msg),
+             "cannot load configuration: %s", err.msg);
+        goto out;
+    }
+    if (pg_evhost_new(NULL, &d.eh) != PG_OK) {
+        dlog(&d, PG_LOG_ERROR, NULL, "cannot create the event loop");
+        goto out;
+    }
+    d.host = pg_evhost_host(d.eh);
+    d.base = pg_evhost_base(d.eh);
+    pg_evhost_set_logger(d.eh, core_log, &d);
+    pg_evhost_set_log_level(d.eh, d.log_level);
+    st = build_runtime(&d, d.cfg, &d.redis, &d.audit, &err);
+    if (st != PG_OK) {
+        dlog(&d, PG_LOG_ERROR, json_pack("{s:s}", "error", err.msg),
+             "cannot start: %s", err.msg);
+        goto out;
+    }
+    d.health_timer = d.host->timer_open(d.host->ctx, on_health_timer, &d);
+    d.sig_hup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
+    d.sig_term = evsignal_new(d.base, SIGTERM, on_sigstop, &d);
+    d.sig_int = evsignal_new(d.base, SIGINT, on_sigstop, &d);
+    if (d.health_timer == NULL || d.sig_hup == NULL || d.sig_term == NULL ||
+        d.sig_int == NULL || evsignal_add(d.sig_hup, NULL) != 0 ||
+        evsignal_add(d.sig_term, NULL) != 0 ||
+        evsignal_add(d.sig_int, NULL) != 0) {
+        dlog(&d, PG_LOG_ERROR, NULL, "cannot set up timers or signals");
+        goto out;
+    }
+    if (start_http(&d, listen_arg) != 0) {
+        goto out;
+    }
+    d.host->timer_arm(d.health_timer, 0);
+    dlog(&d, PG_LOG_INFO,
+         json_pack("{s:s,s:s,s:i}", "listen", d.listen_addr, "config",
+                   d.config_path, "pid", (int)getpid()),
+         "provgated started, listening on %s", d.listen_addr);
+    audit(&d, "daemon.start", "info", NULL,
+          json_pack("{s:s,s:s,s:i}", "listen", d.listen_addr, "config",
+                    d.config_path, "pid", (int)getpid()));
+    if (event_base_dispatch(d.base) < 0) {
+        dlog(&d, PG_LOG_ERROR, NULL, "event loop failed");
+        goto out;
+    }
+    dlog(&d, PG_LOG_INFO, NULL, "provgated stopped");
+    rc = 0;
+out:
+    shutdown_all(&d);
+    return rc;
+}
