@@ -14,6 +14,7 @@
  *   provgate_app     <target> | off;   http/srv/loc  account to provision
  *   provgate_callback;                 loc       the OIDC redirect URI
  *   provgate_logout;                   loc       end the session
+ *   provgate_saml_metadata <idp>;      loc       SAML SP metadata of <idp>
  *   provgate_wait_timeout <time>;      http/srv/loc  longest a request may
  *                                      wait for provgate (default 60s)
  */
@@ -32,6 +33,7 @@
 #define NGX_HTTP_PROVGATE_NONE      0
 #define NGX_HTTP_PROVGATE_CALLBACK  1
 #define NGX_HTTP_PROVGATE_LOGOUT    2
+#define NGX_HTTP_PROVGATE_METADATA  3
 
 #define NGX_HTTP_PROVGATE_MAX_HEADERS  8
 
@@ -50,6 +52,7 @@ typedef struct {
     ngx_str_t            app;           /* NUL-terminated; empty = none */
     ngx_uint_t           endpoint;      /* callback / logout */
     ngx_msec_t           wait_timeout;
+    ngx_str_t            saml_idp;      /* provgate_saml_metadata */
 } ngx_http_provgate_loc_conf_t;
 
 
@@ -71,6 +74,8 @@ static char *ngx_http_provgate_app(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_provgate_endpoint(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_provgate_saml_metadata(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_provgate_strip_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_provgate_access_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_provgate_content_handler(ngx_http_request_t *r);
@@ -119,6 +124,13 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       ngx_http_provgate_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PROVGATE_LOGOUT,
+      NULL },
+
+    { ngx_string("provgate_saml_metadata"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_provgate_saml_metadata,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PROVGATE_METADATA,
       NULL },
 
     { ngx_string("provgate_wait_timeout"),
@@ -816,6 +828,17 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
         return ngx_http_provgate_send(r, ctx->res);
     }
 
+    if (plcf->endpoint == NGX_HTTP_PROVGATE_METADATA) {
+        ctx->res = pg_gate_saml_metadata(
+            ((ngx_http_provgate_main_conf_t *)
+             ngx_http_get_module_main_conf(r, ngx_http_provgate_module))->cfg,
+            (char *) plcf->saml_idp.data);
+        if (ctx->res == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+        return ngx_http_provgate_send(r, ctx->res);
+    }
+
     if (ngx_http_provgate_build_req(r, plcf, &req) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -961,6 +984,14 @@ ngx_http_provgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (pg_config_idp(pmcf->cfg, (char *) idp.data)->type != PG_IDP_OIDC) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "provgate: identity provider \"%V\" is not an "
+                           "OpenID Connect provider (SAML sign-in through "
+                           "the gateway is not available yet)", &idp);
+        return NGX_CONF_ERROR;
+    }
+
     plcf->mode = NGX_HTTP_PROVGATE_OIDC;
     plcf->idp = idp;
 
@@ -1029,6 +1060,48 @@ ngx_http_provgate_endpoint(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     plcf->endpoint = cmd->offset;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_provgate_content_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_provgate_saml_metadata(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_provgate_loc_conf_t *plcf = conf;
+
+    ngx_str_t                      *value;
+    const pg_idp_cfg_t             *idp;
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_provgate_main_conf_t  *pmcf;
+
+    if (plcf->endpoint != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_provgate_module);
+    if (pmcf->cfg == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "provgate: \"provgate_config\" must come before "
+                           "\"%V\" in the http block", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+    idp = pg_config_idp(pmcf->cfg, (char *) value[1].data);
+    if (idp == NULL || idp->type != PG_IDP_SAML) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "provgate: \"%V\" is not a SAML identity "
+                           "provider of %V", &value[1], &pmcf->file);
+        return NGX_CONF_ERROR;
+    }
+
+    plcf->endpoint = NGX_HTTP_PROVGATE_METADATA;
+    plcf->saml_idp = value[1];
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_provgate_content_handler;

@@ -50,10 +50,33 @@ typedef struct pg_oidc_idp_cfg {
 
 typedef enum { PG_IDP_OIDC = 1, PG_IDP_SAML = 2 } pg_idp_type_t;
 
+struct pg_saml_sp;             /* include/provgate/saml.h */
+
+/* One SAML 2.0 identity provider ("idps": {"<name>": {"type": "saml", ...}}).
+ * The SP (keys, certificate, IdP metadata) is built at load, so that a bad
+ * key or metadata file fails the configuration check. */
+typedef struct pg_saml_idp_cfg {
+    char *sp_entity_id;
+    char *acs_url;
+    char *slo_url;             /* optional */
+    char *sp_key_file;
+    char *sp_cert_file;
+    char *idp_metadata_file;
+    char *nameid_format;       /* optional */
+    int sign_authn_request;    /* default 0 */
+    int require_signed_assertion; /* default 1 */
+    int require_signed_response;  /* default 0 */
+    int allow_unsolicited;     /* default 0 */
+    unsigned clock_skew_s;     /* default 60 */
+    unsigned state_ttl_s;      /* default 300 */
+    struct pg_saml_sp *sp;     /* owned */
+} pg_saml_idp_cfg_t;
+
 typedef struct pg_idp_cfg {
     pg_idp_type_t type;
     char *name;
     pg_oidc_idp_cfg_t oidc;     /* when type == PG_IDP_OIDC */
+    pg_saml_idp_cfg_t saml;     /* when type == PG_IDP_SAML */
 } pg_idp_cfg_t;
 
 /* One attribute of the account in a target: SCIM attribute -> value.

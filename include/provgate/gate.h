@@ -104,6 +104,12 @@ void pg_gate_result_free(pg_gate_result_t *res);
  * (NULL-terminated, valid for the gate's life). */
 const char *const *pg_gate_header_names(const pg_gate_t *g);
 
+/* The SP metadata of SAML identity provider idp, as a 200 result with
+ * Content-Type application/samlmetadata+xml; NULL when idp is not a SAML
+ * provider or on OOM. Needs no gate (it is built from the config). */
+pg_gate_result_t *pg_gate_saml_metadata(const pg_config_t *cfg,
+                                        const char *idp);
+
 /* A page result for errors the host detects itself (e.g. no gate). */
 pg_gate_result_t *pg_gate_error_page(int status, const char *reason,
                                      const char *message);

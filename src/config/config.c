@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 #include "provgate/config.h"
+#include "provgate/saml.h"
 #include "provgate/policy.h"
 #include "internal.h"
 
@@ -662,6 +663,73 @@ parse_oidc(pg_oidc_idp_cfg_t *c, const json_t *o, const char *p,
     return PG_OK;
 }
 
+/* One "type": "saml" idp object at path p into c; builds the SP. */
+static pg_status_t
+parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
+           pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "type", "sp_entity_id", "acs_url", "slo_url", "sp_key_file",
+        "sp_cert_file", "idp_metadata_file", "nameid_format",
+        "sign_authn_request", "require_signed_assertion",
+        "require_signed_response", "allow_unsolicited", "clock_skew_s",
+        "state_ttl_s", NULL
+    };
+    pg_saml_sp_cfg_t sc;
+    pg_err_t e2 = { "" };
+    pg_status_t st;
+
+    TRY(pg_cfg_keys(o, p, keys, err));
+    TRY(pg_cfg_str(o, p, "sp_entity_id", 1, NULL, &c->sp_entity_id, err));
+    TRY(cfg_url(o, p, "acs_url", 1, PG_URL_NO_FRAGMENT, &c->acs_url, err));
+    TRY(cfg_url(o, p, "slo_url", 0, PG_URL_NO_FRAGMENT, &c->slo_url, err));
+    TRY(pg_cfg_path(o, p, "sp_key_file", 1, &c->sp_key_file, err));
+    TRY(check_readable(c->sp_key_file, p, "sp_key_file", err));
+    TRY(pg_cfg_path(o, p, "sp_cert_file", 1, &c->sp_cert_file, err));
+    TRY(check_readable(c->sp_cert_file, p, "sp_cert_file", err));
+    TRY(pg_cfg_path(o, p, "idp_metadata_file", 1, &c->idp_metadata_file,
+                    err));
+    TRY(check_readable(c->idp_metadata_file, p, "idp_metadata_file", err));
+    TRY(pg_cfg_str(o, p, "nameid_format", 0, NULL, &c->nameid_format, err));
+    TRY(pg_cfg_bool(o, p, "sign_authn_request", 0, &c->sign_authn_request,
+                    err));
+    TRY(pg_cfg_bool(o, p, "require_signed_assertion", 1,
+                    &c->require_signed_assertion, err));
+    TRY(pg_cfg_bool(o, p, "require_signed_response", 0,
+                    &c->require_signed_response, err));
+    TRY(pg_cfg_bool(o, p, "allow_unsolicited", 0, &c->allow_unsolicited,
+                    err));
+    TRY(pg_cfg_uint(o, p, "clock_skew_s", 60, 0, 600, &c->clock_skew_s,
+                    err));
+    TRY(pg_cfg_uint(o, p, "state_ttl_s", 300, 1, 3600, &c->state_ttl_s,
+                    err));
+    if (!c->require_signed_assertion && !c->require_signed_response) {
+        pg_err_set(err, "%s: at least one of require_signed_assertion and "
+                   "require_signed_response must be true", p);
+        return PG_ERR_CONFIG;
+    }
+
+    memset(&sc, 0, sizeof(sc));
+    sc.entity_id = c->sp_entity_id;
+    sc.acs_url = c->acs_url;
+    sc.slo_url = c->slo_url;
+    sc.key_path = c->sp_key_file;
+    sc.cert_path = c->sp_cert_file;
+    sc.idp_metadata_path = c->idp_metadata_file;
+    sc.nameid_format = c->nameid_format;
+    sc.sign_authn_request = c->sign_authn_request;
+    sc.require_signed_assertion = c->require_signed_assertion;
+    sc.require_signed_response = c->require_signed_response;
+    sc.allow_unsolicited = c->allow_unsolicited;
+    sc.clock_skew_s = c->clock_skew_s;
+    st = pg_saml_sp_new(&sc, &c->sp, &e2);
+    if (st != PG_OK) {
+        pg_err_set(err, "%s: %s", p, e2.msg);
+        return PG_ERR_CONFIG;
+    }
+    return PG_OK;
+}
+
 /* Read the mandatory "type" of an idp/target and check it against want. */
 static pg_status_t
 check_type(const json_t *o, const char *p, const char *want,
@@ -734,7 +802,15 @@ parse_idps(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         if (idp->name == NULL || idp->oidc.name == NULL) {
             return PG_ERR_NOMEM;
         }
-        TRY(check_type(v, p, "oidc", "saml", err));
+        if (json_is_object(v)
+            && json_is_string(json_object_get(v, "type"))
+            && strcmp(json_string_value(json_object_get(v, "type")), "saml")
+               == 0) {
+            idp->type = PG_IDP_SAML;
+            TRY(parse_saml(&idp->saml, v, p, err));
+            continue;
+        }
+        TRY(check_type(v, p, "oidc", NULL, err));
         idp->type = PG_IDP_OIDC;
         TRY(parse_oidc(&idp->oidc, v, p, err));
     }
@@ -1314,6 +1390,14 @@ pg_config_free(pg_config_t *cfg)
         free(o->claims_request);
         free(o->post_logout_redirect_uri);
         free_tls(&o->tls);
+        pg_saml_sp_free(d->saml.sp);
+        free(d->saml.sp_entity_id);
+        free(d->saml.acs_url);
+        free(d->saml.slo_url);
+        free(d->saml.sp_key_file);
+        free(d->saml.sp_cert_file);
+        free(d->saml.idp_metadata_file);
+        free(d->saml.nameid_format);
     }
     free(cfg->idps);
 

@@ -9,6 +9,7 @@
 
 #include <hiredis.h>
 
+#include "provgate/saml.h"
 #include "gate_int.h"
 
 /* The reply/response of the wait that just ended; valid inside a step. */
@@ -210,6 +211,29 @@ pg_page(int status, int html, const char *reason, const char *message,
     }
     res->body = body;
     res->body_len = strlen(body);
+    return res;
+}
+
+pg_gate_result_t *
+pg_gate_saml_metadata(const pg_config_t *cfg, const char *idp)
+{
+    const pg_idp_cfg_t *d = pg_config_idp(cfg, idp);
+    pg_gate_result_t *res;
+    char *xml = NULL;
+
+    if (d == NULL || d->type != PG_IDP_SAML || d->saml.sp == NULL
+        || pg_saml_sp_metadata(d->saml.sp, &xml) != PG_OK) {
+        return NULL;
+    }
+    res = pg_result_new(PG_RES_PAGE, 200);
+    if (res == NULL) {
+        free(xml);
+        return NULL;
+    }
+    res->body = xml;
+    res->body_len = strlen(xml);
+    res->content_type = "application/samlmetadata+xml";
+    res->no_store = 0;
     return res;
 }
 

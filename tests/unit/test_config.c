@@ -310,8 +310,9 @@ static const bad_case_t bad_cases[] = {
     {{"idps/corp/token_auth", "\"private_key_jwt\""}, 0, 0,
      "$.idps.corp.token_auth: must be \"client_secret_basic\" or"},
     /* types of idps / targets / auth */
+    /* an OIDC object relabelled "saml": its OIDC-only fields are unknown */
     {{"idps/corp/type", "\"saml\""}, 0, 0,
-     "$.idps.corp.type: type \"saml\" is not supported yet"},
+     "$.idps.corp.issuer: unknown field"},
     {{"targets/app/type", "\"ldap\""}, 0, 0,
      "$.targets.app.type: unknown type \"ldap\" (expected \"scim\")"},
     {{"targets/app/auth", "{\"type\": \"oauth\"}"}, 0, 0,
@@ -430,6 +431,74 @@ run_bad_case(int idx, const bad_case_t *bc)
         fail_msg("case %d:\n  want prefix: %s\n  got:         %s", idx, want,
                  err.msg);
     }
+}
+
+/* A SAML identity provider: the SP is built at load from the test keys and
+ * IdP metadata (tests/unit/fixtures/saml); mistakes fail with their path. */
+static const char saml_json[] =
+    "{"
+    " \"session\": {\"key_file\": \"k.key\"},"
+    " \"idps\": {\"corp\": {\"type\": \"saml\","
+    "   \"sp_entity_id\": \"https://gw.example/saml\","
+    "   \"acs_url\": \"https://gw.example/saml/acs\","
+    "   \"sp_key_file\": \"%s/saml/sp-key.pem\","
+    "   \"sp_cert_file\": \"%s/saml/sp-cert.pem\","
+    "   \"idp_metadata_file\": \"%s/saml/%s\"%s}},"
+    " \"targets\": {\"app\": {\"type\": \"scim\","
+    "   \"base_url\": \"https://app.example/scim/v2\","
+    "   \"auth\": {\"type\": \"none\"},"
+    "   \"attributes\": {\"userName\": \"${username}\"}}},"
+    " \"policy_files\": [\"p.json\"]"
+    "}";
+
+static pg_status_t
+load_saml(int idx, const char *metadata, const char *extra, pg_config_t **cfg,
+          pg_err_t *err)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX], fix[PATH_MAX], text[4096];
+
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), idx);
+    fmt(fix, sizeof(fix), "%s/..", g_fix);
+    fmt(text, sizeof(text), saml_json, fix, fix, fix, metadata, extra);
+    write_str(dir, "c.json", text);
+    return pg_config_load(cfgpath, cfg, err);
+}
+
+static void
+test_saml_idp(void **state)
+{
+    pg_config_t *cfg = NULL;
+    pg_err_t err = { "" };
+    const pg_idp_cfg_t *idp;
+
+    (void)state;
+    if (load_saml(900, "idp-metadata.xml", "", &cfg, &err) != PG_OK) {
+        fail_msg("saml config rejected: %s", err.msg);
+    }
+    idp = pg_config_idp(cfg, "corp");
+    assert_non_null(idp);
+    assert_int_equal(idp->type, PG_IDP_SAML);
+    assert_non_null(idp->saml.sp);
+    assert_int_equal(idp->saml.require_signed_assertion, 1);
+    assert_int_equal(idp->saml.allow_unsolicited, 0);
+    assert_int_equal(idp->saml.clock_skew_s, 60);
+    pg_config_free(cfg);
+
+    /* the IdP metadata must be SAML metadata: a PEM key is not */
+    assert_int_equal(load_saml(901, "sp-key.pem", "", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp: "));
+    assert_int_equal(load_saml(902, "missing.xml", "", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.idp_metadata_file"));
+    assert_int_equal(load_saml(903, "idp-metadata.xml",
+                               ", \"require_signed_assertion\": false", &cfg,
+                               &err), PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "at least one of require_signed"));
+    assert_int_equal(load_saml(904, "idp-metadata.xml",
+                               ", \"client_id\": \"x\"", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.client_id: unknown field"));
 }
 
 static void
@@ -1064,6 +1133,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_config_is_valid),
+        cmocka_unit_test(test_saml_idp),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_missing_and_huge_files),

@@ -1,0 +1,82 @@
+// SAML identity providers in the gateway's configuration: the SP metadata
+// endpoint (imported by a real IdP), and nginx -t refusing mixed-up types.
+// SAML sign-in itself is not wired into the gateway yet.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { cleanupAll, nginxConf, tempDir } from './lib/harness.mjs';
+import { startSamlIdp } from './lib/saml.mjs';
+import { startEnv, provgateConfig, httpBlock, MODULE, sanitizerReports } from './gw/env.mjs';
+
+const FIX = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../unit/fixtures/saml');
+
+function samlIdp(e) {
+  return {
+    type: 'saml',
+    sp_entity_id: `${e.base}/saml/sp`,
+    acs_url: `${e.base}/saml/acs`,
+    sp_key_file: path.join(FIX, 'sp-key.pem'),
+    sp_cert_file: path.join(FIX, 'sp-cert.pem'),
+    idp_metadata_file: path.join(FIX, 'idp-metadata.xml'),
+  };
+}
+
+describe('SAML identity providers in the configuration', () => {
+  let e;
+  before(async () => {
+    e = await startEnv(undefined, {
+      workers: 1,
+      cfgOver: (env) => ({ idps: { ...provgateConfig(env).idps, corp: samlIdp(env) } }),
+      extraServer: 'location = /saml/metadata { provgate_saml_metadata corp; }',
+    });
+  });
+  after(async () => {
+    const reports = e ? sanitizerReports(e.prefix) : [];
+    await cleanupAll();
+    assert.deepEqual(reports, [], reports.join('\n'));
+  });
+
+  test('the SP metadata endpoint serves well-formed metadata a real IdP imports', async () => {
+    const r = await e.browser().request('GET', `${e.base}/saml/metadata`);
+    assert.equal(r.status, 200);
+    assert.match(r.headers['content-type'], /^application\/samlmetadata\+xml/);
+    assert.match(r.body, new RegExp(`entityID="${e.base}/saml/sp"`));
+    assert.ok(r.body.includes(`Location="${e.base}/saml/acs"`), r.body);
+    const certB64 = fs.readFileSync(path.join(FIX, 'sp-cert.pem'), 'utf8')
+      .split('\n').filter((l) => l && !l.startsWith('-----')).join('');
+    assert.ok(r.body.replace(/\s/g, '').includes(certB64), 'the SP certificate is published');
+    const dir = tempDir('pg-saml-md-');
+    const file = path.join(dir, 'sp.xml');
+    fs.writeFileSync(file, r.body);
+    const lint = spawnSync('xmllint', ['--noout', '--nonet', file], { encoding: 'utf8' });
+    assert.equal(lint.status, 0, lint.stderr);
+    // a real SAML IdP (samlify) loads it as its service provider
+    const idp = await startSamlIdp({
+      spMetadataFile: file,
+      users: { alice: { password: 'pw', nameid: 'alice@example.com', attributes: { email: ['alice@example.com'] } } },
+    });
+    assert.ok(idp.port > 0);
+    await idp.stop();
+  });
+
+  test('nginx -t refuses a SAML provider where OIDC is expected, and the reverse', () => {
+    const bad = (extra) => {
+      const prefix = path.join(tempDir('pg-saml-t-'), 'nginx');
+      const conf = nginxConf({ prefix, modules: [MODULE], http: httpBlock(e, extra) });
+      fs.mkdirSync(path.join(prefix, 'conf'), { recursive: true });
+      fs.mkdirSync(path.join(prefix, 'logs'), { recursive: true });
+      const f = path.join(prefix, 'conf', 'nginx.conf');
+      fs.writeFileSync(f, conf);
+      return spawnSync('/usr/sbin/nginx', ['-t', '-p', `${prefix}/`, '-c', f, '-e', path.join(prefix, 'logs', 'error.log')],
+        { encoding: 'utf8', env: { ...process.env, ...(process.env.PROVGATE_NGINX_PRELOAD ? { LD_PRELOAD: process.env.PROVGATE_NGINX_PRELOAD, ASAN_OPTIONS: 'detect_leaks=0' } : {}) } });
+    };
+    const a = bad('location /s { provgate oidc:corp; }');
+    assert.notEqual(a.status, 0);
+    assert.match(a.stderr, /"corp" is not an OpenID Connect provider/);
+    const b = bad('location = /m { provgate_saml_metadata main; }');
+    assert.notEqual(b.status, 0);
+    assert.match(b.stderr, /"main" is not a SAML identity provider/);
+  });
+});
