@@ -29,6 +29,7 @@
 
 #define NGX_HTTP_PROVGATE_OFF       0
 #define NGX_HTTP_PROVGATE_OIDC      1
+#define NGX_HTTP_PROVGATE_SAML      2
 
 #define NGX_HTTP_PROVGATE_NONE      0
 #define NGX_HTTP_PROVGATE_CALLBACK  1
@@ -959,10 +960,19 @@ ngx_http_provgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_OK;
     }
 
-    if (value[1].len <= 5 || ngx_strncmp(value[1].data, "oidc:", 5) != 0) {
+    if (value[1].len > 5 && ngx_strncmp(value[1].data, "saml:", 5) == 0) {
+        plcf->mode = NGX_HTTP_PROVGATE_SAML;
+
+    } else if (value[1].len > 5
+               && ngx_strncmp(value[1].data, "oidc:", 5) == 0)
+    {
+        plcf->mode = NGX_HTTP_PROVGATE_OIDC;
+
+    } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: expected \"oidc:<idp>\" or \"off\", "
-                           "got \"%V\"", &value[1]);
+                           "provgate: expected \"oidc:<idp>\", "
+                           "\"saml:<idp>\" or \"off\", got \"%V\"",
+                           &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -984,15 +994,17 @@ ngx_http_provgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (pg_config_idp(pmcf->cfg, (char *) idp.data)->type != PG_IDP_OIDC) {
+    if (pg_config_idp(pmcf->cfg, (char *) idp.data)->type
+        != (plcf->mode == NGX_HTTP_PROVGATE_SAML ? PG_IDP_SAML : PG_IDP_OIDC))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: identity provider \"%V\" is not an "
-                           "OpenID Connect provider (SAML sign-in through "
-                           "the gateway is not available yet)", &idp);
+                           "provgate: identity provider \"%V\" is not %s "
+                           "provider", &idp,
+                           plcf->mode == NGX_HTTP_PROVGATE_SAML
+                           ? "a SAML" : "an OpenID Connect");
         return NGX_CONF_ERROR;
     }
 
-    plcf->mode = NGX_HTTP_PROVGATE_OIDC;
     plcf->idp = idp;
 
     return NGX_CONF_OK;

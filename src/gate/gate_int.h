@@ -191,6 +191,9 @@ PG_MUST_USE pg_status_t pg_provider_ready(pg_op_t *op, int need_jwks,
 void pg_provider_unpark(pg_op_t *op);
 void pg_provider_clear(pg_provider_t *p);
 
+/* ---- saml_login.c ---------------------------------------------------- */
+void pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d);
+
 /* ---- login.c --------------------------------------------------------- */
 void pg_login_start(pg_op_t *op);
 void pg_callback_start(pg_op_t *op);

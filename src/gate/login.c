@@ -151,6 +151,18 @@ pg_login_start(pg_op_t *op)
                    "Authentication is required.", NULL);
         return;
     }
+    if (op->uri != NULL && pg_return_path_ok(op->uri, strlen(op->uri))
+        && op->return_to == NULL) {
+        op->return_to = strdup(op->uri);
+    }
+    {
+        const pg_idp_cfg_t *d = pg_config_idp(op->g->cfg, op->idp);
+
+        if (d != NULL && d->type == PG_IDP_SAML) {
+            pg_saml_login_start(op, d);
+            return;
+        }
+    }
     if (op->prov == NULL) {
         op->prov = pg_provider_find(op->g, op->idp);
     }
@@ -158,9 +170,6 @@ pg_login_start(pg_op_t *op)
         pg_op_fail(op, 503, "idp_not_configured",
                    "This location names an unknown identity provider.", NULL);
         return;
-    }
-    if (op->uri != NULL && pg_return_path_ok(op->uri, strlen(op->uri))) {
-        op->return_to = strdup(op->uri);
     }
     pg_login_meta(op, PG_OK);
 }

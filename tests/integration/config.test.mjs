@@ -106,7 +106,7 @@ describe('nginx -t validates provgate configuration', () => {
   test('bad provgate argument', () => {
     const r = setup(baseConfig(), { server: 'location /z { provgate saml; }' });
     assert.notEqual(r.code, 0);
-    assert.match(r.output, /expected "oidc:<idp>" or "off"/);
+    assert.match(r.output, /expected "oidc:<idp>", "saml:<idp>" or "off"/);
   });
 
   test('provgate before provgate_config', () => {

@@ -75,6 +75,9 @@ describe('SAML identity providers in the configuration', () => {
     const a = bad('location /s { provgate oidc:corp; }');
     assert.notEqual(a.status, 0);
     assert.match(a.stderr, /"corp" is not an OpenID Connect provider/);
+    const c = bad('location /s2 { provgate saml:main; }');
+    assert.notEqual(c.status, 0);
+    assert.match(c.stderr, /"main" is not a SAML provider/);
     const b = bad('location = /m { provgate_saml_metadata main; }');
     assert.notEqual(b.status, 0);
     assert.match(b.stderr, /"main" is not a SAML identity provider/);
