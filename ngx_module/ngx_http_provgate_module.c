@@ -15,6 +15,7 @@
  *   provgate_callback;                 loc       the OIDC redirect URI
  *   provgate_logout;                   loc       end the session
  *   provgate_saml_metadata <idp>;      loc       SAML SP metadata of <idp>
+ *   provgate_saml_acs;                 loc       SAML Assertion Consumer Service
  *   provgate_wait_timeout <time>;      http/srv/loc  longest a request may
  *                                      wait for provgate (default 60s)
  */
@@ -25,6 +26,7 @@
 #include "ngx_http_provgate.h"
 #include "provgate/config.h"
 #include "provgate/gate.h"
+#include "provgate/saml.h"
 
 
 #define NGX_HTTP_PROVGATE_OFF       0
@@ -35,6 +37,7 @@
 #define NGX_HTTP_PROVGATE_CALLBACK  1
 #define NGX_HTTP_PROVGATE_LOGOUT    2
 #define NGX_HTTP_PROVGATE_METADATA  3
+#define NGX_HTTP_PROVGATE_SAML_ACS  4
 
 #define NGX_HTTP_PROVGATE_MAX_HEADERS  8
 
@@ -125,6 +128,13 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       ngx_http_provgate_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PROVGATE_LOGOUT,
+      NULL },
+
+    { ngx_string("provgate_saml_acs"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_provgate_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PROVGATE_SAML_ACS,
       NULL },
 
     { ngx_string("provgate_saml_metadata"),
@@ -802,6 +812,105 @@ ngx_http_provgate_subrequest_handler(ngx_http_request_t *r)
 }
 
 
+/*
+ * The ACS body has been read: collect it (memory or the temp file nginx
+ * spilled it to; capped at PG_SAML_MAX_POST_BODY) and hand it to the gate.
+ * The body reader holds its own reference on the request, so waiting here
+ * needs no extra count; the answer is sent and the request finalized by
+ * ngx_http_provgate_done().
+ */
+static void
+ngx_http_provgate_acs_body(ngx_http_request_t *r)
+{
+    u_char                        *p;
+    size_t                         len, n;
+    ssize_t                        rd;
+    ngx_int_t                      rc;
+    ngx_buf_t                     *b;
+    ngx_chain_t                   *cl;
+    pg_status_t                    st;
+    pg_gate_req_t                  req;
+    ngx_http_provgate_ctx_t       *ctx;
+    ngx_http_provgate_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
+
+    if (r->request_body == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_BAD_REQUEST);
+        return;
+    }
+
+    len = 0;
+    for (cl = r->request_body->bufs; cl != NULL; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
+                          : (size_t) (b->last - b->pos);
+    }
+    if (len == 0 || len > PG_SAML_MAX_POST_BODY) {
+        ngx_http_finalize_request(r, len ? NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                                         : NGX_HTTP_BAD_REQUEST);
+        return;
+    }
+
+    p = ngx_pnalloc(r->pool, len);
+    if (p == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+    n = 0;
+    for (cl = r->request_body->bufs; cl != NULL; cl = cl->next) {
+        b = cl->buf;
+        if (b->in_file) {
+            rd = ngx_read_file(b->file, p + n,
+                               (size_t) (b->file_last - b->file_pos),
+                               b->file_pos);
+            if (rd != (ssize_t) (b->file_last - b->file_pos)) {
+                ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+                return;
+            }
+            n += (size_t) rd;
+        } else {
+            n += ngx_cpymem(p + n, b->pos, b->last - b->pos) - (p + n);
+        }
+    }
+
+    ctx = ngx_http_provgate_ctx_new(r);
+    if (ctx == NULL
+        || ngx_http_provgate_build_req(r, plcf, &req) != NGX_OK)
+    {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+    ctx->content = 1;
+    req.body = (char *) p;
+    req.body_len = n;
+
+    if (ngx_http_provgate_gate == NULL) {
+        ctx->res = pg_gate_error_page(503, "gateway_unavailable",
+                                      "The sign-in service is not available.");
+        rc = ctx->res ? ngx_http_provgate_send(r, ctx->res)
+                      : NGX_HTTP_SERVICE_UNAVAILABLE;
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    st = pg_gate_saml_acs(ngx_http_provgate_gate, &req, ngx_http_provgate_done,
+                          ctx, &ctx->op, &ctx->res);
+    if (st != PG_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE);
+        return;
+    }
+
+    if (ctx->op == NULL) {
+        rc = ngx_http_provgate_send(r, ctx->res);
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    ngx_http_provgate_suspend(r, ctx);
+}
+
+
 static ngx_int_t
 ngx_http_provgate_content_handler(ngx_http_request_t *r)
 {
@@ -815,6 +924,23 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
     }
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
+
+    if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_ACS) {
+        ngx_int_t  rc;
+
+        if (r->method != NGX_HTTP_POST) {
+            return NGX_HTTP_NOT_ALLOWED;
+        }
+        if (r->headers_in.content_length_n > PG_SAML_MAX_POST_BODY) {
+            return NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        }
+        r->request_body_in_single_buf = 1;
+        rc = ngx_http_read_client_request_body(r, ngx_http_provgate_acs_body);
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+        return NGX_DONE;
+    }
 
     ctx = ngx_http_provgate_ctx_new(r);
     if (ctx == NULL) {

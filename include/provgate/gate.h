@@ -67,6 +67,8 @@ typedef struct pg_gate_req {
     int wants_html;                 /* Accept allows text/html, GET/HEAD */
     const char *client_ip;
     const char *request_id;         /* host's request id, for audit */
+    const char *body;               /* request body (SAML ACS), or NULL */
+    size_t body_len;
 } pg_gate_req_t;
 
 typedef void (*pg_gate_cb)(void *arg, pg_gate_result_t *res);
@@ -96,6 +98,13 @@ PG_MUST_USE pg_status_t pg_gate_logout(pg_gate_t *g, const pg_gate_req_t *req,
                                        pg_gate_cb cb, void *arg,
                                        pg_gate_op_t **op_out,
                                        pg_gate_result_t **sync_res);
+
+/* The SAML Assertion Consumer Service (provgate_saml_acs): req->body is
+ * the HTTP-POST form body (SAMLResponse, RelayState). */
+PG_MUST_USE pg_status_t pg_gate_saml_acs(pg_gate_t *g, const pg_gate_req_t *req,
+                                         pg_gate_cb cb, void *arg,
+                                         pg_gate_op_t **op_out,
+                                         pg_gate_result_t **sync_res);
 
 void pg_gate_cancel(pg_gate_op_t *op);
 void pg_gate_result_free(pg_gate_result_t *res);

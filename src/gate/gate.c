@@ -103,15 +103,30 @@ char *
 pg_cookie_line(const pg_config_t *cfg, const char *name, const char *value,
                long max_age)
 {
+    return pg_cookie_line_ss(cfg, name, value, max_age, "Lax");
+}
+
+/*
+ * The same with an explicit SameSite. "None" (needed for a cookie that
+ * must come back on the IdP's cross-site HTTP-POST to the SAML ACS) is only
+ * valid with Secure, so without cookie_secure (plain-http development) the
+ * attribute is left out and the browser's default applies.
+ */
+char *
+pg_cookie_line_ss(const pg_config_t *cfg, const char *name, const char *value,
+                  long max_age, const char *samesite)
+{
     char *out = NULL;
     const pg_session_cfg_t *s = &cfg->session;
+    int none = strcmp(samesite, "None") == 0;
 
-    if (asprintf(&out, "%s=%s; Path=%s%s%s; Max-Age=%ld; HttpOnly; "
-                 "SameSite=Lax%s", name, value,
-                 s->cookie_path ? s->cookie_path : "/",
+    if (asprintf(&out, "%s=%s; Path=%s%s%s; Max-Age=%ld; HttpOnly%s%s%s",
+                 name, value, s->cookie_path ? s->cookie_path : "/",
                  s->cookie_domain ? "; Domain=" : "",
-                 s->cookie_domain ? s->cookie_domain : "",
-                 max_age, s->cookie_secure ? "; Secure" : "") < 0) {
+                 s->cookie_domain ? s->cookie_domain : "", max_age,
+                 (none && !s->cookie_secure) ? "" : "; SameSite=",
+                 (none && !s->cookie_secure) ? "" : samesite,
+                 s->cookie_secure ? "; Secure" : "") < 0) {
         return NULL;
     }
     return out;
@@ -362,6 +377,16 @@ pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     op->args = pg_strndup_or_null(req->args, req->args_len);
     op->client_ip = req->client_ip ? strdup(req->client_ip) : NULL;
     op->request_id = req->request_id ? strdup(req->request_id) : NULL;
+    if (req->body != NULL) {
+        op->body = malloc(req->body_len + 1);
+        if (op->body == NULL) {
+            pg_op_free(op);
+            return NULL;
+        }
+        memcpy(op->body, req->body, req->body_len);
+        op->body[req->body_len] = '\0';
+        op->body_len = req->body_len;
+    }
     if ((req->idp && !op->idp) || (req->app && !op->app)
         || (req->uri && !op->uri) || (req->args && !op->args)
         || (req->client_ip && !op->client_ip)
@@ -452,6 +477,7 @@ pg_op_free(pg_op_t *op)
     free(op->args);
     free(op->client_ip);
     free(op->request_id);
+    free(op->body);
     free(op->sid);
     for (i = 0; i < op->nstate_cookies; i++) {
         free(op->state_cookies[i]);
@@ -807,6 +833,9 @@ pg_gate_run(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     case PG_FLOW_CALLBACK:
         pg_callback_start(op);
         break;
+    case PG_FLOW_SAML_ACS:
+        pg_saml_acs_start(op);
+        break;
     default:
         pg_logout_start(op);
         break;
@@ -837,6 +866,13 @@ pg_gate_callback(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
                  void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
 {
     return pg_gate_run(g, PG_FLOW_CALLBACK, req, cb, arg, op_out, sync_res);
+}
+
+pg_status_t
+pg_gate_saml_acs(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
+                 void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
+{
+    return pg_gate_run(g, PG_FLOW_SAML_ACS, req, cb, arg, op_out, sync_res);
 }
 
 pg_status_t

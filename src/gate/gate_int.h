@@ -74,7 +74,7 @@ struct pg_gate {
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
 };
 
-enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT };
+enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS };
 
 struct pg_gate_op {
     pg_gate_t              *g;
@@ -98,6 +98,8 @@ struct pg_gate_op {
     char                   *args;
     char                   *client_ip;
     char                   *request_id;
+    char                   *body;           /* SAML ACS form body */
+    size_t                  body_len;
     int                     wants_html;
     char                   *sid;            /* from a valid session cookie */
     char                  **state_cookies;  /* unsealed state values */
@@ -171,6 +173,9 @@ char *pg_key(pg_gate_t *g, const char *a, const char *b);
 pg_gate_result_t *pg_result_new(pg_res_kind_t kind, int status);
 PG_MUST_USE pg_status_t pg_result_cookie(pg_gate_result_t *res,
                                          const char *value);
+char *pg_cookie_line_ss(const pg_config_t *cfg, const char *name,
+                        const char *value, long max_age,
+                        const char *samesite);
 char *pg_cookie_line(const pg_config_t *cfg, const char *name,
                      const char *value, long max_age);
 
@@ -193,6 +198,10 @@ void pg_provider_clear(pg_provider_t *p);
 
 /* ---- saml_login.c ---------------------------------------------------- */
 void pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d);
+void pg_saml_acs_start(pg_op_t *op);
+
+/* login.c: continue a login whose op->claims/op->attrs are set. */
+void pg_login_claims_ready(pg_op_t *op);
 
 /* ---- login.c --------------------------------------------------------- */
 void pg_login_start(pg_op_t *op);

@@ -25,6 +25,7 @@
 #define PG_TOKEN_LEN   44   /* base64url of 32 bytes + NUL */
 
 static void pg_cb_provider(pg_op_t *op, pg_status_t st);
+static void pg_cb_correlated(pg_op_t *op, pg_status_t st);
 static void pg_cb_validate(pg_op_t *op);
 
 /* ---- start ----------------------------------------------------------- */
@@ -238,7 +239,7 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
     }
     free(op->sid);
     op->sid = strdup(sid);
-    sess = json_pack("{s:s, s:s, s:O, s:O, s:O, s:{}, s:I, s:I, s:s}",
+    sess = json_pack("{s:s, s:s, s:O, s:O, s:O, s:{}, s:I, s:I, s:s?}",
                      "iid", op->iid, "idp", op->idp,
                      "iss", json_object_get(op->claims, "iss"),
                      "sub", json_object_get(op->claims, "sub"),
@@ -297,6 +298,14 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
     if (st != PG_OK) {
         pg_cb_session_saved(op, st);
     }
+}
+
+/* Claims are in op->claims and op->attrs: correlate, provision, session.
+ * Shared by the OIDC callback and the SAML ACS. */
+void
+pg_login_claims_ready(pg_op_t *op)
+{
+    pg_identity_correlate(op, pg_cb_correlated);
 }
 
 static void

@@ -44,7 +44,9 @@ pg_saml_login_saved(pg_op_t *op, pg_status_t st)
     }
     snprintf(name, sizeof(name), "%s%.16s", op->g->state_cookie_prefix,
              op->state);
-    cookie = pg_cookie_line(cfg, name, sealed, (long) d->saml.state_ttl_s);
+    /* the IdP answers with a cross-site POST: Lax would not come back */
+    cookie = pg_cookie_line_ss(cfg, name, sealed, (long) d->saml.state_ttl_s,
+                               "None");
     st = pg_result_cookie(res, cookie);
     free(cookie);
     if (st != PG_OK) {
@@ -107,4 +109,191 @@ pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d)
     if (st != PG_OK) {
         pg_saml_login_saved(op, st);
     }
+}
+
+/* ---- Assertion Consumer Service ---------------------------------------- */
+
+static void
+pg_saml_acs_fresh(pg_op_t *op, pg_status_t st)
+{
+    const redisReply *reply = pg_op_reply();
+
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_op_deny(op, 503, "login.failure", "identity_store_unavailable",
+                   "The sign-in service is unavailable.", NULL);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_NIL) {
+        /* this assertion ID was accepted before */
+        pg_op_deny(op, 400, "login.failure", "replay",
+                   "This sign-in answer was already used. Please start "
+                   "again.", NULL);
+        return;
+    }
+    pg_login_claims_ready(op);
+}
+
+/*
+ * SAML attributes become claims (one value -> a string, several -> an
+ * array), so that the same "identity.claims" mapping serves both
+ * protocols; "sub" is the NameID and "iss" the IdP entity id.
+ */
+static json_t *
+pg_saml_claims(const pg_saml_assertion_t *a)
+{
+    json_t *claims = json_object(), *vals;
+    const char *name;
+
+    if (claims == NULL) {
+        return NULL;
+    }
+    json_object_foreach(a->attributes, name, vals) {
+        if (json_array_size(vals) == 1) {
+            json_object_set(claims, name, json_array_get(vals, 0));
+        } else if (json_is_array(vals)) {
+            json_object_set(claims, name, vals);
+        }
+    }
+    json_object_set_new(claims, "sub", json_string(a->name_id));
+    json_object_set_new(claims, "iss", json_string(a->issuer));
+    return claims;
+}
+
+static void
+pg_saml_acs_state(pg_op_t *op, pg_status_t st)
+{
+    const redisReply *reply = pg_op_reply();
+    const pg_config_t *cfg = op->g->cfg;
+    const char *idp = NULL, *app = NULL, *ret = NULL, *reqid = NULL;
+    const pg_idp_cfg_t *d;
+    pg_saml_expect_t exp;
+    pg_saml_assertion_t a;
+    const char *reason = "malformed";
+    pg_err_t err = { "" };
+    char dig[64], ttl[32], *key;
+    const char *argv[6];
+    json_error_t jerr;
+    json_t *rec, *f;
+    int64_t now = (int64_t) time(NULL), left;
+
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_op_deny(op, 503, "login.failure", "identity_store_unavailable",
+                   "The sign-in service is unavailable.", NULL);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_STRING) {
+        pg_op_deny(op, 400, "login.failure", "state_unknown",
+                   "This sign-in has expired or was already used. Please "
+                   "start again.", NULL);
+        return;
+    }
+    rec = json_loadb(reply->str, reply->len, 0, &jerr);
+    if (rec == NULL
+        || json_unpack(rec, "{s:s, s?s, s:s, s:s}", "idp", &idp, "app", &app,
+                       "return_to", &ret, "request_id", &reqid) != 0) {
+        json_decref(rec);
+        pg_op_deny(op, 400, "login.failure", "state_corrupt",
+                   "This sign-in cannot be completed.", NULL);
+        return;
+    }
+    free(op->idp);
+    free(op->app);
+    op->idp = strdup(idp);
+    op->app = app ? strdup(app) : NULL;
+    op->return_to = strdup(pg_return_path_ok(ret, strlen(ret)) ? ret : "/");
+    op->target = op->app ? pg_config_target(cfg, op->app) : NULL;
+    d = pg_config_idp(cfg, idp);
+    memset(&exp, 0, sizeof(exp));
+    exp.in_response_to = reqid;
+    exp.now = now;
+    memset(&a, 0, sizeof(a));
+    if (op->idp == NULL || op->return_to == NULL || d == NULL
+        || d->type != PG_IDP_SAML || (op->app != NULL && op->target == NULL)) {
+        json_decref(rec);
+        pg_op_deny(op, 400, "login.failure", "state_stale_config",
+                   "This sign-in was started with another configuration.",
+                   NULL);
+        return;
+    }
+    st = pg_saml_acs_validate(d->saml.sp, op->body, op->body_len, &exp, &a,
+                              &reason, &err);
+    json_decref(rec);
+    if (st != PG_OK) {
+        f = json_pack("{s:s}", "detail", err.msg);
+        pg_op_deny(op, st == PG_ERR_TOO_LARGE ? 413 : 401, "login.failure",
+                   reason ? reason : "malformed",
+                   "The identity provider's answer could not be verified. "
+                   "Please sign in again.", f);
+        return;
+    }
+    op->claims = pg_saml_claims(&a);
+    left = a.not_on_or_after > now ? a.not_on_or_after - now : 0;
+    left += d->saml.clock_skew_s + 1;
+    st = pg_sha256_b64url(a.assertion_id, strlen(a.assertion_id), dig,
+                          sizeof(dig));
+    pg_saml_assertion_clear(&a);
+    if (op->claims == NULL || st != PG_OK
+        || pg_identity_attrs(cfg, op->claims, &op->attrs) != PG_OK) {
+        pg_op_deny(op, 401, "login.failure", "claims_unusable",
+                   "Your identity could not be read from the sign-in.", NULL);
+        return;
+    }
+    /* replay cache: each assertion ID is accepted once while valid */
+    key = pg_key(op->g, "saml:seen:", dig);
+    if (key == NULL) {
+        pg_op_finish(op, NULL);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%lld", (long long) left);
+    argv[0] = "SET"; argv[1] = key; argv[2] = "1"; argv[3] = "EX";
+    argv[4] = ttl; argv[5] = "NX";
+    st = pg_op_redis(op, pg_saml_acs_fresh, 6, argv, NULL);
+    free(key);
+    if (st != PG_OK) {
+        pg_saml_acs_fresh(op, st);
+    }
+}
+
+/*
+ * HTTP-POST to the ACS. The RelayState must be one this browser was given
+ * (sealed state cookie) and is consumed with GETDEL, which makes a second
+ * POST of the same response fail even in parallel. Unsolicited responses
+ * (no RelayState) are refused here.
+ */
+void
+pg_saml_acs_start(pg_op_t *op)
+{
+    char *relay;
+    size_t i;
+    int bound = 0;
+
+    op->wants_html = 1; /* always a browser's auto-submitted form */
+    if (op->body == NULL || op->body_len == 0) {
+        pg_op_deny(op, 400, "login.failure", "bad_acs",
+                   "This sign-in answer is empty.", NULL);
+        return;
+    }
+    relay = pg_query_param(op->body, op->body_len, "RelayState");
+    if (relay == NULL || relay[0] == '\0' || strlen(relay) > 80) {
+        free(relay);
+        pg_op_deny(op, 400, "login.failure", "unsolicited",
+                   "This sign-in was not started here. Please start from the "
+                   "application.", NULL);
+        return;
+    }
+    for (i = 0; i < op->nstate_cookies; i++) {
+        if (pg_ct_equal(op->state_cookies[i], strlen(op->state_cookies[i]),
+                        relay, strlen(relay))) {
+            bound = 1;
+        }
+    }
+    if (!bound) {
+        free(relay);
+        pg_op_deny(op, 400, "login.failure", "state_not_bound",
+                   "This sign-in was not started in this browser. Please "
+                   "start again.", NULL);
+        return;
+    }
+    op->state = relay;
+    pg_op_key(op, pg_saml_acs_state, "GETDEL", "saml:relay:", relay);
 }
