@@ -2,74 +2,15 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
-import { cleanupAll, freePort, tempDir, parseForms, submitForm } from './lib/harness.mjs';
-import { startSamlIdp } from './lib/saml.mjs';
-import { startEnv, provgateConfig, sanitizerReports } from './gw/env.mjs';
-
-const FIX = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../unit/fixtures/saml');
-
-/* IdP metadata for the samlify peer that will run on port (fixture cert). */
-function idpMetadata(port) {
-  const cert = fs.readFileSync(path.join(FIX, 'idp-cert.pem'), 'utf8')
-    .split('\n').filter((l) => l && !l.startsWith('-----')).join('');
-  const base = `http://127.0.0.1:${port}`;
-  return `<?xml version="1.0"?>
-<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="${base}/metadata">
-  <md:IDPSSODescriptor WantAuthnRequestsSigned="false" protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
-    <md:KeyDescriptor use="signing"><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:X509Data><ds:X509Certificate>${cert}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>
-    <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="${base}/sso"/>
-  </md:IDPSSODescriptor>
-</md:EntityDescriptor>
-`;
-}
-
-export const SAML_USERS = {
-  sam: {
-    password: 'sam-pw',
-    nameid: 'sam@example.com',
-    attributes: {
-      email: ['sam@example.com'], preferred_username: ['sam'], given_name: ['Sam'], family_name: ['Saml'],
-      name: ['Sam Saml'], groups: ['staff', 'engineering'], employee_type: ['employee'], department: ['eng'],
-    },
-  },
-};
+import { cleanupAll, parseForms } from './lib/harness.mjs';
+import { sanitizerReports } from './gw/env.mjs';
+import { startSamlEnv, toAcs } from './gw/saml-env.mjs';
 
 describe('SAML sign-in through the gateway', () => {
   let e;
   let idp;
   before(async () => {
-    const idpPort = await freePort();
-    const dir = tempDir('pg-saml-login-');
-    const mdFile = path.join(dir, 'idp-metadata.xml');
-    fs.writeFileSync(mdFile, idpMetadata(idpPort));
-    e = await startEnv(undefined, {
-      workers: 1,
-      cfgOver: (env) => ({
-        idps: {
-          ...provgateConfig(env).idps,
-          corp: {
-            type: 'saml',
-            sp_entity_id: `${env.base}/saml/sp`,
-            acs_url: `${env.base}/saml/acs`,
-            sp_key_file: path.join(FIX, 'sp-key.pem'),
-            sp_cert_file: path.join(FIX, 'sp-cert.pem'),
-            idp_metadata_file: mdFile,
-          },
-        },
-      }),
-      extraServer: `
-        location = /saml/metadata { provgate_saml_metadata corp; }
-        location = /saml/acs { provgate_saml_acs; }
-        location /sapp/ { provgate saml:corp; provgate_app demoapp; proxy_pass http://echo; }`,
-    });
-    const sp = await e.browser().request('GET', `${e.base}/saml/metadata`);
-    assert.equal(sp.status, 200);
-    idp = await startSamlIdp({
-      port: idpPort, spMetadataXml: sp.body, users: SAML_USERS,
-      keyFile: path.join(FIX, 'idp-key.pem'), certFile: path.join(FIX, 'idp-cert.pem'),
-      entityId: `http://127.0.0.1:${idpPort}/metadata`,
-    });
+    ({ e, idp } = await startSamlEnv());
   });
   after(async () => {
     const reports = e ? sanitizerReports(e.prefix) : [];
@@ -97,22 +38,9 @@ describe('SAML sign-in through the gateway', () => {
     assert.ok(parseForms(page.body, page.url).some((f) => f.inputs.some((i) => i.type === 'password')));
   });
 
-  /* Sign in at the IdP; returns the browser and the auto-submit form that
-   * would POST the SAML response to our ACS. */
-  async function toAcs(user = 'sam', startPath = '/sapp/hello') {
-    const b = e.browser();
-    const page = await b.get(`${e.base}${startPath}`);
-    const login = parseForms(page.body, page.url).find((f) => f.inputs.some((i) => i.type === 'password'));
-    assert.ok(login, page.body.slice(0, 300));
-    const posted = await submitForm(b, login, { username: user, password: SAML_USERS[user].password });
-    const acs = parseForms(posted.body, posted.url).find((f) => f.action === `${e.base}/saml/acs`);
-    assert.ok(acs, `auto-submit form to our ACS expected: ${posted.status} ${posted.body.slice(0, 300)}`);
-    return { b, acs };
-  }
-
   test('SAML sign-in provisions the account and forwards with identity headers', async () => {
     await e.scim.resetLog();
-    const { b, acs } = await toAcs();
+    const { b, acs } = await toAcs(e);
     const r = await b.request('POST', acs.action, { form: acs.fields });
     assert.equal(r.status, 302, r.body.slice(0, 400));
     assert.equal(new URL(r.location, e.base).pathname, '/sapp/hello');
@@ -131,7 +59,7 @@ describe('SAML sign-in through the gateway', () => {
   });
 
   test('two parallel POSTs of one response give exactly one session', async () => {
-    const { b, acs } = await toAcs();
+    const { b, acs } = await toAcs(e);
     const [r1, r2] = await Promise.all([
       b.request('POST', acs.action, { form: acs.fields }),
       b.request('POST', acs.action, { form: acs.fields }),
@@ -145,7 +73,7 @@ describe('SAML sign-in through the gateway', () => {
   test('a response for another audience is refused: no session, nothing provisioned, audited', async () => {
     await idp.setMode('wrong_audience');
     try {
-      const { b, acs } = await toAcs();
+      const { b, acs } = await toAcs(e);
       const r = await b.request('POST', acs.action, { form: acs.fields });
       assert.equal(r.status, 401, r.body.slice(0, 300));
       const reason = /id="reason">([^<]+)</.exec(r.body)[1];
