@@ -10,7 +10,7 @@ pkgs=(build-essential pkg-config ca-certificates curl
       liblasso3-dev liboauth2-dev libcjose-dev libhiredis-dev libjansson-dev
       libcurl4-openssl-dev libssl-dev libcmocka-dev zlib1g-dev libevent-dev
       clang-14 libfuzzer-14-dev libclang-rt-14-dev
-      wrk libxml2-utils xmlsec1 chromium)
+      wrk libxml2-utils xmlsec1 opensaml-schemas xmltooling-schemas chromium)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
 
 missing=()

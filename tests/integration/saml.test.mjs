@@ -52,6 +52,28 @@ describe('SAML identity providers in the configuration', () => {
     fs.writeFileSync(file, r.body);
     const lint = spawnSync('xmllint', ['--noout', '--nonet', file], { encoding: 'utf8' });
     assert.equal(lint.status, 0, lint.stderr);
+    // valid against the OASIS SAML 2.0 metadata schema (Debian opensaml-schemas,
+    // imports resolved offline through a catalog to xmltooling-schemas)
+    const catalog = path.join(dir, 'catalog.xml');
+    const W3 = [
+      ['http://www.w3.org/TR/2002/REC-xmldsig-core-20020212/xmldsig-core-schema.xsd', 'xmldsig-core-schema.xsd'],
+      ['http://www.w3.org/TR/2002/REC-xmlenc-core-20021210/xenc-schema.xsd', 'xenc-schema.xsd'],
+      ['http://www.w3.org/2001/xml.xsd', 'xml.xsd'],
+    ];
+    fs.writeFileSync(catalog, `<?xml version="1.0"?>
+<catalog xmlns="urn:oasis:names:tc:entity:xmlns:xml:catalog">
+${W3.map(([u, f]) => `  <system systemId="${u}" uri="file:///usr/share/xml/xmltooling/${f}"/>`).join('\n')}
+</catalog>`);
+    const xsd = (f) => spawnSync('xmllint', ['--noout', '--nonet', '--schema',
+      '/usr/share/xml/opensaml/saml-schema-metadata-2.0.xsd', f],
+    { encoding: 'utf8', env: { ...process.env, XML_CATALOG_FILES: catalog } });
+    const v = xsd(file);
+    assert.equal(v.status, 0, v.stderr);
+    assert.match(v.stderr, /validates/);
+    // control: the same check refuses metadata without its entityID
+    const broken = path.join(dir, 'broken.xml');
+    fs.writeFileSync(broken, r.body.replace(/ entityID="[^"]*"/, ''));
+    assert.notEqual(xsd(broken).status, 0, 'the schema check bites');
     // a real SAML IdP (samlify) loads it as its service provider
     const idp = await startSamlIdp({
       spMetadataFile: file,
