@@ -132,6 +132,7 @@ struct pg_gate_op {
     int                     have_scim;
     pg_step_fn              after_provision;
     pg_step_fn              after_correlate;
+    long                    verify_us;      /* SAML: time in pg_saml_acs_validate */
     uint64_t                started_ms;
 
     pg_gate_result_t       *res;

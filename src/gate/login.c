@@ -190,6 +190,9 @@ pg_cb_session_indexed(pg_op_t *op, pg_status_t st)
                   "account", op->have_scim ? op->scim.account_id : NULL,
                   "account_created", op->have_scim && op->scim.created,
                   "account_updated", op->have_scim && op->scim.updated);
+    if (f != NULL && op->verify_us > 0) {
+        json_object_set_new(f, "saml_verify_us", json_integer(op->verify_us));
+    }
     pg_op_audit(op, "login.success", "success", "ok", f, NULL);
     pg_op_finish(op, res);
 }

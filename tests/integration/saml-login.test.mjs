@@ -54,7 +54,9 @@ describe('SAML sign-in through the gateway', () => {
     const [u] = await e.scimUsers('sam');
     assert.ok(u, 'the SCIM account exists');
     assert.equal(u.name.givenName, 'Sam');
-    assert.ok(e.audit().some((x) => x.type === 'login.success' && x.idp === 'corp'));
+    const ok = e.audit().find((x) => x.type === 'login.success' && x.idp === 'corp');
+    assert.ok(ok);
+    assert.ok(Number.isInteger(ok.saml_verify_us) && ok.saml_verify_us > 0, 'verification time recorded');
     assert.ok(!fs.readFileSync(e.auditFile, 'utf8').includes(acs.fields.SAMLResponse.slice(0, 40)), 'no raw assertion in the audit');
   });
 
