@@ -10,6 +10,6 @@
 #include "provgate/host.h"
 
 /* The pg_host_t of this worker, backed by nginx events and timers. */
-const pg_host_t *ngx_http_provgate_host(ngx_log_t *log);
+const pg_host_t *ngx_http_provgate_host(ngx_cycle_t *cycle);
 
 #endif

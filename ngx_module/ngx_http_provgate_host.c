@@ -13,6 +13,9 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_event.h>
+#if (NGX_THREADS)
+#include <ngx_thread_pool.h>
+#endif
 
 #include "ngx_http_provgate.h"
 
@@ -37,6 +40,16 @@ struct pg_timer {
 
 
 static ngx_log_t  *ngx_http_provgate_log;
+
+#if (NGX_THREADS)
+static ngx_thread_pool_t  *ngx_http_provgate_tp;
+
+typedef struct {
+    void   (*fn)(void *arg);
+    void   (*done)(void *arg);
+    void    *arg;
+} ngx_http_provgate_job_t;
+#endif
 
 
 static void
@@ -301,6 +314,73 @@ ngx_http_provgate_now_ms(void *ctx)
 }
 
 
+#if (NGX_THREADS)
+
+static void
+ngx_http_provgate_job_run(void *data, ngx_log_t *log)
+{
+    ngx_http_provgate_job_t  *job = data;
+
+    job->fn(job->arg);
+}
+
+
+static void
+ngx_http_provgate_job_done(ngx_event_t *ev)
+{
+    ngx_thread_task_t        *task = ev->data;
+    ngx_http_provgate_job_t  *job = task->ctx;
+
+    job->done(job->arg);
+    ngx_free(task);
+}
+
+
+/*
+ * Offload to nginx's "default" thread pool (added at configuration time):
+ * fn runs on a pool thread, done back on this worker's event loop when
+ * nginx handles the task's completion event.
+ */
+static int
+ngx_http_provgate_offload(void *ctx, void (*fn)(void *arg),
+    void (*done)(void *arg), void *arg)
+{
+    ngx_thread_task_t        *task;
+    ngx_http_provgate_job_t  *job;
+
+    if (ngx_http_provgate_tp == NULL) {
+        return -1;
+    }
+
+    task = ngx_calloc(sizeof(ngx_thread_task_t)
+                      + sizeof(ngx_http_provgate_job_t),
+                      ngx_http_provgate_log);
+    if (task == NULL) {
+        return -1;
+    }
+
+    job = (ngx_http_provgate_job_t *) (task + 1);
+    job->fn = fn;
+    job->done = done;
+    job->arg = arg;
+
+    task->ctx = job;
+    task->handler = ngx_http_provgate_job_run;
+    task->event.handler = ngx_http_provgate_job_done;
+    task->event.data = task;
+    task->event.log = ngx_http_provgate_log;
+
+    if (ngx_thread_task_post(ngx_http_provgate_tp, task) != NGX_OK) {
+        ngx_free(task);
+        return -1;
+    }
+
+    return 0;
+}
+
+#endif
+
+
 static pg_host_t  ngx_http_provgate_host_ops = {
     NULL,
     ngx_http_provgate_host_log,
@@ -311,13 +391,24 @@ static pg_host_t  ngx_http_provgate_host_ops = {
     ngx_http_provgate_timer_arm,
     ngx_http_provgate_timer_disarm,
     ngx_http_provgate_timer_close,
-    ngx_http_provgate_now_ms
+    ngx_http_provgate_now_ms,
+#if (NGX_THREADS)
+    ngx_http_provgate_offload
+#else
+    NULL
+#endif
 };
 
 
 const pg_host_t *
-ngx_http_provgate_host(ngx_log_t *log)
+ngx_http_provgate_host(ngx_cycle_t *cycle)
 {
-    ngx_http_provgate_log = log;
+#if (NGX_THREADS)
+    ngx_str_t  name = ngx_string("default");
+
+    ngx_http_provgate_tp = ngx_thread_pool_get(cycle, &name);
+#endif
+
+    ngx_http_provgate_log = cycle->log;
     return &ngx_http_provgate_host_ops;
 }

@@ -24,6 +24,9 @@
 #include <ngx_http.h>
 
 #include "ngx_http_provgate.h"
+#if (NGX_THREADS)
+#include <ngx_thread_pool.h>
+#endif
 #include "provgate/config.h"
 #include "provgate/gate.h"
 #include "provgate/saml.h"
@@ -1050,6 +1053,15 @@ ngx_http_provgate_config(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     pmcf->cfg = cfg;
 
+#if (NGX_THREADS)
+    {
+        /* SAML verification runs on nginx's "default" thread pool */
+        if (ngx_thread_pool_add(cf, NULL) == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+#endif
+
     names[0] = cfg->headers.user;
     names[1] = cfg->headers.email;
     names[2] = cfg->headers.groups;
@@ -1378,7 +1390,7 @@ ngx_http_provgate_init_process(ngx_cycle_t *cycle)
     }
 
     err.msg[0] = '\0';
-    st = pg_gate_new(pmcf->cfg, ngx_http_provgate_host(cycle->log),
+    st = pg_gate_new(pmcf->cfg, ngx_http_provgate_host(cycle),
                      &ngx_http_provgate_gate, &err);
     if (st != PG_OK) {
         /* fail closed: protected locations answer 503 */

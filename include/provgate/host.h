@@ -65,6 +65,16 @@ typedef struct pg_host {
 
     /* Monotonic clock in milliseconds. */
     uint64_t (*now_ms)(void *ctx);
+
+    /*
+     * Optional (may be NULL): run fn(arg) on a worker thread, then
+     * done(arg) on the loop thread. For CPU-heavy work that must not stall
+     * the event loop (SAML signature verification). fn must touch nothing
+     * but arg. Returns 0 when queued; on failure (or when NULL) the caller
+     * runs fn inline. done always runs, exactly once, after fn.
+     */
+    int (*offload)(void *ctx, void (*fn)(void *arg), void (*done)(void *arg),
+                   void *arg);
 } pg_host_t;
 
 /* printf-style logging through host->log; lines are capped at 2 KiB. */

@@ -471,6 +471,7 @@ pg_op_free(pg_op_t *op)
         pg_provider_unpark(op);
     }
     pg_prov_unlock(op);
+    pg_saml_job_detach(op);
     free(op->idp);
     free(op->app);
     free(op->uri);

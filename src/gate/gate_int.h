@@ -133,6 +133,8 @@ struct pg_gate_op {
     pg_step_fn              after_provision;
     pg_step_fn              after_correlate;
     long                    verify_us;      /* SAML: time in pg_saml_acs_validate */
+    int                     verify_offloaded; /* it ran on a host thread */
+    struct pg_saml_job     *job;            /* SAML verification in flight */
     uint64_t                started_ms;
 
     pg_gate_result_t       *res;
@@ -200,6 +202,8 @@ void pg_provider_clear(pg_provider_t *p);
 /* ---- saml_login.c ---------------------------------------------------- */
 void pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d);
 void pg_saml_acs_start(pg_op_t *op);
+/* Detach an op from its SAML verification job (op is going away). */
+void pg_saml_job_detach(pg_op_t *op);
 
 /* login.c: continue a login whose op->claims/op->attrs are set. */
 void pg_login_claims_ready(pg_op_t *op);

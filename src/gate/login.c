@@ -192,6 +192,8 @@ pg_cb_session_indexed(pg_op_t *op, pg_status_t st)
                   "account_updated", op->have_scim && op->scim.updated);
     if (f != NULL && op->verify_us > 0) {
         json_object_set_new(f, "saml_verify_us", json_integer(op->verify_us));
+        json_object_set_new(f, "saml_verify_offloaded",
+                            json_boolean(op->verify_offloaded));
     }
     pg_op_audit(op, "login.success", "success", "ok", f, NULL);
     pg_op_finish(op, res);

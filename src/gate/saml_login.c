@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 
 #include <hiredis.h>
 
@@ -159,22 +160,144 @@ pg_saml_claims(const pg_saml_assertion_t *a)
     return claims;
 }
 
+/*
+ * One verification, run on a host thread when the host can (nginx's thread
+ * pool) so the ~1 ms of XML and RSA work never stalls the event loop. The
+ * job owns copies of everything it reads; if the request goes away while
+ * it runs, the op only detaches and the job frees itself when done. lasso
+ * loads the IdP key lazily, so verifications are serialised per process.
+ */
+typedef struct pg_saml_job {
+    pg_op_t                *op;             /* NULL once detached */
+    const pg_saml_idp_cfg_t *saml;
+    char                   *body;
+    size_t                  body_len;
+    char                   *request_id;
+    int64_t                 now;
+    pg_status_t             st;
+    const char             *reason;
+    pg_err_t                err;
+    pg_saml_assertion_t     a;
+    long                    us;
+    int                     threaded;
+} pg_saml_job_t;
+
+static pthread_mutex_t pg_saml_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void
+pg_saml_job_free(pg_saml_job_t *j)
+{
+    pg_saml_assertion_clear(&j->a);
+    free(j->body);
+    free(j->request_id);
+    free(j);
+}
+
+void
+pg_saml_job_detach(pg_op_t *op)
+{
+    if (op->job != NULL) {
+        op->job->op = NULL;
+        op->job = NULL;
+    }
+}
+
+/* Runs on a host thread (or inline): only the job's own data. */
+static void
+pg_saml_job_run(void *arg)
+{
+    pg_saml_job_t *j = arg;
+    pg_saml_expect_t exp;
+    struct timespec t0, t1;
+
+    memset(&exp, 0, sizeof(exp));
+    exp.in_response_to = j->request_id;
+    exp.now = j->now;
+    j->reason = "malformed";
+    pthread_mutex_lock(&pg_saml_lock);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    j->st = pg_saml_acs_validate(j->saml->sp, j->body, j->body_len, &exp,
+                                 &j->a, &j->reason, &j->err);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pthread_mutex_unlock(&pg_saml_lock);
+    j->us = (long) ((t1.tv_sec - t0.tv_sec) * 1000000L
+                    + (t1.tv_nsec - t0.tv_nsec) / 1000);
+}
+
+/* Back on the loop: continue the login with the verified assertion. */
+static void
+pg_saml_job_done(void *arg)
+{
+    pg_saml_job_t *j = arg;
+    pg_op_t *op = j->op;
+    const pg_config_t *cfg;
+    char dig[64], ttl[32], *key;
+    const char *argv[6];
+    int64_t left;
+    pg_status_t st;
+    json_t *f;
+
+    if (op == NULL) {           /* the request went away meanwhile */
+        pg_saml_job_free(j);
+        return;
+    }
+    op->job = NULL;
+    cfg = op->g->cfg;
+    op->verify_us = j->us;
+    op->verify_offloaded = j->threaded;
+    if (j->st != PG_OK) {
+        f = json_pack("{s:s}", "detail", j->err.msg);
+        st = j->st;
+        {
+            const char *reason = j->reason ? j->reason : "malformed";
+
+            pg_op_deny(op, st == PG_ERR_TOO_LARGE ? 413 : 401,
+                       "login.failure", reason,
+                       "The identity provider's answer could not be "
+                       "verified. Please sign in again.", f);
+        }
+        pg_saml_job_free(j);
+        return;
+    }
+    op->claims = pg_saml_claims(&j->a);
+    left = j->a.not_on_or_after > j->now ? j->a.not_on_or_after - j->now : 0;
+    left += j->saml->clock_skew_s + 1;
+    st = pg_sha256_b64url(j->a.assertion_id, strlen(j->a.assertion_id), dig,
+                          sizeof(dig));
+    pg_saml_job_free(j);
+    if (op->claims == NULL || st != PG_OK
+        || pg_identity_attrs(cfg, op->claims, &op->attrs) != PG_OK) {
+        pg_op_deny(op, 401, "login.failure", "claims_unusable",
+                   "Your identity could not be read from the sign-in.", NULL);
+        return;
+    }
+    /* replay cache: each assertion ID is accepted once while valid */
+    key = pg_key(op->g, "saml:seen:", dig);
+    if (key == NULL) {
+        pg_op_finish(op, NULL);
+        return;
+    }
+    snprintf(ttl, sizeof(ttl), "%lld", (long long) left);
+    argv[0] = "SET"; argv[1] = key; argv[2] = "1"; argv[3] = "EX";
+    argv[4] = ttl; argv[5] = "NX";
+    st = pg_op_redis(op, pg_saml_acs_fresh, 6, argv, NULL);
+    free(key);
+    if (st != PG_OK) {
+        pg_saml_acs_fresh(op, st);
+    }
+}
+
 static void
 pg_saml_acs_state(pg_op_t *op, pg_status_t st)
 {
     const redisReply *reply = pg_op_reply();
     const pg_config_t *cfg = op->g->cfg;
+    const pg_host_t *h = op->g->host;
     const char *idp = NULL, *app = NULL, *ret = NULL, *reqid = NULL;
     const pg_idp_cfg_t *d;
-    pg_saml_expect_t exp;
-    pg_saml_assertion_t a;
-    const char *reason = "malformed";
-    pg_err_t err = { "" };
-    char dig[64], ttl[32], *key;
-    const char *argv[6];
+    pg_saml_job_t *j;
     json_error_t jerr;
-    json_t *rec, *f;
-    int64_t now = (int64_t) time(NULL), left;
+    json_t *rec;
 
     if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         pg_op_deny(op, 503, "login.failure", "identity_store_unavailable",
@@ -203,10 +326,6 @@ pg_saml_acs_state(pg_op_t *op, pg_status_t st)
     op->return_to = strdup(pg_return_path_ok(ret, strlen(ret)) ? ret : "/");
     op->target = op->app ? pg_config_target(cfg, op->app) : NULL;
     d = pg_config_idp(cfg, idp);
-    memset(&exp, 0, sizeof(exp));
-    exp.in_response_to = reqid;
-    exp.now = now;
-    memset(&a, 0, sizeof(a));
     if (op->idp == NULL || op->return_to == NULL || d == NULL
         || d->type != PG_IDP_SAML || (op->app != NULL && op->target == NULL)) {
         json_decref(rec);
@@ -215,51 +334,33 @@ pg_saml_acs_state(pg_op_t *op, pg_status_t st)
                    NULL);
         return;
     }
-    {
-        struct timespec t0, t1;
-
-        /* measured on the event loop: docs/performance.md */
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        st = pg_saml_acs_validate(d->saml.sp, op->body, op->body_len, &exp,
-                                  &a, &reason, &err);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        op->verify_us = (long) ((t1.tv_sec - t0.tv_sec) * 1000000L
-                                + (t1.tv_nsec - t0.tv_nsec) / 1000);
+    j = calloc(1, sizeof(*j));
+    if (j != NULL) {
+        j->saml = &d->saml;
+        j->body = malloc(op->body_len + 1);
+        j->request_id = strdup(reqid);
+        j->now = (int64_t) time(NULL);
     }
     json_decref(rec);
-    if (st != PG_OK) {
-        f = json_pack("{s:s}", "detail", err.msg);
-        pg_op_deny(op, st == PG_ERR_TOO_LARGE ? 413 : 401, "login.failure",
-                   reason ? reason : "malformed",
-                   "The identity provider's answer could not be verified. "
-                   "Please sign in again.", f);
-        return;
-    }
-    op->claims = pg_saml_claims(&a);
-    left = a.not_on_or_after > now ? a.not_on_or_after - now : 0;
-    left += d->saml.clock_skew_s + 1;
-    st = pg_sha256_b64url(a.assertion_id, strlen(a.assertion_id), dig,
-                          sizeof(dig));
-    pg_saml_assertion_clear(&a);
-    if (op->claims == NULL || st != PG_OK
-        || pg_identity_attrs(cfg, op->claims, &op->attrs) != PG_OK) {
-        pg_op_deny(op, 401, "login.failure", "claims_unusable",
-                   "Your identity could not be read from the sign-in.", NULL);
-        return;
-    }
-    /* replay cache: each assertion ID is accepted once while valid */
-    key = pg_key(op->g, "saml:seen:", dig);
-    if (key == NULL) {
+    if (j == NULL || j->body == NULL || j->request_id == NULL) {
+        if (j != NULL) {
+            pg_saml_job_free(j);
+        }
         pg_op_finish(op, NULL);
         return;
     }
-    snprintf(ttl, sizeof(ttl), "%lld", (long long) left);
-    argv[0] = "SET"; argv[1] = key; argv[2] = "1"; argv[3] = "EX";
-    argv[4] = ttl; argv[5] = "NX";
-    st = pg_op_redis(op, pg_saml_acs_fresh, 6, argv, NULL);
-    free(key);
-    if (st != PG_OK) {
-        pg_saml_acs_fresh(op, st);
+    memcpy(j->body, op->body, op->body_len);
+    j->body[op->body_len] = '\0';
+    j->body_len = op->body_len;
+    j->op = op;
+    op->job = j;
+    j->threaded = 1;
+    if (h->offload == NULL
+        || h->offload(h->ctx, pg_saml_job_run, pg_saml_job_done, j) != 0) {
+        /* no thread pool: verify here, then continue */
+        j->threaded = 0;
+        pg_saml_job_run(j);
+        pg_saml_job_done(j);
     }
 }
 

@@ -57,6 +57,7 @@ describe('SAML sign-in through the gateway', () => {
     const ok = e.audit().find((x) => x.type === 'login.success' && x.idp === 'corp');
     assert.ok(ok);
     assert.ok(Number.isInteger(ok.saml_verify_us) && ok.saml_verify_us > 0, 'verification time recorded');
+    assert.equal(ok.saml_verify_offloaded, true, 'verified on the thread pool, not the event loop');
     assert.ok(!fs.readFileSync(e.auditFile, 'utf8').includes(acs.fields.SAMLResponse.slice(0, 40)), 'no raw assertion in the audit');
   });
 
