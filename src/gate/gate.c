@@ -501,6 +501,8 @@ pg_op_free(pg_op_t *op)
     free(op->lock_key);
     free(op->lock_token);
     free(op->known_account);
+    json_decref(op->prev_ents);
+    json_decref(op->revoke);
     free(op->scim.account_id);
     pg_gate_result_free(op->res);
     free(op);

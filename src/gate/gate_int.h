@@ -128,6 +128,9 @@ struct pg_gate_op {
     char                   *lock_token;
     uint64_t                lock_deadline;
     char                   *known_account;
+    json_t                 *prev_ents;      /* ents:<app> before this login */
+    json_t                 *revoke;         /* group names to remove (move) */
+    size_t                  revoke_next;
     pg_scim_result_t        scim;           /* copy of the SCIM outcome */
     int                     have_scim;
     pg_step_fn              after_provision;

@@ -146,6 +146,35 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     await e.startOp();
   });
 
+  test('a move removes access no longer justified and keeps common birthright access', async () => {
+    const { res: before1 } = await e.login('alice', '/app/move0');
+    assert.equal(before1.status, 200, before1.body);
+    const [u0] = await e.scimUsers('alice');
+    const groupsOf = async (id) => (await e.scim.state()).groups
+      .filter((g) => g.members.some((m) => m.value === id)).map((g) => g.displayName).sort();
+    assert.deepEqual(await groupsOf(u0.id), ['engineering', 'staff']);
+    // HR moves alice from engineering to sales
+    await e.op.stop();
+    const users = JSON.parse(JSON.stringify(e.users));
+    users.alice.claims.department = 'sales';
+    await e.startOp(users);
+    try {
+      const { res } = await e.login('alice', '/app/moved-dept');
+      assert.equal(res.status, 200, res.body);
+      assert.deepEqual(await groupsOf(u0.id), ['staff'], 'engineering removed, staff kept');
+      assert.deepEqual(echoed(res, 'x-provgate-entitlements'), ['staff']);
+      assert.ok(e.audit().some((x) => x.type === 'provision.revoke' && x.group === 'engineering'
+        && x.reason === 'no_longer_justified'));
+    } finally {
+      await e.op.stop();
+      await e.startOp();
+    }
+    // moving back grants it again
+    const { res: back } = await e.login('alice', '/app/move-back');
+    assert.equal(back.status, 200);
+    assert.deepEqual(await groupsOf(u0.id), ['engineering', 'staff']);
+  });
+
   test('concurrent first logins give one identity and one account', async () => {
     await e.scim.resetLog();
     await e.scim.setFaults({ latency_ms: 400, latency_paths: '/Users' });
