@@ -299,7 +299,8 @@ pg_cookie_next(const char **p, const char **k, size_t *klen, const char **v,
  * without creating an op; NULL means "take the normal path".
  */
 static pg_gate_result_t *
-pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req)
+pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req, char *sid,
+               size_t sidsz, int *seen)
 {
     const pg_config_t *cfg = g->cfg;
     size_t i, nlen = strlen(cfg->session.cookie_name);
@@ -307,10 +308,10 @@ pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req)
     const char *idp;
     pg_gate_result_t *res;
 
-    for (i = 0; i < req->ncookies && sess == NULL; i++) {
+    *seen = 0;
+    for (i = 0; i < req->ncookies && *seen == 0; i++) {
         const char *p = req->cookies[i], *k, *v;
         size_t klen, vlen, outlen = 0;
-        char sid[128];
 
         if (strnlen(p, PG_GATE_MAX_COOKIE + 1) > PG_GATE_MAX_COOKIE) {
             continue;
@@ -320,10 +321,13 @@ pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req)
                 continue;
             }
             if (pg_unseal(cfg->session.key, "session", v, vlen, sid,
-                          sizeof(sid) - 1, &outlen) != PG_OK) {
-                return NULL; /* the normal path audits the bad cookie */
+                          sidsz - 1, &outlen) != PG_OK) {
+                sid[0] = '\0';
+                *seen = -1;   /* the normal path audits the bad cookie */
+                return NULL;
             }
             sid[outlen] = '\0';
+            *seen = 1;
             sess = pg_cache_get(&g->cache, sid);
             break;
         }
@@ -355,7 +359,7 @@ pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req)
  */
 pg_op_t *
 pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
-          void *arg)
+          void *arg, const char *known_sid)
 {
     pg_op_t *op = calloc(1, sizeof(*op));
     const pg_config_t *cfg = g->cfg;
@@ -396,6 +400,14 @@ pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     }
     if (op->app != NULL) {
         op->target = pg_config_target(cfg, op->app);
+    }
+    if (known_sid != NULL) {
+        /* already unsealed by pg_access_fast(): not twice per request */
+        op->sid = strdup(known_sid);
+        if (op->sid == NULL) {
+            pg_op_free(op);
+            return NULL;
+        }
     }
 
     for (i = 0; i < req->ncookies; i++) {
@@ -813,18 +825,20 @@ pg_gate_run(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
 {
     pg_op_t *op;
     pg_sync_t sync = { NULL, 0 };
+    char sid[512];
+    int seen = 0;
 
     *op_out = NULL;
     *sync_res = NULL;
 
     if (flow == PG_FLOW_ACCESS) {
-        *sync_res = pg_access_fast(g, req);
+        *sync_res = pg_access_fast(g, req, sid, sizeof(sid), &seen);
         if (*sync_res != NULL) {
             return PG_OK;
         }
     }
 
-    op = pg_op_new(g, flow, req, pg_sync_cb, &sync);
+    op = pg_op_new(g, flow, req, pg_sync_cb, &sync, seen ? sid : NULL);
     if (op == NULL) {
         return PG_ERR_NOMEM;
     }

@@ -144,8 +144,10 @@ struct pg_gate_op {
 };
 
 /* ---- gate.c ---------------------------------------------------------- */
+/* known_sid: the session id the caller already unsealed ("" for a cookie
+ * that did not unseal), or NULL to parse the session cookie here. */
 pg_op_t *pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req,
-                   pg_gate_cb cb, void *arg);
+                   pg_gate_cb cb, void *arg, const char *known_sid);
 void pg_op_free(pg_op_t *op);
 /* Deliver res to the host and free op. */
 void pg_op_finish(pg_op_t *op, pg_gate_result_t *res);
