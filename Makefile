@@ -5,7 +5,7 @@ CC ?= cc
 NGINX_SRC ?= /usr/share/nginx/src
 BUILD := build
 
-PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl libxml-2.0 xmlsec1-openssl libevent
+PKGS := lasso liboauth2 cjose hiredis jansson libcurl openssl libxml-2.0 xmlsec1-openssl libevent ldap lber libpq
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lz -lm
 

@@ -10,7 +10,8 @@ pkgs=(build-essential pkg-config ca-certificates curl
       liblasso3-dev liboauth2-dev libcjose-dev libhiredis-dev libjansson-dev
       libcurl4-openssl-dev libssl-dev libcmocka-dev zlib1g-dev libevent-dev
       clang-14 libfuzzer-14-dev libclang-rt-14-dev
-      wrk libxml2-utils xmlsec1 opensaml-schemas xmltooling-schemas chromium)
+      wrk libxml2-utils xmlsec1 opensaml-schemas xmltooling-schemas chromium
+      libldap-dev slapd ldap-utils libpq-dev postgresql)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
 
 missing=()
@@ -27,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
     # Debian starts the packaged services; provgate runs its own instances.
-    for svc in nginx redis-server; do
+    for svc in nginx redis-server slapd postgresql; do
         $sudo service "$svc" stop >/dev/null 2>&1 || true
     done
 fi
