@@ -381,6 +381,55 @@ ngx_http_provgate_offload(void *ctx, void (*fn)(void *arg),
 #endif
 
 
+/*
+ * hold(): while background work that must finish runs (an outbox operation
+ * being applied), a non-cancelable timer keeps a gracefully quitting worker
+ * alive; it re-arms itself every second until the count drops to zero.
+ */
+static ngx_uint_t   ngx_http_provgate_holds;
+static ngx_event_t  ngx_http_provgate_hold_ev;
+
+
+static void
+ngx_http_provgate_hold_event(ngx_event_t *ev)
+{
+    if (ngx_http_provgate_holds > 0) {
+        ngx_add_timer(ev, 1000);
+    }
+}
+
+
+static void
+ngx_http_provgate_hold(void *ctx, int delta)
+{
+    if (delta > 0) {
+        ngx_http_provgate_holds++;
+
+    } else if (ngx_http_provgate_holds > 0) {
+        ngx_http_provgate_holds--;
+    }
+
+    if (ngx_http_provgate_holds > 0 && !ngx_http_provgate_hold_ev.timer_set) {
+        ngx_http_provgate_hold_ev.handler = ngx_http_provgate_hold_event;
+        ngx_http_provgate_hold_ev.log = ngx_http_provgate_log;
+        ngx_http_provgate_hold_ev.cancelable = 0;
+        ngx_add_timer(&ngx_http_provgate_hold_ev, 1000);
+
+    } else if (ngx_http_provgate_holds == 0
+               && ngx_http_provgate_hold_ev.timer_set)
+    {
+        ngx_del_timer(&ngx_http_provgate_hold_ev);
+    }
+}
+
+
+static int
+ngx_http_provgate_exiting(void *ctx)
+{
+    return ngx_exiting || ngx_quit || ngx_terminate;
+}
+
+
 static pg_host_t  ngx_http_provgate_host_ops = {
     NULL,
     ngx_http_provgate_host_log,
@@ -393,10 +442,12 @@ static pg_host_t  ngx_http_provgate_host_ops = {
     ngx_http_provgate_timer_close,
     ngx_http_provgate_now_ms,
 #if (NGX_THREADS)
-    ngx_http_provgate_offload
+    ngx_http_provgate_offload,
 #else
-    NULL
+    NULL,
 #endif
+    ngx_http_provgate_hold,
+    ngx_http_provgate_exiting
 };
 
 

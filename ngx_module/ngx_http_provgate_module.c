@@ -481,6 +481,19 @@ ngx_http_provgate_send(ngx_http_request_t *r, pg_gate_result_t *res)
         }
     }
 
+    if (res->retry_after_s > 0) {
+        char  ra[32];
+
+        ngx_snprintf((u_char *) ra, sizeof(ra), "%ui%Z",
+                     (ngx_uint_t) res->retry_after_s);
+        if (ngx_http_provgate_add_header(r, &r->headers_out.headers,
+                                         "Retry-After", ra)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     if (res->kind == PG_RES_REDIRECT) {
         if (ngx_http_provgate_add_header(r, &r->headers_out.headers,
                                          "Location", res->location)

@@ -105,6 +105,10 @@ typedef struct pg_target_cfg {
     size_t nattrs;
     char *username_attr;       /* SCIM attribute used for lookup; "userName" */
     int create_missing_groups; /* default 0 */
+    int via_outbox;            /* "delivery": "outbox" (1, default) | "direct" */
+    unsigned wait_ms;          /* login waits this long for the outbox op;
+                                  default 2 * timeout_ms + 1000 */
+    int proceed_when_slow;     /* "on_slow": "block" (0, default) | "proceed" */
 } pg_target_cfg_t;
 
 /* Correlation: link a login to an existing identity by a claim. */
@@ -145,6 +149,18 @@ typedef struct pg_headers_cfg {
     char *user_attr;           /* identity attribute for the user header, default "username" */
 } pg_headers_cfg_t;
 
+/* The durable provisioning outbox (docs/outbox.md). */
+typedef struct pg_outbox_cfg {
+    int consume;               /* gateway workers apply operations; default 1 */
+    unsigned claim_idle_ms;    /* reclaim a dead consumer's op; default 30000 */
+    unsigned max_attempts;     /* dead-letter after; default 5 */
+    unsigned backoff_base_ms;  /* default 1000 */
+    unsigned backoff_max_ms;   /* default 300000 */
+    unsigned dedup_ttl_s;      /* idempotency window; default 600 */
+    unsigned status_ttl_s;     /* outcome kept for waiters; default 3600 */
+    unsigned batch;            /* entries per read; default 16 */
+} pg_outbox_cfg_t;
+
 struct pg_policy_set;          /* include/provgate/policy.h */
 
 typedef struct pg_config {
@@ -154,6 +170,7 @@ typedef struct pg_config {
     pg_session_cfg_t session;
     pg_audit_cfg_t audit;
     pg_headers_cfg_t headers;
+    pg_outbox_cfg_t outbox;
     pg_idp_cfg_t *idps;
     size_t nidps;
     pg_target_cfg_t *targets;

@@ -50,6 +50,7 @@ typedef struct pg_gate_result {
     char *set_cookies[PG_GATE_MAX_SET_COOKIES]; /* full Set-Cookie values */
     size_t nset_cookies;
     int no_store;                   /* send Cache-Control: no-store */
+    unsigned retry_after_s;         /* PAGE: send Retry-After when > 0 */
 } pg_gate_result_t;
 
 /* What the host knows about the request. Strings need not be NUL-terminated

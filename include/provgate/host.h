@@ -75,6 +75,17 @@ typedef struct pg_host {
      */
     int (*offload)(void *ctx, void (*fn)(void *arg), void (*done)(void *arg),
                    void *arg);
+
+    /*
+     * Optional (may be NULL): keep the process alive while work that must
+     * not be cut off is running (delta +1 when it starts, -1 when it ends).
+     * nginx: a gracefully quitting worker stays until the count is 0.
+     */
+    void (*hold)(void *ctx, int delta);
+
+    /* Optional (may be NULL): non-zero once the process is shutting down,
+     * so no new background work should be taken on. */
+    int (*exiting)(void *ctx);
 } pg_host_t;
 
 /* printf-style logging through host->log; lines are capped at 2 KiB. */

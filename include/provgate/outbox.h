@@ -8,7 +8,9 @@
  * attempts, backs off (delayed ZSET <prefix>outbox:delayed), dead-letters
  * after max_attempts (<prefix>outbox:dead) and publishes a per-operation
  * status stream (<prefix>outbox:status:<idem>) that a login can wait on
- * with XREAD BLOCK (pg_outbox_wait). A token bucket per target
+ * with XREAD BLOCK (pg_outbox_wait); every terminal outcome is also
+ * appended to <prefix>outbox:events (idem, status, error; MAXLEN ~10000)
+ * so one follower per process can wake all its waiters. A token bucket per target
  * (pg_outbox_rate_take) is shared by every process through Redis.
  * Design, keys and guarantees: docs/outbox.md.
  *
@@ -73,6 +75,12 @@ typedef struct pg_outbox_op {
     const char *kind;        /* required, <= PG_OUTBOX_FIELD_MAX */
     const json_t *state;     /* required desired state (any JSON value) */
     unsigned dedup_ttl_s;    /* lifetime of the idempotency key; 0 = 86400 */
+    int release_when_done;   /* derived key gets the "live:" prefix: it
+                                deduplicates only while the operation is
+                                pending and is released when it is done, so
+                                the same desired state can be applied again
+                                later (a login after A -> B -> A). Any key
+                                that starts with "live:" behaves so. */
 } pg_outbox_op_t;
 
 typedef struct pg_outbox_enqueued {
@@ -87,7 +95,8 @@ typedef void (*pg_outbox_enqueue_cb)(void *arg, pg_status_t st,
 /*
  * Compute the derived idempotency key of op into out (outsz >= 44):
  * base64url(sha256(identity \n target \n kind \n state)) where state is
- * serialized with sorted keys, so equal desired states give equal keys.
+ * serialized with sorted keys, so equal desired states give equal keys;
+ * prefixed with "live:" when op->release_when_done (outsz >= 49).
  * A caller-given op->idem is validated ([A-Za-z0-9._:@-], 1..128 chars)
  * and copied instead (outsz >= PG_OUTBOX_IDEM_MAX + 1).
  */

@@ -988,6 +988,84 @@ parse_attrs(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
+/* "delivery", "wait_ms" and "on_slow" of a target (docs/outbox.md). */
+static pg_status_t
+parse_delivery(pg_target_cfg_t *t, const json_t *o, const char *p,
+               pg_err_t *err)
+{
+    char *v = NULL;
+    pg_status_t st;
+
+    TRY(pg_cfg_str(o, p, "delivery", 0, "outbox", &v, err));
+    t->via_outbox = strcmp(v, "outbox") == 0;
+    if (!t->via_outbox && strcmp(v, "direct") != 0) {
+        pg_err_set(err, "%s.delivery: must be \"outbox\" or \"direct\"", p);
+        free(v);
+        return PG_ERR_CONFIG;
+    }
+    free(v);
+    v = NULL;
+    TRY(pg_cfg_str(o, p, "on_slow", 0, "block", &v, err));
+    t->proceed_when_slow = strcmp(v, "proceed") == 0;
+    if (!t->proceed_when_slow && strcmp(v, "block") != 0) {
+        pg_err_set(err, "%s.on_slow: must be \"block\" or \"proceed\"", p);
+        free(v);
+        return PG_ERR_CONFIG;
+    }
+    free(v);
+    return pg_cfg_uint(o, p, "wait_ms", 2 * t->timeout_ms + 1000, 0, 600000,
+                       &t->wait_ms, err);
+}
+
+/* The "outbox" section (optional). */
+static pg_status_t
+parse_outbox(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "consume", "claim_idle_ms", "max_attempts", "backoff_base_ms",
+        "backoff_max_ms", "dedup_ttl_s", "status_ttl_s", "batch", NULL
+    };
+    pg_outbox_cfg_t *b = &cfg->outbox;
+    const char *p = "$.outbox";
+    json_t *empty = NULL;
+    pg_status_t st = PG_OK;
+
+    if (o == NULL) {
+        o = empty = json_object();
+        if (o == NULL) {
+            return PG_ERR_NOMEM;
+        }
+    }
+    if ((st = pg_cfg_keys(o, p, keys, err)) == PG_OK
+        && (st = pg_cfg_bool(o, p, "consume", 1, &b->consume, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "claim_idle_ms", 30000, 100, 3600000,
+                             &b->claim_idle_ms, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "max_attempts", 5, 1, 100,
+                             &b->max_attempts, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "backoff_base_ms", 1000, 10, 3600000,
+                             &b->backoff_base_ms, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "backoff_max_ms", 300000, 10, 86400000,
+                             &b->backoff_max_ms, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "status_ttl_s", 3600, 10, 604800,
+                             &b->status_ttl_s, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "dedup_ttl_s", 600, 1, 604800,
+                             &b->dedup_ttl_s, err)) == PG_OK
+        && (st = pg_cfg_uint(o, p, "batch", 16, 1, 1000, &b->batch, err))
+               == PG_OK) {
+        if (b->dedup_ttl_s > b->status_ttl_s) {
+            pg_err_set(err, "%s.dedup_ttl_s: must not exceed status_ttl_s "
+                       "(%u)", p, b->status_ttl_s);
+            st = PG_ERR_CONFIG;
+        } else if (b->backoff_base_ms > b->backoff_max_ms) {
+            pg_err_set(err, "%s.backoff_base_ms: must not exceed "
+                       "backoff_max_ms (%u)", p, b->backoff_max_ms);
+            st = PG_ERR_CONFIG;
+        }
+    }
+    json_decref(empty);
+    return st;
+}
+
 /* One "type": "scim" target object at path p into t. */
 static pg_status_t
 parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -996,7 +1074,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     static const char *const keys[] = {
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
-        "username_attr", "create_missing_groups", "attributes", NULL
+        "username_attr", "create_missing_groups", "attributes", "delivery",
+        "wait_ms", "on_slow", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1045,6 +1124,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     }
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
+    TRY(parse_delivery(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
     for (i = 0; i < t->nattrs; i++) {
         if (strcmp(t->attrs[i].scim_path, t->username_attr) == 0) {
@@ -1159,7 +1239,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
 {
     static const char *const keys[] = {
         "instance", "redis", "session", "audit", "headers", "idps",
-        "targets", "identity", "policy_files", NULL
+        "targets", "identity", "policy_files", "outbox", NULL
     };
     size_t i;
     int found = 0;
@@ -1171,6 +1251,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     TRY(parse_session(cfg, json_object_get(root, "session"), err));
     TRY(parse_audit(cfg, json_object_get(root, "audit"), err));
     TRY(parse_headers(cfg, json_object_get(root, "headers"), err));
+    TRY(parse_outbox(cfg, json_object_get(root, "outbox"), err));
     TRY(parse_identity(cfg, json_object_get(root, "identity"), err));
     for (i = 0; i < cfg->nclaims; i++) {
         if (strcmp(cfg->claims[i].attr, cfg->headers.user_attr) == 0) {

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 
+#include "provgate/config.h"
 #include "provgate/connector.h"
 
 const char *
@@ -46,57 +47,26 @@ pg_conn_cfg_str(const json_t *obj, const char *path, const char *key, int req,
     return PG_OK;
 }
 
-/* Contract: see connector.h. */
+/* Contract: see connector.h; the shared config helper does the work. */
 pg_status_t
 pg_conn_cfg_uint(const json_t *obj, const char *path, const char *key,
                  unsigned min, unsigned max, unsigned dflt, unsigned *out,
                  pg_err_t *err)
 {
-    json_t *v = json_object_get(obj, key);
-    json_int_t n;
+    pg_status_t st = pg_cfg_uint(obj, path, key, dflt, min, max, out, err);
 
-    *out = dflt;
-    if (v == NULL) {
-        return PG_OK;
-    }
-    if (!json_is_integer(v)) {
-        pg_err_set(err, "%s.%s: must be an integer", path, key);
-        return PG_ERR_CONFIG;
-    }
-    n = json_integer_value(v);
-    if (n < (json_int_t) min || n > (json_int_t) max) {
-        pg_err_set(err, "%s.%s: must be between %u and %u", path, key, min,
-                   max);
-        return PG_ERR_CONFIG;
-    }
-    *out = (unsigned) n;
-    return PG_OK;
+    return st == PG_OK ? PG_OK : PG_ERR_CONFIG;
 }
 
-/* Contract: see connector.h. */
+/* Contract: see connector.h; the shared config helper does the work. */
 pg_status_t
 pg_conn_cfg_known(const json_t *obj, const char *path,
                   const char *const *allowed, pg_err_t *err)
 {
-    const char *k;
-    json_t *v;
-    size_t i;
-
     if (!json_is_object(obj)) {
         pg_err_set(err, "%s: must be an object", path);
         return PG_ERR_CONFIG;
     }
-    json_object_foreach((json_t *) obj, k, v) {
-        (void) v;
-        for (i = 0; allowed[i] != NULL; i++) {
-            if (strcmp(allowed[i], k) == 0) {
-                break;
-            }
-        }
-        if (allowed[i] == NULL) {
-            pg_err_set(err, "%s.%s: unknown key", path, k);
-            return PG_ERR_CONFIG;
-        }
-    }
-    return PG_OK;
+    return pg_cfg_keys(obj, path, allowed, err) == PG_OK ? PG_OK
+                                                         : PG_ERR_CONFIG;
 }

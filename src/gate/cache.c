@@ -28,19 +28,6 @@
 #include "gate_int.h"
 
 #define PG_CACHE_MAX         50000   /* entries per process */
-#define PG_FEED_BLOCK_MS     "10000"
-#define PG_FEED_TIMEOUT_MS   15000   /* > the BLOCK time */
-#define PG_FEED_RETRY_MS     250
-#define PG_FEED_BATCH        "512"
-
-static void pg_feed_start(pg_cache_t *c);
-static void pg_feed_read(pg_cache_t *c);
-
-static void
-pg_feed_retry(void *arg)
-{
-    pg_feed_start(arg);
-}
 
 /* Drop every entry (the feed was interrupted: we may have missed some). */
 static void
@@ -52,158 +39,46 @@ pg_cache_flush(pg_cache_t *c)
 }
 
 static void
-pg_feed_fail(pg_cache_t *c, const char *why)
-{
-    const pg_host_t *h = c->g->host;
-
-    if (c->live) {
-        pg_log(h, PG_LOG_WARN, "session cache disabled: revocation feed %s",
-               why);
-    }
-    c->live = 0;
-    pg_cache_flush(c);
-    if (c->retry == NULL) {
-        c->retry = h->timer_open(h->ctx, pg_feed_retry, c);
-    }
-    if (c->retry != NULL) {
-        h->timer_arm(c->retry, PG_FEED_RETRY_MS);
-    }
-}
-
-/* Apply one XREAD reply: evict every revoked sid / identity. */
-static void
-pg_feed_apply(pg_cache_t *c, const redisReply *reply)
-{
-    size_t s, e, f;
-
-    /* [[stream, [[id, [field, value, ...]], ...]]] */
-    for (s = 0; s < reply->elements; s++) {
-        const redisReply *stream = reply->element[s];
-        const redisReply *entries;
-
-        if (stream->type != REDIS_REPLY_ARRAY || stream->elements != 2
-            || stream->element[1]->type != REDIS_REPLY_ARRAY) {
-            continue;
-        }
-        entries = stream->element[1];
-        for (e = 0; e < entries->elements; e++) {
-            const redisReply *ent = entries->element[e];
-            const redisReply *fields;
-
-            if (ent->type != REDIS_REPLY_ARRAY || ent->elements != 2
-                || ent->element[0]->type != REDIS_REPLY_STRING
-                || ent->element[1]->type != REDIS_REPLY_ARRAY
-                || ent->element[0]->len >= sizeof(c->last_id)) {
-                continue;
-            }
-            memcpy(c->last_id, ent->element[0]->str, ent->element[0]->len);
-            c->last_id[ent->element[0]->len] = '\0';
-            fields = ent->element[1];
-            for (f = 0; f + 1 < fields->elements; f += 2) {
-                const redisReply *k = fields->element[f];
-                const redisReply *v = fields->element[f + 1];
-                char val[256];
-
-                if (k->type != REDIS_REPLY_STRING
-                    || v->type != REDIS_REPLY_STRING || v->len >= sizeof(val)) {
-                    continue;
-                }
-                memcpy(val, v->str, v->len);
-                val[v->len] = '\0';
-                if (k->len == 3 && memcmp(k->str, "sid", 3) == 0) {
-                    json_object_del(c->map, val);
-                } else if (k->len == 3 && memcmp(k->str, "iid", 3) == 0) {
-                    const char *sid;
-                    json_t *ent2;
-                    void *tmp;
-
-                    json_object_foreach_safe(c->map, tmp, sid, ent2) {
-                        const char *iid = json_string_value(json_object_get(
-                            json_object_get(ent2, "s"), "iid"));
-                        if (iid != NULL && strcmp(iid, val) == 0) {
-                            json_object_del(c->map, sid);
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-static void
-pg_feed_read_done(void *arg, pg_status_t st, const redisReply *reply)
+pg_cache_feed_state(void *arg, int live)
 {
     pg_cache_t *c = arg;
 
-    c->op = NULL;
-    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        pg_feed_fail(c, st != PG_OK ? pg_status_str(st) : "error reply");
-        return;
-    }
-    if (reply->type == REDIS_REPLY_ARRAY) {
-        pg_feed_apply(c, reply);
-    }
-    /* NIL: the BLOCK time passed without revocations */
-    pg_feed_read(c);
-}
-
-static void
-pg_feed_read(pg_cache_t *c)
-{
-    const char *argv[8];
-
-    argv[0] = "XREAD"; argv[1] = "COUNT"; argv[2] = PG_FEED_BATCH;
-    argv[3] = "BLOCK"; argv[4] = PG_FEED_BLOCK_MS; argv[5] = "STREAMS";
-    argv[6] = c->stream; argv[7] = c->last_id;
-    if (pg_redis_command(c->feed, 8, argv, NULL, PG_FEED_TIMEOUT_MS,
-                         pg_feed_read_done, c, &c->op) != PG_OK) {
-        c->op = NULL;
-        pg_feed_fail(c, "could not send");
-    }
-}
-
-static void
-pg_feed_started(void *arg, pg_status_t st, const redisReply *reply)
-{
-    pg_cache_t *c = arg;
-    const redisReply *ent;
-
-    c->op = NULL;
-    if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
-        pg_feed_fail(c, st != PG_OK ? pg_status_str(st) : "bad reply");
-        return;
-    }
-    memcpy(c->last_id, "0-0", 4);
-    if (reply->elements == 1) {
-        ent = reply->element[0];
-        if (ent->type == REDIS_REPLY_ARRAY && ent->elements == 2
-            && ent->element[0]->type == REDIS_REPLY_STRING
-            && ent->element[0]->len < sizeof(c->last_id)) {
-            memcpy(c->last_id, ent->element[0]->str, ent->element[0]->len);
-            c->last_id[ent->element[0]->len] = '\0';
-        }
-    }
-    /* every revocation after last_id will reach us: trust the cache */
-    if (!c->live) {
+    if (live && !c->live) {
         pg_log(c->g->host, PG_LOG_INFO, "session cache enabled (%u ms)",
                c->g->cfg->session.cache_ms);
+    } else if (!live && c->live) {
+        pg_log(c->g->host, PG_LOG_WARN, "session cache disabled until the "
+               "revocation feed is back");
     }
-    c->live = 1;
-    pg_feed_read(c);
+    /* a (re)start may have missed revocations: start empty */
+    pg_cache_flush(c);
+    c->live = live;
 }
 
+/* One revocation: evict the sid, or every session of the identity. */
 static void
-pg_feed_start(pg_cache_t *c)
+pg_cache_feed_entry(void *arg, const char *const *names,
+                    const char *const *values, size_t n)
 {
-    const char *argv[6];
+    pg_cache_t *c = arg;
+    size_t i;
 
-    pg_cache_flush(c);
-    argv[0] = "XREVRANGE"; argv[1] = c->stream; argv[2] = "+"; argv[3] = "-";
-    argv[4] = "COUNT"; argv[5] = "1";
-    if (pg_redis_command(c->feed, 6, argv, NULL, 0, pg_feed_started, c,
-                         &c->op) != PG_OK) {
-        c->op = NULL;
-        pg_feed_fail(c, "could not send");
+    for (i = 0; i < n; i++) {
+        if (strcmp(names[i], "sid") == 0) {
+            json_object_del(c->map, values[i]);
+        } else if (strcmp(names[i], "iid") == 0) {
+            const char *sid;
+            json_t *ent;
+            void *tmp;
+
+            json_object_foreach_safe(c->map, tmp, sid, ent) {
+                const char *iid = json_string_value(json_object_get(
+                    json_object_get(ent, "s"), "iid"));
+                if (iid != NULL && strcmp(iid, values[i]) == 0) {
+                    json_object_del(c->map, sid);
+                }
+            }
+        }
     }
 }
 
@@ -222,32 +97,20 @@ pg_cache_init(pg_gate_t *g)
         return PG_OK;
     }
     c->map = json_object();
-    c->stream = pg_key(g, "revoked", NULL);
-    if (c->map == NULL || c->stream == NULL
-        || pg_redis_new(g->host, &g->cfg->redis, &c->feed) != PG_OK) {
+    if (c->map == NULL) {
         return PG_ERR_NOMEM;
     }
-    pg_feed_start(c);
-    return PG_OK;
+    return pg_follow_start(&c->feed, g, "revoked", pg_cache_feed_entry,
+                           pg_cache_feed_state, c);
 }
 
 void
 pg_cache_free(pg_cache_t *c)
 {
-    if (c->op != NULL) {
-        pg_redis_cancel(c->op);
-        c->op = NULL;
-    }
-    if (c->retry != NULL) {
-        c->g->host->timer_close(c->retry);
-        c->retry = NULL;
-    }
-    pg_redis_free(c->feed);
-    c->feed = NULL;
+    pg_follow_stop(&c->feed);
     json_decref(c->map);
     c->map = NULL;
-    free(c->stream);
-    c->stream = NULL;
+    c->live = 0;
 }
 
 /* A cached session (borrowed) if the feed is live and it has not expired. */

@@ -186,13 +186,35 @@ static pg_gate_result_t *
 pg_page(int status, int html, const char *reason, const char *message,
         const char *event_id)
 {
+    return pg_page_retry(status, html, reason, message, event_id, NULL, 0);
+}
+
+/*
+ * pg_page() that also asks the client to come back: retry_after_s > 0 sets
+ * res->retry_after_s (the host sends Retry-After) and, for HTML, a meta
+ * refresh to refresh_url (a same-origin path the gate validated; NULL =
+ * reload this page).
+ */
+pg_gate_result_t *
+pg_page_retry(int status, int html, const char *reason, const char *message,
+              const char *event_id, const char *refresh_url,
+              unsigned retry_after_s)
+{
     pg_gate_result_t *res = pg_result_new(PG_RES_PAGE, status);
-    char t[256], m[1024], r[128], e[64];
+    char t[256], m[1024], r[128], e[64], u[2048], meta[2200];
     char *body = NULL;
     int n;
 
     if (res == NULL) {
         return NULL;
+    }
+    res->retry_after_s = retry_after_s;
+    meta[0] = '\0';
+    if (retry_after_s > 0) {
+        pg_html_escape(refresh_url != NULL ? refresh_url : "", u, sizeof(u));
+        snprintf(meta, sizeof(meta),
+                 "<meta http-equiv=\"refresh\" content=\"%u%s%s\">",
+                 retry_after_s, u[0] != '\0' ? ";url=" : "", u);
     }
     if (html) {
         pg_html_escape(pg_status_title(status), t, sizeof(t));
@@ -200,7 +222,7 @@ pg_page(int status, int html, const char *reason, const char *message,
         pg_html_escape(reason, r, sizeof(r));
         pg_html_escape(event_id != NULL ? event_id : "-", e, sizeof(e));
         n = asprintf(&body,
-                     "<!DOCTYPE html>\n<html lang=\"en\"><head>"
+                     "<!DOCTYPE html>\n<html lang=\"en\"><head>%s"
                      "<meta charset=\"utf-8\"><title>%s</title>"
                      "<meta name=\"viewport\" content=\"width=device-width\">"
                      "<style>body{font-family:sans-serif;max-width:40em;"
@@ -209,11 +231,15 @@ pg_page(int status, int html, const char *reason, const char *message,
                      "<body><h1>%s</h1><p>%s</p>"
                      "<p class=\"ref\">Reason: <code id=\"reason\">%s</code>"
                      " &middot; Reference: <code id=\"ref\">%s</code></p>"
-                     "</body></html>\n", t, t, m, r, e);
+                     "</body></html>\n", meta, t, t, m, r, e);
         res->content_type = "text/html; charset=utf-8";
     } else {
         json_t *j = json_pack("{s:s, s:s, s:s?}", "error", reason,
                               "message", message, "reference", event_id);
+
+        if (j != NULL && retry_after_s > 0) {
+            json_object_set_new(j, "retry_after", json_integer(retry_after_s));
+        }
         body = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
         n = body != NULL ? (int) strlen(body) : -1;
@@ -482,6 +508,11 @@ pg_op_free(pg_op_t *op)
     if (op->waiting_on != NULL) {
         pg_provider_unpark(op);
     }
+    if (op->obreq != NULL) {
+        pg_outbox_cancel(op->obreq);
+    }
+    pg_ob_unlist(op);
+    free(op->ob_idem);
     pg_prov_unlock(op);
     pg_saml_job_detach(op);
     free(op->idp);
@@ -737,6 +768,10 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
         pg_err_set(err, "session cache: %s", pg_status_str(st));
         goto fail;
     }
+    st = pg_ob_init(g, err);
+    if (st != PG_OK) {
+        goto fail;
+    }
     if (asprintf(&g->state_cookie_prefix, "%s_st_",
                  cfg->session.cookie_name) < 0) {
         g->state_cookie_prefix = NULL;
@@ -785,6 +820,7 @@ pg_gate_free(pg_gate_t *g)
         pg_provider_clear(&g->providers[i]);
     }
     free(g->providers);
+    pg_ob_free(g);
     pg_cache_free(&g->cache);
     pg_audit_free(g->audit);
     pg_http_free(g->http);

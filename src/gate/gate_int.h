@@ -18,6 +18,7 @@
 #include "provgate/gate.h"
 #include "provgate/http.h"
 #include "provgate/oidc.h"
+#include "provgate/outbox.h"
 #include "provgate/policy.h"
 #include "provgate/redis.h"
 #include "provgate/scim.h"
@@ -26,7 +27,6 @@
 #define PG_GATE_MAX_ARGS     8192    /* query string of the callback */
 #define PG_GATE_MAX_SESSION  (256u * 1024u) /* session JSON in Redis */
 #define PG_GATE_SID_BYTES    32
-#define PG_GATE_LOCK_MS      30000   /* provisioning lock lease */
 #define PG_GATE_LOCK_POLL_MS 50
 
 typedef struct pg_gate_op pg_op_t;
@@ -34,15 +34,29 @@ typedef struct pg_provider pg_provider_t;
 
 typedef void (*pg_step_fn)(pg_op_t *op, pg_status_t st);
 
+/* A follower of one Redis Stream (follow.c). */
+typedef void (*pg_follow_entry_fn)(void *arg, const char *const *names,
+                                   const char *const *values, size_t n);
+typedef void (*pg_follow_state_fn)(void *arg, int live);
+
+typedef struct pg_follow {
+    pg_gate_t              *g;
+    pg_redis_t             *r;              /* own connection: XREAD BLOCK */
+    pg_redis_op_t          *op;
+    pg_timer_t             *retry;
+    char                   *stream;
+    char                    last_id[64];
+    int                     live;
+    pg_follow_entry_fn      on_entry;
+    pg_follow_state_fn      on_state;
+    void                   *arg;
+} pg_follow_t;
+
 /* Per-process session cache and its revocation feed (cache.c). */
 typedef struct pg_cache {
     pg_gate_t              *g;
     json_t                 *map;            /* sid -> {"until", "s"} */
-    pg_redis_t             *feed;           /* own connection: XREAD BLOCK */
-    pg_redis_op_t          *op;
-    pg_timer_t             *retry;
-    char                   *stream;         /* <prefix>revoked */
-    char                    last_id[64];
+    pg_follow_t             feed;           /* <prefix>revoked */
     int                     live;           /* feed established */
 } pg_cache_t;
 
@@ -72,9 +86,18 @@ struct pg_gate {
     const char             *header_names[6];
     pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
+
+    /* the provisioning outbox (outbox_login.c) */
+    pg_redis_t             *ob_redis;       /* consumer: XREADGROUP BLOCK */
+    pg_outbox_consumer_t   *ob_consumer;
+    pg_follow_t             ob_events;      /* <prefix>outbox:events */
+    int                     ob_following;
+    pg_op_t                *ob_waiters;     /* logins waiting for an outcome */
+    struct pg_ob_job       *ob_jobs;        /* operations being applied */
 };
 
-enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS };
+enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS,
+       PG_FLOW_OUTBOX };
 
 struct pg_gate_op {
     pg_gate_t              *g;
@@ -140,6 +163,15 @@ struct pg_gate_op {
     struct pg_saml_job     *job;            /* SAML verification in flight */
     uint64_t                started_ms;
 
+    /* outbox delivery (outbox_login.c) */
+    pg_outbox_req_t        *obreq;          /* enqueue in flight */
+    char                   *ob_idem;        /* the operation waited for */
+    pg_op_t                *ob_next;        /* g->ob_waiters link */
+    int                     ob_listed;
+    int                     ob_outcome;     /* 0 pending, 1 done, 2 failed */
+    char                    ob_error[256];  /* last error reported */
+    uint64_t                ob_deadline;
+
     pg_gate_result_t       *res;
 };
 
@@ -175,6 +207,12 @@ const pg_http_response_t *pg_op_response(void);
 PG_MUST_USE pg_status_t pg_op_sleep(pg_op_t *op, pg_step_fn next,
                                     uint64_t ms);
 
+/* An error page that asks the client to come back (see gate.c). */
+pg_gate_result_t *pg_page_retry(int status, int html, const char *reason,
+                                const char *message, const char *event_id,
+                                const char *refresh_url,
+                                unsigned retry_after_s);
+
 /* "<prefix><a><b>" into a malloc'd key. */
 char *pg_key(pg_gate_t *g, const char *a, const char *b);
 
@@ -186,6 +224,14 @@ char *pg_cookie_line_ss(const pg_config_t *cfg, const char *name,
                         const char *samesite);
 char *pg_cookie_line(const pg_config_t *cfg, const char *name,
                      const char *value, long max_age);
+
+/* ---- follow.c -------------------------------------------------------- */
+PG_MUST_USE pg_status_t pg_follow_start(pg_follow_t *f, pg_gate_t *g,
+                                        const char *suffix,
+                                        pg_follow_entry_fn on_entry,
+                                        pg_follow_state_fn on_state,
+                                        void *arg);
+void pg_follow_stop(pg_follow_t *f);
 
 /* ---- cache.c --------------------------------------------------------- */
 PG_MUST_USE pg_status_t pg_cache_init(pg_gate_t *g);
@@ -231,7 +277,22 @@ PG_MUST_USE pg_status_t pg_session_headers(pg_gate_t *g, const json_t *sess,
  * op->after_provision(op, PG_OK) with op->decision and op->scim filled, or
  * finish the op with a denial/error page. */
 void pg_provision_start(pg_op_t *op);
+/* Apply op->decision to the target now (lease, SCIM, record): the part of
+ * pg_provision_start after the decision; also the outbox job's body. */
+void pg_provision_apply(pg_op_t *op);
 void pg_prov_unlock(pg_op_t *op);
+
+/* ---- outbox_login.c -------------------------------------------------- */
+/* Start the outbox consumer and the outcome feed (when a target uses the
+ * outbox); stop them. */
+PG_MUST_USE pg_status_t pg_ob_init(pg_gate_t *g, pg_err_t *err);
+void pg_ob_free(pg_gate_t *g);
+/* Enqueue op->decision for op->app, wait up to the target's wait_ms, then
+ * run op->after_provision (done, or proceed mode) or finish the op with a
+ * "being prepared" / failure page. */
+void pg_ob_provision(pg_op_t *op);
+/* Unlink a waiting op (pg_op_free). */
+void pg_ob_unlist(pg_op_t *op);
 
 /* ---- identity.c ------------------------------------------------------ */
 /* Identity attributes from ID token claims, per cfg->claims. */

@@ -2,7 +2,8 @@
  * provgate core: just-in-time provisioning of one app at login.
  *
  *   decide   pg_policy_decide(attrs, app): no account granted -> 403
- *   lock     SET <p>lock:prov:<iid>:<app> <token> NX PX 30000; while held by
+ *   lock     SET <p>lock:prov:<iid>:<app> <token> NX PX (4 * target
+ *            timeout_ms + 1000); while held by
  *            another login of the same person, poll every 50 ms (no
  *            blocking) until it is free or the target's time budget is
  *            spent. So two concurrent first logins of one person run the
@@ -403,7 +404,9 @@ pg_prov_try_lock(pg_op_t *op, pg_status_t st)
     const char *argv[6];
     char ttl[32];
 
-    snprintf(ttl, sizeof(ttl), "%u", PG_GATE_LOCK_MS);
+    /* the lease outlives the longest ensure (a few target calls), and no
+     * more: after a crash the next holder waits at most this long */
+    snprintf(ttl, sizeof(ttl), "%u", 4 * op->target->timeout_ms + 1000);
     argv[0] = "SET"; argv[1] = op->lock_key; argv[2] = op->lock_token;
     argv[3] = "NX"; argv[4] = "PX"; argv[5] = ttl;
     st = pg_op_redis(op, pg_prov_locked, 6, argv, NULL);
@@ -415,8 +418,6 @@ pg_prov_try_lock(pg_op_t *op, pg_status_t st)
 void
 pg_provision_start(pg_op_t *op)
 {
-    const pg_host_t *h = op->g->host;
-    char token[48], *name = NULL;
     json_t *f;
     pg_status_t st;
 
@@ -448,6 +449,23 @@ pg_provision_start(pg_op_t *op)
         return;
     }
     pg_op_audit(op, "policy.decision", "success", "granted", f, NULL);
+    if (op->target->via_outbox) {
+        pg_ob_provision(op);
+        return;
+    }
+    pg_provision_apply(op);
+}
+
+/*
+ * Take the per-(identity, app) lease, then ensure the account. op->iid,
+ * op->attrs, op->target and op->decision are set. Ends in
+ * op->after_provision(op, PG_OK) or a denial.
+ */
+void
+pg_provision_apply(pg_op_t *op)
+{
+    const pg_host_t *h = op->g->host;
+    char token[48], *name = NULL;
 
     if (pg_random_token(18, token, sizeof(token)) != PG_OK
         || asprintf(&name, "lock:prov:%s:", op->iid) < 0) {

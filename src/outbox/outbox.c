@@ -11,6 +11,9 @@
  *   P outbox:status:<idem>   per-operation status stream (TTL), fields
  *                            status=retry|done|failed, attempt, error, id
  *   P outbox:rate:<target>   token bucket hash {tokens, ts} (PEXPIRE)
+ *   P outbox:events          stream of terminal outcomes (MAXLEN ~10000),
+ *                            fields idem, status=done|failed, error: one
+ *                            reader per process wakes all its waiters
  *
  * Every multi-key change is one Lua script (EVAL), so each transition
  * (enqueue, finish, promote, dead-letter moves) is atomic in Redis.
@@ -89,6 +92,13 @@ static const char LUA_FINISH[] =
     "redis.call('XADD', KEYS[5], 'MAXLEN', '~', '32', '*', 'status', st,\n"
     "           'attempt', ARGV[7], 'error', ARGV[6], 'id', ARGV[2])\n"
     "redis.call('EXPIRE', KEYS[5], ARGV[4])\n"
+    "if st == 'done' and string.sub(ARGV[10], 1, 5) == 'live:' then\n"
+    "  redis.call('DEL', KEYS[4])\n"
+    "end\n"
+    "if st ~= 'retry' then\n"
+    "  redis.call('XADD', KEYS[1] .. ':events', 'MAXLEN', '~', '10000', '*',\n"
+    "             'idem', ARGV[10], 'status', st, 'error', ARGV[6])\n"
+    "end\n"
     "return {1, res}\n";
 
 /*
@@ -683,7 +693,17 @@ idem_make(const pg_outbox_op_t *op, const char *state, char *out,
     memcpy(buf + a + b + 2, op->kind, c);
     buf[a + b + c + 2] = '\n';
     memcpy(buf + a + b + c + 3, state, d);
-    st = pg_sha256_b64url(buf, n, out, outsz);
+    if (op->release_when_done) {
+        /* "live:" keys deduplicate only while the operation is pending */
+        if (outsz < 6) {
+            free(buf);
+            return PG_ERR_TOO_LARGE;
+        }
+        memcpy(out, "live:", 5);
+        st = pg_sha256_b64url(buf, n, out + 5, outsz - 5);
+    } else {
+        st = pg_sha256_b64url(buf, n, out, outsz);
+    }
     free(buf);
     return st;
 }

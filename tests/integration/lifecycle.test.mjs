@@ -4,13 +4,20 @@
 import { describe, test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { cleanupAll, parseForms } from './lib/harness.mjs';
-import { startEnv, sanitizerReports } from './gw/env.mjs';
+import { startEnv, sanitizerReports, provgateConfig } from './gw/env.mjs';
+
+/** cfgOver: the demo app's login budget raised to 15 s. */
+function slowBudget(e) {
+  const t = provgateConfig(e).targets;
+  return { targets: { ...t, demoapp: { ...t.demoapp, wait_ms: 15000 } } };
+}
 
 describe('nginx lifecycle', () => {
   after(cleanupAll);
 
   test('graceful quit is immediate when idle and waits for an in-flight login', async () => {
-    const e = await startEnv(undefined, { workers: 2 });
+    // a budget long enough for the slow target: the login itself waits
+    const e = await startEnv(undefined, { workers: 2, cfgOver: slowBudget });
     const { res } = await e.login('alice', '/app/q');
     assert.equal(res.status, 200);
 
@@ -49,8 +56,14 @@ describe('nginx lifecycle', () => {
     assert.match(res.body, /id="reason">gateway_timeout</);
     assert.ok(took < 2500, `answered after ${took} ms`);
     assert.equal(b.getCookie(`${e.base}/app/`, 'provgate_session'), undefined);
-    // the worker is healthy and the next login works
-    const ok = await e.login('alice', '/app/watchdog');
+    // the worker is healthy, and the operation the first login queued
+    // completes in the background: a later login works
+    let ok;
+    for (let i = 0; i < 20; i++) {
+      ok = await e.login('alice', '/app/watchdog');
+      if (ok.res.status === 200) break;
+      await new Promise((r) => { setTimeout(r, 500); });
+    }
     assert.equal(ok.res.status, 200, ok.res.body);
     await e.nginx.stop();
     assert.deepEqual(sanitizerReports(e.prefix), []);

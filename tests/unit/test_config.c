@@ -230,6 +230,19 @@ static const bad_case_t bad_cases[] = {
     {{"identity/correlation", "[{\"claim\":\"email\",\"index\":\"e\","
       "\"verify\":true}]"}, 0, 0,
      "$.identity.correlation[0].verify: unknown field"},
+    {{"outbox/retries", "3"}, 0, 0, "$.outbox.retries: unknown field"},
+    /* outbox delivery */
+    {{"targets/app/delivery", "\"later\""}, 0, 0,
+     "$.targets.app.delivery: must be \"outbox\" or \"direct\""},
+    {{"targets/app/on_slow", "\"wait\""}, 0, 0,
+     "$.targets.app.on_slow: must be \"block\" or \"proceed\""},
+    {{"targets/app/wait_ms", "700000"}, 0, 0,
+     "$.targets.app.wait_ms: must be between 0 and 600000"},
+    {{"outbox/dedup_ttl_s", "7200"}, 0, 0,
+     "$.outbox.dedup_ttl_s: must not exceed status_ttl_s (3600)"},
+    {{"outbox/backoff_base_ms", "5000", "outbox/backoff_max_ms", "1000"}, 0, 0,
+     "$.outbox.backoff_base_ms: must not exceed backoff_max_ms (1000)"},
+    {{"outbox/consume", "1"}, 0, 0, "$.outbox.consume: must be true or false"},
     /* wrong types */
     {{"redis/host", "5"}, 0, 0, "$.redis.host: must be a string"},
     {{"redis/port", "\"6379\""}, 0, 0, "$.redis.port: must be an integer"},
@@ -845,6 +858,18 @@ test_minimal_defaults(void **state)
     assert_int_equal(cfg->redis.db, 0);
     assert_int_equal(cfg->redis.connect_timeout_ms, 1000);
     assert_int_equal(cfg->redis.command_timeout_ms, 1000);
+    /* the outbox is on by default, with the documented defaults */
+    assert_int_equal(cfg->outbox.consume, 1);
+    assert_int_equal(cfg->outbox.claim_idle_ms, 30000);
+    assert_int_equal(cfg->outbox.max_attempts, 5);
+    assert_int_equal(cfg->outbox.dedup_ttl_s, 600);
+    assert_int_equal(cfg->outbox.status_ttl_s, 3600);
+    if (cfg->ntargets > 0) {
+        assert_int_equal(cfg->targets[0].via_outbox, 1);
+        assert_int_equal(cfg->targets[0].proceed_when_slow, 0);
+        assert_int_equal(cfg->targets[0].wait_ms,
+                         2 * cfg->targets[0].timeout_ms + 1000);
+    }
     assert_string_equal(cfg->redis.key_prefix, "pg:");
 
     assert_string_equal(cfg->session.cookie_name, "provgate_session");

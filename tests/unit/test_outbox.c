@@ -482,6 +482,84 @@ test_deliver_ack_wait(void **state)
     fx_close(&f);
 }
 
+/*
+ * "live:" keys (release_when_done) deduplicate only while the operation is
+ * pending: a concurrent enqueue joins it, a later one (after done) makes a
+ * new operation. Every terminal outcome lands on pg:outbox:events.
+ */
+static void
+test_live_key_and_events(void **state)
+{
+    fx_t f;
+    handler_t h;
+    pg_outbox_config_t cfg = fast_cfg("w1");
+    pg_outbox_consumer_t *c = NULL;
+    json_t *js = json_pack("{s:s}", "grp", "eng");
+    pg_outbox_op_t op = mkop("bob", "scim:app", js);
+    enq_res_t e1, e2, e3;
+    char buf[256], idem[PG_OUTBOX_IDEM_MAX + 1];
+
+    (void)state;
+    flush(&g_srv);
+    fx_open(&f, &g_srv);
+    memset(&h, 0, sizeof(h));
+    op.release_when_done = 1;
+    assert_int_equal(pg_outbox_idem(&op, idem, sizeof(idem)), PG_OK);
+    assert_memory_equal(idem, "live:", 5);
+    assert_int_equal(strlen(idem), 5 + 43);
+
+    e1 = enqueue1(&f, &op);
+    e2 = enqueue1(&f, &op);           /* while pending: joins */
+    assert_int_equal(e1.created, 1);
+    assert_int_equal(e2.created, 0);
+    assert_string_equal(e1.id, e2.id);
+    assert_string_equal(e1.idem, idem);
+
+    assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &cfg, handler_cb, &h,
+                                            &c), PG_OK);
+    spin(&f, 300);
+    assert_int_equal(h.ncalls, 1);
+    /* released: the key is gone, and the outcome is on the events stream */
+    snprintf(buf, sizeof(buf), "EXISTS pg:outbox:key:%s", idem);
+    {
+        char out[32];
+        q(&g_srv, buf, out, sizeof(out));
+        assert_string_equal(out, ":0");
+    }
+    {
+        char out[32], cmd[256];
+
+        snprintf(cmd, sizeof(cmd),
+                 "EVAL \"local r = redis.call('XRANGE', KEYS[1], '-', '+') "
+                 "if #r == 1 and r[1][2][2] == ARGV[1] and r[1][2][4] == "
+                 "'done' then return 1 end return 0\" 1 pg:outbox:events %s",
+                 idem);
+        q(&g_srv, cmd, out, sizeof(out));
+        assert_string_equal(out, ":1");
+    }
+
+    /* the same desired state later: a new operation, applied again */
+    e3 = enqueue1(&f, &op);
+    assert_int_equal(e3.created, 1);
+    assert_string_not_equal(e3.id, e1.id);
+    spin(&f, 300);
+    assert_int_equal(h.ncalls, 2);
+
+    /* a plain key is NOT released (HR event ids stay deduplicated) */
+    op.release_when_done = 0;
+    e1 = enqueue1(&f, &op);
+    spin(&f, 300);
+    assert_int_equal(h.ncalls, 3);
+    e2 = enqueue1(&f, &op);
+    assert_int_equal(e2.created, 0);
+    spin(&f, 200);
+    assert_int_equal(h.ncalls, 3);
+
+    pg_outbox_consumer_free(c);
+    json_decref(js);
+    fx_close(&f);
+}
+
 /* Retry with exponential backoff; attempts counted; then success. */
 static void
 test_retry_backoff(void **state)
@@ -1236,6 +1314,7 @@ main(void)
         cmocka_unit_test(test_idem_key),
         cmocka_unit_test(test_enqueue_idempotent_concurrent),
         cmocka_unit_test(test_deliver_ack_wait),
+        cmocka_unit_test(test_live_key_and_events),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_dead_letter),
         cmocka_unit_test(test_reclaim_dead_consumer),

@@ -158,6 +158,7 @@ export function provgateConfig(e, over = {}) {
         auth: { type: 'bearer', token_file: 'scim.token' },
         timeout_ms: 3000,
         connect_timeout_ms: 1000,
+        wait_ms: 2500,
         attributes: {
           userName: '${username}',
           'name.givenName': '${given_name}',
@@ -168,6 +169,9 @@ export function provgateConfig(e, over = {}) {
           active: true,
         },
       },
+    },
+    outbox: {
+      claim_idle_ms: 2000, backoff_base_ms: 300, backoff_max_ms: 2000, max_attempts: 6,
     },
     identity: {
       claims: {
@@ -252,6 +256,7 @@ export async function startEnv(t, opts = {}) {
   fs.writeFileSync(path.join(e.cfgDir, 'policies.json'), JSON.stringify(opts.policies || DEFAULT_POLICIES, null, 2));
   e.cfgFile = path.join(e.cfgDir, 'provgate.json');
   e.auditFile = path.join(e.cfgDir, 'audit.jsonl');
+  e.baseConfig = () => provgateConfig(e);
   const cfg = provgateConfig(e, opts.cfgOver ? opts.cfgOver(e) : {});
   fs.writeFileSync(e.cfgFile, JSON.stringify(cfg, null, 2));
 

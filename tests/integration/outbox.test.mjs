@@ -1,0 +1,159 @@
+// The durable provisioning outbox through the real gateway: process kills
+// in the middle of provisioning (an nginx worker, the whole of nginx, Redis
+// with AOF) never lose the operation and never create a second account.
+import { describe, test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  cleanupAll, parseForms, sleep, startNginx, restartRedis,
+} from './lib/harness.mjs';
+import { startEnv, sanitizerReports } from './gw/env.mjs';
+
+const FRESH = {};
+for (const [i, name] of ['kim', 'lee', 'max', 'ned'].entries()) {
+  FRESH[name] = {
+    password: `${name}-pw`,
+    claims: {
+      sub: `sub-${name}-10${i}`, email: `${name}@example.com`, email_verified: true,
+      preferred_username: name, name: `${name} Test`, given_name: name, family_name: 'Test',
+      groups: ['staff'], employee_type: 'employee', department: 'engineering', employee_number: `90${i}`,
+    },
+  };
+}
+
+/** Run a login up to the provider's redirect back to the callback. */
+async function untilCallback(e, user, startPath) {
+  const b = e.browser();
+  const stopAt = `${e.base}/provgate/callback`;
+  const first = await b.get(`${e.base}${startPath}`, { stopAt });
+  const form = parseForms(first.body, first.url).find((f) => f.inputs.some((i) => i.type === 'password'));
+  assert.ok(form, `login form expected, got ${first.status}`);
+  const posted = await b.request('POST', form.action, {
+    form: { ...form.fields, username: user, password: e.users[user].password },
+  });
+  const cb = await b.follow(posted, { stopAt });
+  assert.ok(cb.location && cb.location.startsWith(stopAt), `callback expected, got ${cb.status}`);
+  return { b, callbackUrl: cb.location };
+}
+
+/** Log in again until it succeeds (the reclaimed operation finishes). */
+async function loginUntilOk(e, user, startPath, ms = 40000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try {
+      last = (await e.login(user, startPath)).res;
+      if (last.status === 200) return last;
+    } catch (err) {
+      last = { status: 0, body: String(err) };
+    }
+    await sleep(500);
+  }
+  assert.fail(`no successful login within ${ms} ms: ${last.status} ${String(last.body).slice(0, 300)}\n${e.nginx.errorLog().split("\n").filter((l) => /outbox|provgate|signal/.test(l)).slice(-30).join("\n")}`);
+  return last;
+}
+
+async function pendingCount(e) {
+  const s = await e.redisCmd('XPENDING', 'pg:outbox', 'provgate');
+  return Number(s[0]);
+}
+
+/** Start a login whose provisioning is slow, and return when the target
+ *  has the operation in hand (its user lookup is being answered). */
+async function startSlowLogin(e, user, path) {
+  await e.scim.resetLog();
+  await e.scim.setFaults({ latency_ms: 1500, latency_paths: '/Users' });
+  const { b, callbackUrl } = await untilCallback(e, user, path);
+  const pending = b.request('GET', callbackUrl).catch((err) => ({ status: 0, body: String(err) }));
+  const end = Date.now() + 5000;
+  while (Date.now() < end) {
+    const st = await e.scim.state();
+    if (st.requests && st.requests.some((r) => /\/Users/.test(r.path || r.url || ''))) break;
+    await sleep(50);
+  }
+  await sleep(300);
+  return pending;
+}
+
+describe('durable outbox through the gateway', () => {
+  after(cleanupAll);
+  let e;
+
+  test('setup', async () => {
+    e = await startEnv(undefined, { workers: 1, users: FRESH });
+  });
+
+  test('a worker killed mid-provisioning: the operation completes exactly once after the respawn', async () => {
+    const [worker] = e.nginx.workerPids();
+    const pending = startSlowLogin(e, 'kim', '/app/kill-worker');
+    await sleep(200);
+    await (async () => { await sleep(800); process.kill(worker, 'SIGKILL'); })();
+    const dead = await pending;
+    assert.notEqual(dead.status, 200, 'the killed worker could not answer');
+    await e.scim.clearFaults();
+    const end = Date.now() + 5000;
+    while (Date.now() < end && e.nginx.workerPids().every((p) => p === worker)) await sleep(50);
+    assert.ok(e.nginx.workerPids().some((p) => p !== worker), 'the master started a new worker');
+    // the entry the dead worker held is reclaimed (claim_idle_ms 2000) and
+    // applied once the dead worker's lease on the person (4 x timeout_ms +
+    // 1 s = 13 s) has expired
+    const res = await loginUntilOk(e, 'kim', '/app/kill-worker');
+    assert.equal(res.status, 200);
+    assert.equal((await e.scimUsers('kim')).length, 1, 'exactly one account');
+    assert.equal(await pendingCount(e), 0, 'nothing left pending');
+    assert.match(e.nginx.errorLog(), /outbox: applying \S+ again \(attempt \d+, reclaimed\)/);
+  });
+
+  test('nginx killed outright (master and worker) mid-provisioning: completes once after a restart', async () => {
+    const pids = [e.nginx.pid, ...e.nginx.workerPids()];
+    const pending = startSlowLogin(e, 'lee', '/app/kill-nginx');
+    await sleep(1000);
+    for (const p of pids) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+    await pending;
+    await e.scim.clearFaults();
+    await sleep(200);
+    e.nginx = await startNginx({ conf: e.conf, prefix: e.prefix, workers: 1, waitPort: e.port });
+    const res = await loginUntilOk(e, 'lee', '/app/kill-nginx');
+    assert.equal(res.status, 200);
+    assert.equal((await e.scimUsers('lee')).length, 1, 'exactly one account');
+    assert.equal(await pendingCount(e), 0);
+  });
+
+  test('Redis killed (AOF, fsync always) mid-provisioning: the operation survives and completes once', async () => {
+    const pending = startSlowLogin(e, 'max', '/app/kill-redis');
+    await sleep(400);
+    await restartRedis(e.redis, { signal: 'SIGKILL' });
+    await pending;
+    await e.scim.clearFaults();
+    const res = await loginUntilOk(e, 'max', '/app/kill-redis');
+    assert.equal(res.status, 200);
+    assert.equal((await e.scimUsers('max')).length, 1, 'exactly one account');
+    const end = Date.now() + 5000;
+    while (Date.now() < end && await pendingCount(e) > 0) await sleep(200);
+    assert.equal(await pendingCount(e), 0);
+  });
+
+  test('"on_slow": "proceed" forwards at once and finishes in the background', async () => {
+    await e.nginx.stop();
+    e = await startEnv(undefined, {
+      workers: 1,
+      users: FRESH,
+      cfgOver: (env) => {
+        const base = env.baseConfig();
+        return { targets: { demoapp: { ...base.targets.demoapp, wait_ms: 300, on_slow: 'proceed' } } };
+      },
+    });
+    await e.scim.setFaults({ latency_ms: 1000, latency_paths: '/Users' });
+    const t0 = Date.now();
+    const { res } = await e.login('ned', '/app/proceed');
+    const took = Date.now() - t0;
+    assert.equal(res.status, 200, res.body.slice(0, 300));
+    assert.ok(took < 2500, `forwarded after ${took} ms`);
+    assert.ok(e.audit().some((x) => x.type === 'provision.deferred' && x.reason === 'proceed'));
+    await e.scim.clearFaults();
+    const end = Date.now() + 10000;
+    while (Date.now() < end && (await e.scimUsers('ned')).length === 0) await sleep(200);
+    assert.equal((await e.scimUsers('ned')).length, 1, 'the account was made in the background');
+    await e.nginx.stop();
+    assert.deepEqual(sanitizerReports(e.prefix), []);
+  });
+});
