@@ -527,7 +527,7 @@ test_live_key_and_events(void **state)
         assert_string_equal(out, ":0");
     }
     {
-        char out[32], cmd[256];
+        char out[32], cmd[512];
 
         snprintf(cmd, sizeof(cmd),
                  "EVAL \"local r = redis.call('XRANGE', KEYS[1], '-', '+') "
