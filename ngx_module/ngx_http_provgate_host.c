@@ -219,6 +219,20 @@ ngx_http_provgate_watch_close(pg_watch_t *w)
 
     if (!w->entered) {
         ngx_http_provgate_watch_free(w);
+        return;
+    }
+
+    /*
+     * Closed inside its own handler: the connection is freed when the
+     * handler returns, but the interest goes now, because the owner may
+     * watch the same descriptor again at once (libpq re-opens its watch
+     * after each connect step): epoll would refuse a second registration.
+     */
+    if (w->c->read->active) {
+        (void) ngx_http_provgate_del(w->c->read, NGX_READ_EVENT);
+    }
+    if (w->c->write->active) {
+        (void) ngx_http_provgate_del(w->c->write, NGX_WRITE_EVENT);
     }
 }
 

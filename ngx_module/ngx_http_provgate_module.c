@@ -16,6 +16,8 @@
  *   provgate_logout;                   loc       end the session
  *   provgate_saml_metadata <idp>;      loc       SAML SP metadata of <idp>
  *   provgate_saml_acs;                 loc       SAML Assertion Consumer Service
+ *   provgate_admin;                    loc       admin API (access requests,
+ *                                      dead letters; JSON)
  *   provgate_wait_timeout <time>;      http/srv/loc  longest a request may
  *                                      wait for provgate (default 60s)
  */
@@ -41,6 +43,7 @@
 #define NGX_HTTP_PROVGATE_LOGOUT    2
 #define NGX_HTTP_PROVGATE_METADATA  3
 #define NGX_HTTP_PROVGATE_SAML_ACS  4
+#define NGX_HTTP_PROVGATE_ADMIN     5
 
 #define NGX_HTTP_PROVGATE_MAX_HEADERS  8
 
@@ -138,6 +141,13 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       ngx_http_provgate_endpoint,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PROVGATE_SAML_ACS,
+      NULL },
+
+    { ngx_string("provgate_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_provgate_endpoint,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PROVGATE_ADMIN,
       NULL },
 
     { ngx_string("provgate_saml_metadata"),
@@ -990,6 +1000,9 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
         st = pg_gate_callback(ngx_http_provgate_gate, &req,
                               ngx_http_provgate_done, ctx, &ctx->op,
                               &ctx->res);
+    } else if (plcf->endpoint == NGX_HTTP_PROVGATE_ADMIN) {
+        st = pg_gate_admin(ngx_http_provgate_gate, &req,
+                           ngx_http_provgate_done, ctx, &ctx->op, &ctx->res);
     } else {
         st = pg_gate_logout(ngx_http_provgate_gate, &req,
                             ngx_http_provgate_done, ctx, &ctx->op, &ctx->res);

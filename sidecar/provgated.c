@@ -46,7 +46,11 @@
 #include "provgate/audit.h"
 #include "provgate/config.h"
 #include "provgate/evhost.h"
+#include "provgate/gate.h"
+#include "provgate/jml.h"
 #include "provgate/redis.h"
+#include "provgate/util.h"
+#include <sys/stat.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:9180"
 #define MAX_LISTEN_ARG 300u
@@ -83,6 +87,17 @@ typedef struct daemon {
     const char *log_file;        /* argv, borrowed; NULL: stderr */
     int log_fd;
     pg_log_level_t log_level;
+
+    /* provisioning: the gate runs the outbox consumer (every target type,
+     * the same code as the gateway) and the HR import (JML) */
+    pg_gate_t *gate;
+    pg_jml_t *jml;
+    pg_timer_t *poll_timer;
+    struct stat last_import;     /* file identity of the last import */
+    int have_last;
+    json_t *last_summary;        /* of the last import */
+    unsigned long long imports, import_failures;
+    char *admin_token;           /* --admin-token-file; NULL: POST refused */
 } daemon_t;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -282,12 +297,15 @@ cancel_health(daemon_t *d)
  */
 static pg_status_t
 build_runtime(daemon_t *d, const pg_config_t *cfg, pg_redis_t **redis,
-              pg_audit_t **audit, pg_err_t *err)
+              pg_audit_t **audit, pg_gate_t **gate, pg_jml_t **jml,
+              pg_err_t *err)
 {
     pg_status_t st;
 
     *redis = NULL;
     *audit = NULL;
+    *gate = NULL;
+    *jml = NULL;
     st = pg_redis_new(d->host, &cfg->redis, redis);
     if (st != PG_OK) {
         pg_err_set(err, "redis client: %s", pg_status_str(st));
@@ -296,6 +314,19 @@ build_runtime(daemon_t *d, const pg_config_t *cfg, pg_redis_t **redis,
     st = pg_audit_new(d->host, &cfg->audit, cfg->instance, *redis, audit,
                       err);
     if (st != PG_OK) {
+        pg_redis_free(*redis);
+        *redis = NULL;
+        return st;
+    }
+    st = pg_gate_new(cfg, d->host, gate, err);
+    if (st == PG_OK && cfg->hr_source != NULL) {
+        st = pg_jml_new(cfg, d->host, *redis, *audit, jml, err);
+    }
+    if (st != PG_OK) {
+        pg_gate_free(*gate);
+        *gate = NULL;
+        pg_audit_free(*audit);
+        *audit = NULL;
         pg_redis_free(*redis);
         *redis = NULL;
         return st;
@@ -327,6 +358,8 @@ reload(daemon_t *d)
     pg_config_t *ncfg = NULL;
     pg_redis_t *nredis = NULL;
     pg_audit_t *naudit = NULL;
+    pg_gate_t *ngate = NULL;
+    pg_jml_t *njml = NULL;
     pg_err_t err;
     pg_status_t st;
 
@@ -337,7 +370,7 @@ reload(daemon_t *d)
     memset(&err, 0, sizeof(err));
     st = pg_config_load(d->config_path, &ncfg, &err);
     if (st == PG_OK) {
-        st = build_runtime(d, ncfg, &nredis, &naudit, &err);
+        st = build_runtime(d, ncfg, &nredis, &naudit, &ngate, &njml, &err);
     }
     if (st != PG_OK) {
         pg_config_free(ncfg);
@@ -355,6 +388,8 @@ reload(daemon_t *d)
         }
         return;
     }
+    pg_jml_free(d->jml);
+    pg_gate_free(d->gate);
     pg_audit_free(d->audit);
     cancel_health(d);
     pg_redis_free(d->redis);
@@ -362,6 +397,9 @@ reload(daemon_t *d)
     d->cfg = ncfg;
     d->redis = nredis;
     d->audit = naudit;
+    d->gate = ngate;
+    d->jml = njml;
+    d->have_last = 0;   /* an import cut short by the reload runs again */
     d->reloads++;
     dlog(d, PG_LOG_INFO, json_pack("{s:s}", "event", "config.reload"),
          "configuration reloaded from %s", d->config_path);
@@ -447,6 +485,128 @@ serve_metrics(daemon_t *d, struct evhttp_request *req)
           (size_t)n);
 }
 
+/* ---- HR import (JML) --------------------------------------------------- */
+
+static void
+on_import_done(void *arg, pg_status_t st, const json_t *summary)
+{
+    daemon_t *d = arg;
+
+    if (st == PG_OK) {
+        d->imports++;
+    } else {
+        d->import_failures++;
+        if (st == PG_ERR_REDIS || st == PG_ERR_IO || st == PG_ERR_TIMEOUT
+            || st == PG_ERR_NOMEM) {
+            /* transient: try the same file again at the next poll (a
+             * refused or malformed file waits until it changes) */
+            d->have_last = 0;
+        }
+    }
+    json_decref(d->last_summary);
+    d->last_summary = summary != NULL ? json_deep_copy(summary) : NULL;
+    if (d->last_summary != NULL) {
+        json_object_set_new(d->last_summary, "status",
+                            json_string(pg_status_str(st)));
+    }
+    dlog(d, st == PG_OK ? PG_LOG_INFO : PG_LOG_WARN,
+         summary != NULL ? json_deep_copy(summary) : NULL,
+         "HR import %s", st == PG_OK ? "applied" : "not applied");
+}
+
+/* Start an import unless one runs; 0 when started. */
+static int
+start_import(daemon_t *d, int force)
+{
+    pg_status_t st;
+
+    if (d->jml == NULL) {
+        return -1;
+    }
+    st = pg_jml_import(d->jml, NULL, force, on_import_done, d);
+    return st == PG_OK ? 0 : -1;
+}
+
+/* Every poll_s: import when the file changed (inode, size or mtime). */
+static void
+on_poll_timer(void *arg)
+{
+    daemon_t *d = arg;
+    struct stat sb;
+
+    if (d->jml != NULL && !d->stopping) {
+        if (stat(pg_jml_file(d->jml), &sb) == 0
+            && (!d->have_last || sb.st_ino != d->last_import.st_ino
+                || sb.st_size != d->last_import.st_size
+                || sb.st_mtim.tv_sec != d->last_import.st_mtim.tv_sec
+                || sb.st_mtim.tv_nsec != d->last_import.st_mtim.tv_nsec)
+            && start_import(d, 0) == 0) {
+            d->last_import = sb;
+            d->have_last = 1;
+        }
+    }
+    if (d->jml != NULL && pg_jml_poll_s(d->jml) > 0) {
+        d->host->timer_arm(d->poll_timer,
+                           (uint64_t) pg_jml_poll_s(d->jml) * 1000);
+    } else {
+        d->host->timer_arm(d->poll_timer, 1000);
+    }
+}
+
+/* 1 when the request carries "Authorization: Bearer <admin token>". */
+static int
+authorized(daemon_t *d, struct evhttp_request *req)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req),
+                                       "Authorization");
+    size_t n;
+
+    if (d->admin_token == NULL || h == NULL || strncmp(h, "Bearer ", 7) != 0) {
+        return 0;
+    }
+    n = strlen(d->admin_token);
+    return pg_ct_equal(h + 7, strlen(h + 7), d->admin_token, n);
+}
+
+static void
+serve_import(daemon_t *d, struct evhttp_request *req)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    char *text;
+
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        text = d->last_summary != NULL
+                   ? json_dumps(d->last_summary, JSON_COMPACT) : strdup("{}");
+        if (text == NULL) {
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
+        reply(req, 200, "OK", "application/json", text, strlen(text));
+        free(text);
+        return;
+    }
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", "/import"));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return;
+    }
+    if (d->jml == NULL) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_hr_source\"}", 24);
+        return;
+    }
+    if (start_import(d, q != NULL && strstr(q, "force=1") != NULL) != 0) {
+        reply(req, 409, "Conflict", "application/json",
+              "{\"error\":\"import_running\"}", 26);
+        return;
+    }
+    audit(d, "admin.request", "success", "import",
+          json_pack("{s:b}", "force", q != NULL && strstr(q, "force=1")));
+    reply(req, 202, "Accepted", "application/json", "{\"started\":true}", 16);
+}
+
 /* Every request: GET/HEAD (others are refused by evhttp) to two paths. */
 static void
 on_request(struct evhttp_request *req, void *arg)
@@ -461,6 +621,8 @@ on_request(struct evhttp_request *req, void *arg)
         serve_healthz(d, req);
     } else if (strcmp(path, "/metrics") == 0) {
         serve_metrics(d, req);
+    } else if (strcmp(path, "/import") == 0) {
+        serve_import(d, req);
     } else {
         reply(req, 404, "Not Found", "text/plain; charset=utf-8",
               "not found\n", 10);
@@ -523,7 +685,8 @@ start_http(daemon_t *d, const char *listen_arg)
         dlog(d, PG_LOG_ERROR, NULL, "evhttp_new failed");
         return -1;
     }
-    evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    evhttp_set_allowed_methods(d->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD
+                                        | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(d->http, HTTP_MAX_HEADERS);
     evhttp_set_max_body_size(d->http, HTTP_MAX_BODY);
     evhttp_set_timeout(d->http, HTTP_TIMEOUT_S);
@@ -604,13 +767,26 @@ usage(FILE *f)
             "usage: provgated --config FILE [--listen HOST:PORT] "
             "[--log-file FILE]\n"
             "                 [--log-level error|warn|info|debug] "
-            "[--health-interval-ms N]\n");
+            "[--health-interval-ms N]\n"
+            "                 [--admin-token-file FILE]\n");
 }
 
 /* Free everything that exists (safe on a partly started daemon). */
 static void
 shutdown_all(daemon_t *d)
 {
+    if (d->poll_timer != NULL) {
+        d->host->timer_close(d->poll_timer);
+        d->poll_timer = NULL;
+    }
+    pg_jml_free(d->jml);
+    d->jml = NULL;
+    pg_gate_free(d->gate);
+    d->gate = NULL;
+    json_decref(d->last_summary);
+    d->last_summary = NULL;
+    free(d->admin_token);
+    d->admin_token = NULL;
     if (d->http != NULL) {
         evhttp_free(d->http);
         d->http = NULL;
@@ -663,13 +839,14 @@ main(int argc, char **argv)
         {"log-file", required_argument, NULL, 'f'},
         {"log-level", required_argument, NULL, 'v'},
         {"health-interval-ms", required_argument, NULL, 'i'},
+        {"admin-token-file", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}
     };
     daemon_t d;
     const char *listen_arg = DEFAULT_LISTEN;
     struct timespec now;
-    pg_err_t err;
+    pg_err_t err = { "" };
     pg_status_t st;
     char *end;
     long v;
@@ -679,7 +856,7 @@ main(int argc, char **argv)
     d.log_fd = STDERR_FILENO;
     d.log_level = PG_LOG_INFO;
     d.health_interval_ms = 1000;
-    while ((c = getopt_long(argc, argv, "c:l:f:v:i:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:l:f:v:i:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             d.config_path = optarg;
@@ -708,6 +885,20 @@ main(int argc, char **argv)
             }
             d.health_interval_ms = (unsigned)v;
             break;
+        case 't': {
+            size_t tl = 0;
+
+            if (pg_read_file(optarg, 4096, 1, &d.admin_token, &tl, &err)
+                != PG_OK || tl < 16) {
+                fprintf(stderr, "provgated: --admin-token-file: %s\n",
+                        tl < 16 && err.msg[0] == '\0'
+                            ? "the token must have at least 16 characters"
+                            : err.msg);
+                free(d.admin_token);
+                return 2;
+            }
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;
@@ -753,17 +944,18 @@ main(int argc, char **argv)
     d.base = pg_evhost_base(d.eh);
     pg_evhost_set_logger(d.eh, core_log, &d);
     pg_evhost_set_log_level(d.eh, d.log_level);
-    st = build_runtime(&d, d.cfg, &d.redis, &d.audit, &err);
+    st = build_runtime(&d, d.cfg, &d.redis, &d.audit, &d.gate, &d.jml, &err);
     if (st != PG_OK) {
         dlog(&d, PG_LOG_ERROR, json_pack("{s:s}", "error", err.msg),
              "cannot start: %s", err.msg);
         goto out;
     }
     d.health_timer = d.host->timer_open(d.host->ctx, on_health_timer, &d);
+    d.poll_timer = d.host->timer_open(d.host->ctx, on_poll_timer, &d);
     d.sig_hup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
     d.sig_term = evsignal_new(d.base, SIGTERM, on_sigstop, &d);
     d.sig_int = evsignal_new(d.base, SIGINT, on_sigstop, &d);
-    if (d.health_timer == NULL || d.sig_hup == NULL || d.sig_term == NULL ||
+    if (d.health_timer == NULL || d.poll_timer == NULL || d.sig_hup == NULL || d.sig_term == NULL ||
         d.sig_int == NULL || evsignal_add(d.sig_hup, NULL) != 0 ||
         evsignal_add(d.sig_term, NULL) != 0 ||
         evsignal_add(d.sig_int, NULL) != 0) {
@@ -774,6 +966,7 @@ main(int argc, char **argv)
         goto out;
     }
     d.host->timer_arm(d.health_timer, 0);
+    d.host->timer_arm(d.poll_timer, 0);
     dlog(&d, PG_LOG_INFO,
          json_pack("{s:s,s:s,s:i}", "listen", d.listen_addr, "config",
                    d.config_path, "pid", (int)getpid()),

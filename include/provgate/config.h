@@ -87,7 +87,10 @@ typedef struct pg_attr_map {
     json_t *literal;           /* JSON literal when not a template, else NULL */
 } pg_attr_map_t;
 
-typedef enum { PG_TARGET_SCIM = 1 } pg_target_type_t;
+/* SCIM targets use the full SCIM client (src/connectors/scim); every other
+ * type goes through the uniform connector contract (connector.h) and is
+ * configured by its own "connector" object. */
+typedef enum { PG_TARGET_SCIM = 1, PG_TARGET_CONNECTOR } pg_target_type_t;
 typedef enum { PG_AUTH_NONE = 0, PG_AUTH_BEARER, PG_AUTH_BASIC } pg_target_auth_t;
 
 typedef struct pg_target_cfg {
@@ -109,6 +112,11 @@ typedef struct pg_target_cfg {
     unsigned wait_ms;          /* login waits this long for the outbox op;
                                   default 2 * timeout_ms + 1000 */
     int proceed_when_slow;     /* "on_slow": "block" (0, default) | "proceed" */
+    /* PG_TARGET_CONNECTOR only: */
+    char *type_name;           /* "rest", "ldap", "sql", "csv", "manual" */
+    json_t *connector;         /* the type's own settings (validated by its
+                                  constructor, see pg_connector_create) */
+    int leave_delete;          /* "leave": "disable" (0, default) | "delete" */
 } pg_target_cfg_t;
 
 /* Correlation: link a login to an existing identity by a claim. */
@@ -171,6 +179,10 @@ typedef struct pg_config {
     pg_audit_cfg_t audit;
     pg_headers_cfg_t headers;
     pg_outbox_cfg_t outbox;
+    char *admin_role;          /* "admin": {"role"}; default "provgate-admin" */
+    json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
+    char *hr_file;             /* hr_source.file, resolved */
+    unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
     pg_idp_cfg_t *idps;
     size_t nidps;
     pg_target_cfg_t *targets;
@@ -186,6 +198,11 @@ typedef struct pg_config {
 PG_MUST_USE pg_status_t pg_config_load(const char *path, pg_config_t **out,
                                        pg_err_t *err);
 void pg_config_free(pg_config_t *cfg);
+
+/* Build and free every connector target's connector once, to validate
+ * its settings (src/connectors/factory.c; called by pg_config_load). */
+PG_MUST_USE pg_status_t pg_connectors_check(const pg_config_t *cfg,
+                                            pg_err_t *err);
 
 const pg_idp_cfg_t *pg_config_idp(const pg_config_t *cfg, const char *name);
 const pg_target_cfg_t *pg_config_target(const pg_config_t *cfg,

@@ -189,6 +189,25 @@ pg_connector_free(pg_connector_t *c)
     }
 }
 
+/*
+ * Create the connector of type type_name ("rest", "ldap", "sql", "csv",
+ * "manual") for target name from its "connector" JSON object (factory.c).
+ * http and redis are borrowed (REST uses http, manual uses redis with
+ * key prefix prefix) and must outlive the connector. No I/O happens here:
+ * a bad object gives PG_ERR_CONFIG with "<path>: <reason>" in err.
+ */
+struct pg_http;
+struct pg_redis;
+PG_MUST_USE pg_status_t pg_connector_create(const pg_host_t *host,
+                                            struct pg_http *http,
+                                            struct pg_redis *redis,
+                                            const char *prefix,
+                                            const char *name,
+                                            const char *type_name,
+                                            const json_t *cfg,
+                                            pg_connector_t **out,
+                                            pg_err_t *err);
+
 /* Stable name of an outcome ("created", ...). Never NULL. */
 const char *pg_conn_outcome_str(pg_conn_outcome_t o);
 

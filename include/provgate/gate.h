@@ -107,6 +107,16 @@ PG_MUST_USE pg_status_t pg_gate_saml_acs(pg_gate_t *g, const pg_gate_req_t *req,
                                          pg_gate_op_t **op_out,
                                          pg_gate_result_t **sync_res);
 
+/* The admin API (provgate_admin): access requests (list, approve, deny)
+ * and the outbox's dead letters (list, retry, discard); JSON in and out,
+ * authenticated by the session cookie, authorised by config admin.role or
+ * by being a request's approver. req->method "POST" for the actions.
+ * Routes: docs/admin-api.md. */
+PG_MUST_USE pg_status_t pg_gate_admin(pg_gate_t *g, const pg_gate_req_t *req,
+                                      pg_gate_cb cb, void *arg,
+                                      pg_gate_op_t **op_out,
+                                      pg_gate_result_t **sync_res);
+
 void pg_gate_cancel(pg_gate_op_t *op);
 void pg_gate_result_free(pg_gate_result_t *res);
 

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 #include "provgate/config.h"
+#include "provgate/hrfeed.h"
 #include "provgate/saml.h"
 #include "provgate/policy.h"
 #include "internal.h"
@@ -1066,6 +1067,174 @@ parse_outbox(pg_config_t *cfg, const json_t *o, pg_err_t *err)
     return st;
 }
 
+/*
+ * "hr_source" (optional; the sidecar's HR export): {"file", "poll_s",
+ * "feed": {hrfeed settings}, "correlation": [{"attr", "index"}]}.
+ */
+static pg_status_t
+parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = {"file", "poll_s", "feed",
+                                       "correlation", NULL};
+    static const char *const rkeys[] = {"attr", "index", NULL};
+    const char *p = "$.hr_source";
+    pg_hrfeed_cfg_t *feed = NULL;
+    char rp[PG_ERR_MSG_MAX];
+    json_t *rules, *r;
+    size_t i;
+    pg_status_t st;
+
+    if (o == NULL) {
+        return PG_OK;
+    }
+    TRY(pg_cfg_keys(o, p, keys, err));
+    TRY(pg_cfg_path(o, p, "file", 1, &cfg->hr_file, err));
+    TRY(pg_cfg_uint(o, p, "poll_s", 60, 0, 86400, &cfg->hr_poll_s, err));
+    TRY(pg_hrfeed_cfg_parse(json_object_get(o, "feed"), "$.hr_source.feed",
+                            &feed, err));
+    pg_hrfeed_cfg_free(feed);
+    rules = json_object_get(o, "correlation");
+    if (rules != NULL && (!json_is_array(rules) || json_array_size(rules) > 8)) {
+        pg_err_set(err, "%s.correlation: must be an array of at most 8 rules",
+                   p);
+        return PG_ERR_CONFIG;
+    }
+    json_array_foreach(rules, i, r) {
+        char *a = NULL, *x = NULL;
+
+        snprintf(rp, sizeof(rp), "%s.correlation[%zu]", p, i);
+        TRY(pg_cfg_keys(r, rp, rkeys, err));
+        TRY(pg_cfg_str(r, rp, "attr", 1, NULL, &a, err));
+        st = pg_cfg_str(r, rp, "index", 1, NULL, &x, err);
+        free(a);
+        free(x);
+        if (st != PG_OK) {
+            return st;
+        }
+    }
+    cfg->hr_source = json_deep_copy(o);
+    return cfg->hr_source != NULL ? PG_OK : PG_ERR_NOMEM;
+}
+
+/* The "admin" section (optional): {"role": "<policy role>"}. */
+static pg_status_t
+parse_admin(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = {"role", NULL};
+    pg_status_t st;
+
+    if (o == NULL) {
+        cfg->admin_role = strdup("provgate-admin");
+        return cfg->admin_role != NULL ? PG_OK : PG_ERR_NOMEM;
+    }
+    TRY(pg_cfg_keys(o, "$.admin", keys, err));
+    return pg_cfg_str(o, "$.admin", "role", 0, "provgate-admin",
+                      &cfg->admin_role, err);
+}
+
+/* The "type" of a target: "scim" or one of the connector types. */
+static pg_status_t
+target_type(pg_target_cfg_t *t, const json_t *o, const char *p, pg_err_t *err)
+{
+    static const char *const types[] = {"rest", "ldap", "sql", "csv",
+                                        "manual", NULL};
+    char *ty = NULL;
+    size_t i;
+    pg_status_t st;
+
+    if (!json_is_object(o)) {
+        pg_err_set(err, "%s: must be an object", p);
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_str(o, p, "type", 1, NULL, &ty, err));
+    if (strcmp(ty, "scim") == 0) {
+        free(ty);
+        t->type = PG_TARGET_SCIM;
+        return PG_OK;
+    }
+    for (i = 0; types[i] != NULL; i++) {
+        if (strcmp(ty, types[i]) == 0) {
+            t->type = PG_TARGET_CONNECTOR;
+            t->type_name = ty;
+            return PG_OK;
+        }
+    }
+    if (pg_cfg_word_ok(ty, 32, "_-")) {
+        pg_err_set(err, "%s.type: unknown type \"%s\" (expected scim, rest, "
+                   "ldap, sql, csv or manual)", p, ty);
+    } else {
+        pg_err_set(err, "%s.type: unknown type (expected scim, rest, ldap, "
+                   "sql, csv or manual)", p);
+    }
+    free(ty);
+    return PG_ERR_CONFIG;
+}
+
+/*
+ * A connector target: {"type", "connector": {...}, "attributes", "key",
+ * "leave", "delivery", "wait_ms", "on_slow", "timeout_ms"}. The connector
+ * object is kept as is; pg_config_check_connectors() (called by the hosts
+ * at load) has each type's constructor validate it.
+ */
+static pg_status_t
+parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
+                  pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "type", "connector", "attributes", "key", "leave", "delivery",
+        "wait_ms", "on_slow", "timeout_ms", NULL
+    };
+    json_t *c = json_object_get(o, "connector");
+    char *leave = NULL;
+    size_t i;
+    int found = 0;
+    pg_status_t st;
+
+    TRY(pg_cfg_keys(o, p, keys, err));
+    if (!json_is_object(c)) {
+        pg_err_set(err, "%s.connector: required (an object)", p);
+        return PG_ERR_CONFIG;
+    }
+    t->connector = json_deep_copy(c);
+    if (t->connector == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    TRY(pg_cfg_uint(o, p, "timeout_ms", 5000, 10, 120000, &t->timeout_ms,
+                    err));
+    TRY(pg_cfg_str(o, p, "leave", 0, "disable", &leave, err));
+    t->leave_delete = strcmp(leave, "delete") == 0;
+    if (!t->leave_delete && strcmp(leave, "disable") != 0) {
+        pg_err_set(err, "%s.leave: must be \"disable\" or \"delete\"", p);
+        free(leave);
+        return PG_ERR_CONFIG;
+    }
+    free(leave);
+    TRY(parse_delivery(t, o, p, err));
+    if (!t->via_outbox) {
+        pg_err_set(err, "%s.delivery: %s targets are always provisioned "
+                   "through the outbox", p, t->type_name);
+        return PG_ERR_CONFIG;
+    }
+    if (json_object_get(o, "attributes") == NULL) {
+        pg_err_set(err, "%s.attributes: required", p);
+        return PG_ERR_CONFIG;
+    }
+    TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
+    TRY(pg_cfg_str(o, p, "key", 1, NULL, &t->username_attr, err));
+    for (i = 0; i < t->nattrs; i++) {
+        if (strcmp(t->attrs[i].scim_path, t->username_attr) == 0
+            && t->attrs[i].tpl != NULL) {
+            found = 1;
+        }
+    }
+    if (!found) {
+        pg_err_set(err, "%s.key: \"%s\" must be one of the attributes, "
+                   "mapped from a template", p, t->username_attr);
+        return PG_ERR_CONFIG;
+    }
+    return PG_OK;
+}
+
 /* One "type": "scim" target object at path p into t. */
 static pg_status_t
 parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1178,9 +1347,12 @@ parse_targets(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         if (t->name == NULL) {
             return PG_ERR_NOMEM;
         }
-        TRY(check_type(v, p, "scim", NULL, err));
-        t->type = PG_TARGET_SCIM;
-        TRY(parse_target(t, v, p, err));
+        TRY(target_type(t, v, p, err));
+        if (t->type == PG_TARGET_SCIM) {
+            TRY(parse_target(t, v, p, err));
+        } else {
+            TRY(parse_conn_target(t, v, p, err));
+        }
     }
     return PG_OK;
 }
@@ -1239,7 +1411,8 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
 {
     static const char *const keys[] = {
         "instance", "redis", "session", "audit", "headers", "idps",
-        "targets", "identity", "policy_files", "outbox", NULL
+        "targets", "identity", "policy_files", "outbox", "admin",
+        "hr_source", NULL
     };
     size_t i;
     int found = 0;
@@ -1252,6 +1425,8 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     TRY(parse_audit(cfg, json_object_get(root, "audit"), err));
     TRY(parse_headers(cfg, json_object_get(root, "headers"), err));
     TRY(parse_outbox(cfg, json_object_get(root, "outbox"), err));
+    TRY(parse_admin(cfg, json_object_get(root, "admin"), err));
+    TRY(parse_hr_source(cfg, json_object_get(root, "hr_source"), err));
     TRY(parse_identity(cfg, json_object_get(root, "identity"), err));
     for (i = 0; i < cfg->nclaims; i++) {
         if (strcmp(cfg->claims[i].attr, cfg->headers.user_attr) == 0) {
@@ -1382,6 +1557,9 @@ pg_config_load(const char *path, pg_config_t **out, pg_err_t *err)
         goto fail;
     }
     st = parse_root(cfg, root, &files, err);
+    if (st == PG_OK) {
+        st = pg_connectors_check(cfg, err);
+    }
     if (st != PG_OK) {
         if (st == PG_ERR_NOMEM) {
             pg_err_set(err, "out of memory");
@@ -1434,6 +1612,9 @@ pg_config_free(pg_config_t *cfg)
     pg_policy_free(cfg->policies);
     free(cfg->file);
     free(cfg->instance);
+    free(cfg->admin_role);
+    json_decref(cfg->hr_source);
+    free(cfg->hr_file);
 
     free(cfg->redis.host);
     free(cfg->redis.unix_path);
@@ -1497,6 +1678,8 @@ pg_config_free(pg_config_t *cfg)
         }
         free(t->attrs);
         free(t->username_attr);
+        free(t->type_name);
+        json_decref(t->connector);
     }
     free(cfg->targets);
 

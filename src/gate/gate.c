@@ -167,6 +167,7 @@ static const char *
 pg_status_title(int status)
 {
     switch (status) {
+    case 202: return "Awaiting approval";
     case 400: return "Bad sign-in request";
     case 401: return "Sign-in failed";
     case 403: return "Access denied";
@@ -502,6 +503,9 @@ pg_op_free(pg_op_t *op)
     if (op->sop != NULL) {
         pg_scim_cancel(op->sop);
     }
+    if (op->creq != NULL && op->creq_conn != NULL) {
+        pg_conn_cancel(op->creq_conn, op->creq);
+    }
     if (op->timer != NULL) {
         op->g->host->timer_close(op->timer);
     }
@@ -513,6 +517,11 @@ pg_op_free(pg_op_t *op)
     }
     pg_ob_unlist(op);
     free(op->ob_idem);
+    json_decref(op->approved);
+    json_decref(op->admin_attrs);
+    free(op->admin_iid);
+    free(op->admin_rid);
+    json_decref(op->admin_result);
     pg_prov_unlock(op);
     pg_saml_job_detach(op);
     free(op->idp);
@@ -886,6 +895,10 @@ pg_gate_run(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     case PG_FLOW_CALLBACK:
         pg_callback_start(op);
         break;
+    case PG_FLOW_ADMIN:
+        pg_admin_start(op, req->method != NULL
+                               && strcmp(req->method, "POST") == 0);
+        break;
     case PG_FLOW_SAML_ACS:
         pg_saml_acs_start(op);
         break;
@@ -933,6 +946,13 @@ pg_gate_logout(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
                void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
 {
     return pg_gate_run(g, PG_FLOW_LOGOUT, req, cb, arg, op_out, sync_res);
+}
+
+pg_status_t
+pg_gate_admin(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
+              void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
+{
+    return pg_gate_run(g, PG_FLOW_ADMIN, req, cb, arg, op_out, sync_res);
 }
 
 /* Withdraw whatever the op waits for; its callback will never run. */

@@ -15,6 +15,7 @@
 
 #include "provgate/audit.h"
 #include "provgate/config.h"
+#include "provgate/connector.h"
 #include "provgate/gate.h"
 #include "provgate/http.h"
 #include "provgate/oidc.h"
@@ -94,10 +95,12 @@ struct pg_gate {
     int                     ob_following;
     pg_op_t                *ob_waiters;     /* logins waiting for an outcome */
     struct pg_ob_job       *ob_jobs;        /* operations being applied */
+    pg_connector_t        **conns;          /* per target (cfg order); NULL
+                                               for SCIM targets */
 };
 
 enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS,
-       PG_FLOW_OUTBOX };
+       PG_FLOW_OUTBOX, PG_FLOW_ADMIN };
 
 struct pg_gate_op {
     pg_gate_t              *g;
@@ -171,6 +174,21 @@ struct pg_gate_op {
     int                     ob_outcome;     /* 0 pending, 1 done, 2 failed */
     char                    ob_error[256];  /* last error reported */
     uint64_t                ob_deadline;
+
+    /* connector targets and deprovisioning (provision.c) */
+    pg_conn_req_t          *creq;           /* connector call in flight */
+    pg_connector_t         *creq_conn;
+    int                     deprovision;    /* 0 ensure, 1 disable, 2 delete */
+
+    /* approvals and the admin API (admin.c) */
+    json_t                 *approved;       /* the identity's approved grants */
+    pg_step_fn              req_next;
+    json_t                 *admin_attrs;    /* the caller's attributes */
+    char                   *admin_iid;      /* the caller's identity */
+    int                     admin_is_admin; /* holds admin.role */
+    int                     admin_route;
+    char                   *admin_rid;      /* request / dead-letter id */
+    json_t                 *admin_result;
 
     pg_gate_result_t       *res;
 };
@@ -281,6 +299,21 @@ void pg_provision_start(pg_op_t *op);
  * pg_provision_start after the decision; also the outbox job's body. */
 void pg_provision_apply(pg_op_t *op);
 void pg_prov_unlock(pg_op_t *op);
+
+/* ---- admin.c --------------------------------------------------------- */
+/* Read the identity's approved grants into op->approved, then next. */
+void pg_req_load_approved(pg_op_t *op, pg_step_fn next);
+/* op->attrs plus "approved" for a decision (new reference, NULL on OOM). */
+json_t *pg_req_decision_attrs(const pg_op_t *op);
+/* Record access requests for op->app's pending items, then next. */
+void pg_req_record(pg_op_t *op, pg_step_fn next);
+/* Finish op with the "awaiting approval" page (202). */
+void pg_req_awaiting_page(pg_op_t *op);
+/* The admin API (provgate_admin). */
+void pg_admin_start(pg_op_t *op, int post);
+
+/* The connector of a connector target (outbox_login.c), or NULL. */
+pg_connector_t *pg_gate_connector(pg_gate_t *g, const pg_target_cfg_t *t);
 
 /* ---- outbox_login.c -------------------------------------------------- */
 /* Start the outbox consumer and the outcome feed (when a target uses the

@@ -372,6 +372,14 @@ pg_ob_provision(pg_op_t *op)
 
 /* ---- the consumer ---------------------------------------------------- */
 
+pg_connector_t *
+pg_gate_connector(pg_gate_t *g, const pg_target_cfg_t *t)
+{
+    size_t i = (size_t) (t - g->cfg->targets);
+
+    return g->conns != NULL && i < g->cfg->ntargets ? g->conns[i] : NULL;
+}
+
 static void
 pg_ob_job_unlink(pg_ob_job_t *j)
 {
@@ -483,7 +491,13 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
         return;
     }
     j->op->attrs = json_incref(attrs);
-    j->op->decision.entitlements = json_incref(ents);
+    if (strcmp(e->kind, "disable") == 0 || strcmp(e->kind, "delete") == 0) {
+        /* a leave: nothing is granted any more */
+        j->op->deprovision = e->kind[1] == 'i' ? 1 : 2;
+        j->op->decision.entitlements = json_array();
+    } else {
+        j->op->decision.entitlements = json_incref(ents);
+    }
     j->op->decision.has_account = 1;
     j->op->after_provision = pg_ob_job_applied;
     json_decref(state);
@@ -517,6 +531,24 @@ pg_ob_init(pg_gate_t *g, pg_err_t *err)
     }
     if (!used) {
         return PG_OK;
+    }
+    g->conns = calloc(cfg->ntargets, sizeof(pg_connector_t *));
+    if (g->conns == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < cfg->ntargets; i++) {
+        const pg_target_cfg_t *t = &cfg->targets[i];
+
+        if (t->type != PG_TARGET_CONNECTOR) {
+            continue;
+        }
+        st = pg_connector_create(g->host, g->http, g->redis,
+                                 cfg->redis.key_prefix, t->name,
+                                 t->type_name, t->connector, &g->conns[i],
+                                 err);
+        if (st != PG_OK) {
+            return st;
+        }
     }
     st = pg_follow_start(&g->ob_events, g, "outbox:events", pg_ob_event,
                          pg_ob_feed_state, g);
@@ -569,6 +601,11 @@ pg_ob_free(pg_gate_t *g)
     }
     pg_redis_free(g->ob_redis);
     g->ob_redis = NULL;
+    for (size_t i = 0; g->conns != NULL && i < g->cfg->ntargets; i++) {
+        pg_connector_free(g->conns[i]);
+    }
+    free(g->conns);
+    g->conns = NULL;
     if (g->ob_following) {
         pg_follow_stop(&g->ob_events);
         g->ob_following = 0;

@@ -281,6 +281,264 @@ pg_prov_record(pg_op_t *op)
     }
 }
 
+/* ---- connector targets (connector.h) and deprovisioning ------------- */
+
+/* The entitlement values of a JSON array of {type, value} (borrowed). */
+static const char **
+pg_ent_vec(const json_t *ents, size_t *n)
+{
+    const char **v = calloc(json_array_size(ents) + 1, sizeof(char *));
+    size_t i;
+    json_t *e;
+
+    *n = 0;
+    if (v == NULL) {
+        return NULL;
+    }
+    json_array_foreach(ents, i, e) {
+        const char *val = json_string_value(json_object_get(e, "value"));
+        if (val != NULL) {
+            v[(*n)++] = val;
+        }
+    }
+    return v;
+}
+
+/* Render the target's attribute mapping for op->attrs into *out (an
+ * object) and the account key. PG_ERR_NOT_FOUND etc. with err set. */
+static pg_status_t
+pg_prov_render(pg_op_t *op, json_t **out, const char **key, pg_err_t *err)
+{
+    const pg_target_cfg_t *t = op->target;
+    json_t *o = json_object();
+    size_t i;
+    pg_status_t st = PG_OK;
+
+    *out = NULL;
+    *key = NULL;
+    if (o == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; st == PG_OK && i < t->nattrs; i++) {
+        const pg_attr_map_t *m = &t->attrs[i];
+
+        if (m->tpl != NULL) {
+            char *v = NULL;
+
+            st = pg_template_render(m->tpl, op->attrs, &v, err);
+            if (st == PG_OK) {
+                json_object_set_new(o, m->scim_path, json_string(v));
+                free(v);
+            }
+        } else {
+            json_object_set(o, m->scim_path, m->literal);
+        }
+    }
+    if (st != PG_OK) {
+        json_decref(o);
+        return st;
+    }
+    *key = json_string_value(json_object_get(o, t->username_attr));
+    if (*key == NULL || (*key)[0] == '\0') {
+        pg_err_set(err, "the account key \"%s\" is empty", t->username_attr);
+        json_decref(o);
+        return PG_ERR_INVALID;
+    }
+    *out = o;
+    return PG_OK;
+}
+
+/* A connector answered ensure/disable/remove. */
+static void
+pg_prov_conn_done(void *arg, pg_status_t st, const pg_conn_result_t *r)
+{
+    pg_op_t *op = arg;
+    json_t *f;
+
+    op->creq = NULL;
+    f = json_pack("{s:s, s:s, s:s, s:s?, s:O?}", "target", op->app,
+                  "connector", op->target->type_name, "outcome",
+                  st == PG_OK ? pg_conn_outcome_str(r->outcome)
+                              : pg_status_str(st),
+                  "account", r != NULL && r->id != NULL && r->id[0] != '\0'
+                                 ? r->id : NULL,
+                  "changes", r != NULL ? r->changes : NULL);
+    if (st != PG_OK) {
+        pg_prov_unlock(op);
+        if (f != NULL && r != NULL && r->error != NULL) {
+            json_object_set_new(f, "detail", json_string(r->error));
+        }
+        /* retryable -> 503 (the outbox retries), permanent -> 502 */
+        pg_op_deny(op, r != NULL && r->retryable ? 503 : 502,
+                   "provision.account",
+                   r != NULL && r->retryable ? "target_unavailable"
+                                             : "target_rejected",
+                   "Your account in this application could not be prepared.",
+                   f);
+        return;
+    }
+    op->have_scim = 1;
+    op->scim.created = r->outcome == PG_CONN_CREATED;
+    op->scim.adopted = r->outcome == PG_CONN_ADOPTED;
+    op->scim.updated = r->outcome == PG_CONN_UPDATED;
+    free(op->scim.account_id);
+    op->scim.account_id = strdup(r->id != NULL && r->id[0] != '\0'
+                                     ? r->id
+                                     : (op->known_account != NULL
+                                            ? op->known_account : "-"));
+    pg_op_audit(op, op->deprovision ? "provision.deprovision"
+                                    : "provision.account",
+                "success", pg_conn_outcome_str(r->outcome), f, NULL);
+    if (op->scim.account_id == NULL) {
+        pg_prov_unlock(op);
+        pg_op_finish(op, NULL);
+        return;
+    }
+    pg_prov_record(op);
+}
+
+/* Ensure (or disable/delete) the account in a connector target. */
+static void
+pg_prov_conn_ensure(pg_op_t *op)
+{
+    pg_connector_t *c = pg_gate_connector(op->g, op->target);
+    pg_account_t a;
+    pg_err_t err = { "" };
+    json_t *attrs = NULL, *f;
+    const char *key = NULL, **groups = NULL, **revoke = NULL;
+    size_t ng = 0, nr = 0, i;
+    json_t *e, *rv = json_array();
+    pg_status_t st;
+
+    if (c == NULL || rv == NULL) {
+        json_decref(rv);
+        pg_prov_unlock(op);
+        pg_op_deny(op, 503, "provision.account", "connector_unavailable",
+                   "Provisioning is not available for this application.",
+                   NULL);
+        return;
+    }
+    if (pg_prov_render(op, &attrs, &key, &err) != PG_OK) {
+        json_decref(rv);
+        pg_prov_unlock(op);
+        f = json_pack("{s:s, s:s}", "target", op->app, "detail", err.msg);
+        pg_op_deny(op, 502, "provision.account", "mapping_failed",
+                   "Your account cannot be built from your identity data.", f);
+        return;
+    }
+    /* move semantics: what an earlier decision granted and this one does
+     * not is revoked; nothing else is touched */
+    json_array_foreach(op->prev_ents, i, e) {
+        const char *v = json_string_value(json_object_get(e, "value"));
+        size_t j;
+        json_t *n;
+        int keep = 0;
+
+        json_array_foreach(op->decision.entitlements, j, n) {
+            const char *nv = json_string_value(json_object_get(n, "value"));
+            if (v != NULL && nv != NULL && strcmp(v, nv) == 0) {
+                keep = 1;
+            }
+        }
+        if (v != NULL && !keep) {
+            json_array_append(rv, e);
+        }
+    }
+    groups = pg_ent_vec(op->deprovision ? NULL : op->decision.entitlements,
+                        &ng);
+    revoke = pg_ent_vec(rv, &nr);
+    memset(&a, 0, sizeof(a));
+    a.key = key;
+    a.id = op->known_account;
+    a.identity = op->iid;
+    a.attrs = attrs;
+    a.groups = groups;
+    a.ngroups = ng;
+    a.revoke = revoke;
+    a.nrevoke = nr;
+    a.active = op->deprovision == 0;
+    if (groups == NULL || revoke == NULL) {
+        st = PG_ERR_NOMEM;
+    } else if ((op->creq_conn = c), op->deprovision == 2) {
+        st = pg_conn_remove(c, &a, pg_prov_conn_done, op, &op->creq);
+    } else if (op->deprovision == 1) {
+        st = pg_conn_disable(c, &a, pg_prov_conn_done, op, &op->creq);
+    } else {
+        st = pg_conn_ensure(c, &a, pg_prov_conn_done, op, &op->creq);
+    }
+    free(groups);
+    free(revoke);
+    json_decref(attrs);
+    json_decref(rv);
+    if (st != PG_OK) {
+        op->creq = NULL;
+        pg_prov_unlock(op);
+        pg_op_deny(op, 502, "provision.account", "connector_refused",
+                   "Provisioning could not start.", NULL);
+    }
+}
+
+/* Leave on a SCIM target: deactivate (active=false) or delete. */
+static void
+pg_prov_scim_deprov_done(void *arg, const pg_scim_result_t *r)
+{
+    pg_op_t *op = arg;
+    json_t *f;
+
+    op->sop = NULL;
+    f = json_pack("{s:s, s:s?, s:s, s:s}", "target", op->app, "account",
+                  op->known_account, "action",
+                  op->deprovision == 2 ? "delete" : "disable", "detail",
+                  r->detail);
+    if (r->st != PG_OK && r->st != PG_ERR_NOT_FOUND) {
+        pg_prov_unlock(op);
+        pg_op_deny(op, pg_scim_status(r->reason), "provision.deprovision",
+                   r->reason, "The account could not be disabled.", f);
+        return;
+    }
+    pg_op_audit(op, "provision.deprovision", "success",
+                r->st == PG_OK ? (op->deprovision == 2 ? "deleted"
+                                                       : "disabled")
+                               : "already_gone", f, NULL);
+    op->have_scim = 1;
+    free(op->scim.account_id);
+    op->scim.account_id = strdup(op->known_account);
+    if (op->scim.account_id == NULL) {
+        pg_prov_unlock(op);
+        pg_op_finish(op, NULL);
+        return;
+    }
+    pg_prov_record(op);
+}
+
+static void
+pg_prov_scim_deprovision(pg_op_t *op)
+{
+    pg_scim_op_request_t req;
+
+    if (op->known_account == NULL) {
+        /* never provisioned there: nothing to do */
+        pg_prov_unlock(op);
+        pg_op_audit(op, "provision.deprovision", "success", "no_account",
+                    json_pack("{s:s}", "target", op->app), NULL);
+        op->after_provision(op, PG_OK);
+        return;
+    }
+    memset(&req, 0, sizeof(req));
+    req.kind = op->deprovision == 2 ? PG_SCIM_OP_DELETE
+                                    : PG_SCIM_OP_DEACTIVATE;
+    req.target = op->target;
+    req.id = op->known_account;
+    req.on_call = pg_prov_scim_call;
+    if (pg_scim_run(op->g->http, &req, pg_prov_scim_deprov_done, op,
+                    &op->sop) != PG_OK) {
+        op->sop = NULL;
+        pg_prov_unlock(op);
+        pg_op_deny(op, 503, "provision.deprovision", "internal_error",
+                   "Deprovisioning could not start.", NULL);
+    }
+}
+
 static void
 pg_prov_known(pg_op_t *op, pg_status_t st)
 {
@@ -307,6 +565,14 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
         if (ents->type == REDIS_REPLY_STRING && ents->len < 256 * 1024) {
             op->prev_ents = json_loadb(ents->str, ents->len, 0, &jerr);
         }
+    }
+    if (op->target->type == PG_TARGET_CONNECTOR) {
+        pg_prov_conn_ensure(op);
+        return;
+    }
+    if (op->deprovision != 0) {
+        pg_prov_scim_deprovision(op);
+        return;
     }
     if (pg_scim_build_user(op->target, op->attrs, &desired, &err) != PG_OK) {
         pg_prov_unlock(op);
@@ -415,20 +681,51 @@ pg_prov_try_lock(pg_op_t *op, pg_status_t st)
     }
 }
 
-void
-pg_provision_start(pg_op_t *op)
+static void
+pg_prov_go(pg_op_t *op, pg_status_t st)
 {
-    json_t *f;
-    pg_status_t st;
-
-    if (op->target == NULL) {
-        pg_op_deny(op, 403, "policy.decision", "unknown_app",
-                   "This application is not configured.", NULL);
+    (void) st;
+    if (op->target->via_outbox) {
+        pg_ob_provision(op);
         return;
     }
+    pg_provision_apply(op);
+}
+
+static void
+pg_prov_awaiting(pg_op_t *op, pg_status_t st)
+{
+    (void) st;
+    pg_req_awaiting_page(op);
+}
+
+/* 1 when the decision has an item awaiting approval in app. */
+static int
+pg_pending_in(const pg_decision_t *d, const char *app)
+{
+    size_t i;
+    json_t *it;
+
+    json_array_foreach(d->pending_approval, i, it) {
+        const char *t = json_string_value(json_object_get(it, "target"));
+        if (t != NULL && strcmp(t, app) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The identity's approved grants are in op->approved: decide. */
+static void
+pg_prov_decide(pg_op_t *op, pg_status_t st)
+{
+    json_t *f, *attrs = pg_req_decision_attrs(op);
+
     pg_decision_clear(&op->decision);
-    st = pg_policy_decide(op->g->cfg->policies, op->attrs, op->app,
-                          &op->decision);
+    st = attrs != NULL ? pg_policy_decide(op->g->cfg->policies, attrs,
+                                          op->app, &op->decision)
+                       : PG_ERR_NOMEM;
+    json_decref(attrs);
     if (st != PG_OK) {
         pg_op_deny(op, 503, "policy.decision", "policy_error",
                    "Your access could not be evaluated.", NULL);
@@ -443,17 +740,32 @@ pg_provision_start(pg_op_t *op)
                   "jit", op->decision.jit,
                   "explanation", op->decision.explanation);
     if (!op->decision.has_account) {
+        if (pg_pending_in(&op->decision, op->app)) {
+            /* nothing granted yet, but requested: not an error */
+            pg_op_audit(op, "policy.decision", "deferred",
+                        "awaiting_approval", f, NULL);
+            pg_req_record(op, pg_prov_awaiting);
+            return;
+        }
         pg_op_deny(op, 403, "policy.decision", "not_entitled",
                    "No policy gives you access to this application. Ask "
                    "your manager or the application owner for access.", f);
         return;
     }
     pg_op_audit(op, "policy.decision", "success", "granted", f, NULL);
-    if (op->target->via_outbox) {
-        pg_ob_provision(op);
+    /* granted items go ahead; pending ones become requests */
+    pg_req_record(op, pg_prov_go);
+}
+
+void
+pg_provision_start(pg_op_t *op)
+{
+    if (op->target == NULL) {
+        pg_op_deny(op, 403, "policy.decision", "unknown_app",
+                   "This application is not configured.", NULL);
         return;
     }
-    pg_provision_apply(op);
+    pg_req_load_approved(op, pg_prov_decide);
 }
 
 /*

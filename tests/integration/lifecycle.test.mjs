@@ -24,6 +24,7 @@ describe('nginx lifecycle', () => {
     // a first login that waits 1.5 s for the SCIM target
     await e.scim.setFaults({ latency_ms: 1500 });
     const b = e.browser();
+    b.timeoutMs = 40000; // several slow target calls, slower still under ASan
     const stopAt = `${e.base}/provgate/callback`;
     const first = await b.get(`${e.base}/app/inflight`, { stopAt });
     const form = parseForms(first.body, first.url).find((f) => f.inputs.some((i) => i.type === 'password'));

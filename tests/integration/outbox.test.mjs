@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import {
   cleanupAll, parseForms, sleep, startNginx, restartRedis,
 } from './lib/harness.mjs';
-import { startEnv, sanitizerReports } from './gw/env.mjs';
+import { startEnv, sanitizerReports, nginxEnv } from './gw/env.mjs';
 
 const FRESH = {};
 for (const [i, name] of ['kim', 'lee', 'max', 'ned'].entries()) {
@@ -111,7 +111,9 @@ describe('durable outbox through the gateway', () => {
     await pending;
     await e.scim.clearFaults();
     await sleep(200);
-    e.nginx = await startNginx({ conf: e.conf, prefix: e.prefix, workers: 1, waitPort: e.port });
+    e.nginx = await startNginx({
+      conf: e.conf, prefix: e.prefix, workers: 1, waitPort: e.port, env: nginxEnv(e.prefix),
+    });
     const res = await loginUntilOk(e, 'lee', '/app/kill-nginx');
     assert.equal(res.status, 200);
     assert.equal((await e.scimUsers('lee')).length, 1, 'exactly one account');

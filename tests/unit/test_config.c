@@ -326,8 +326,30 @@ static const bad_case_t bad_cases[] = {
     /* an OIDC object relabelled "saml": its OIDC-only fields are unknown */
     {{"idps/corp/type", "\"saml\""}, 0, 0,
      "$.idps.corp.issuer: unknown field"},
-    {{"targets/app/type", "\"ldap\""}, 0, 0,
-     "$.targets.app.type: unknown type \"ldap\" (expected \"scim\")"},
+    {{"targets/app/type", "\"nis\""}, 0, 0,
+     "$.targets.app.type: unknown type \"nis\" (expected scim, rest, ldap, "
+     "sql, csv or manual)"},
+    /* a SCIM target relabelled "sql": its SCIM-only fields are unknown */
+    {{"targets/app/type", "\"sql\""}, 0, 0,
+     "$.targets.app.base_url: unknown field"},
+    {{"targets/db", "{\"type\": \"sql\", \"key\": \"login\", "
+      "\"attributes\": {\"login\": \"${username}\"}}"}, 0, 0,
+     "$.targets.db.connector: required (an object)"},
+    {{"targets/db", "{\"type\": \"sql\", \"connector\": {}, \"key\": "
+      "\"login\", \"attributes\": {\"mail\": \"${email}\"}}"}, 0, 0,
+     "$.targets.db.key: \"login\" must be one of the attributes"},
+    {{"targets/db", "{\"type\": \"sql\", \"connector\": {}, \"key\": "
+      "\"login\", \"leave\": \"forget\", \"attributes\": "
+      "{\"login\": \"${username}\"}}"}, 0, 0,
+     "$.targets.db.leave: must be \"disable\" or \"delete\""},
+    {{"targets/db", "{\"type\": \"sql\", \"connector\": {\"bogus\": 1}, "
+      "\"key\": \"login\", \"attributes\": {\"login\": "
+      "\"${username}\"}}"}, 0, 0,
+     "$.targets.db.connector.bogus: unknown field"},
+    {{"targets/db", "{\"type\": \"rest\", \"connector\": {}, \"key\": "
+      "\"login\", \"delivery\": \"direct\", \"attributes\": "
+      "{\"login\": \"${username}\"}}"}, 0, 0,
+     "$.targets.db.delivery: rest targets are always provisioned"},
     {{"targets/app/auth", "{\"type\": \"oauth\"}"}, 0, 0,
      "$.targets.app.auth.type: must be \"bearer\", \"basic\" or \"none\""},
     {{"targets/app/auth", "{\"type\": \"basic\", \"username\": \"u\"}"}, 0, 0,

@@ -1,0 +1,74 @@
+/*
+ * provgate core: Join / Move / Leave from an authoritative HR export
+ * (the sidecar's batch source). Host-independent: runs on any pg_host_t.
+ *
+ * One import:
+ *   read      the export (pg_read_file, capped by the feed's max_file_bytes)
+ *   diff      against <p>hr:snapshot (pg_hrfeed_diff: malformed rows are
+ *             reported with their line and skipped; a mass leave or too many
+ *             bad rows refuse the whole file, nothing is applied)
+ *   join/move correlate the HR key to ONE identity (atomic Lua): by
+ *             <p>idx:hr:<sha256(key)>, and by the login correlation indexes
+ *             (e.g. a verified email), so a person who already logged in is
+ *             not duplicated; two different identities matching one record
+ *             become a correlation case (<p>cases) for an admin, never a
+ *             guess. The HR attributes are merged into the identity's.
+ *             Then for every target: the policy decision; granted ->
+ *             an "ensure" operation in the outbox; no longer granted but an
+ *             account exists -> "disable" (or "delete" per target).
+ *   leave     every target where the identity has an account -> "disable"
+ *             (or "delete"); every session of the identity is ended at
+ *             once (sessions deleted, pg:revoked notified: gateways refuse
+ *             the next request) and the identity is marked as left.
+ *   commit    the new snapshot is stored only after every operation was
+ *             enqueued, so an import cut short is simply run again: the
+ *             outbox deduplicates pending operations and applying desired
+ *             state twice changes nothing.
+ * Every step is audited (jml.join / jml.move / jml.leave / jml.case /
+ * jml.import).
+ */
+#ifndef PROVGATE_JML_H
+#define PROVGATE_JML_H
+
+#include <jansson.h>
+#include "provgate/audit.h"
+#include "provgate/config.h"
+#include "provgate/host.h"
+#include "provgate/redis.h"
+
+typedef struct pg_jml pg_jml_t;
+
+/*
+ * A JML runner for cfg's "hr_source" (see docs/sidecar.md). redis and
+ * audit are borrowed. PG_ERR_CONFIG with err when the feed config is bad;
+ * PG_ERR_NOT_FOUND when cfg has no "hr_source".
+ */
+PG_MUST_USE pg_status_t pg_jml_new(const pg_config_t *cfg,
+                                   const pg_host_t *host, pg_redis_t *redis,
+                                   pg_audit_t *audit, pg_jml_t **out,
+                                   pg_err_t *err);
+void pg_jml_free(pg_jml_t *j);
+
+/*
+ * Called once per import with a summary object (borrowed):
+ * {"file", "joins", "moves", "leaves", "unchanged", "cases", "errors":
+ *  [{"line", "reason"}], "operations", "refused"?: reason}.
+ * st is PG_OK when the import was applied (snapshot committed).
+ */
+typedef void (*pg_jml_cb)(void *arg, pg_status_t st, const json_t *summary);
+
+/*
+ * Import the export at path (or the configured file when path is NULL) as
+ * of today. Only one import runs at a time (PG_ERR_BUSY). force = 1
+ * overrides the mass-leave guard. Synchronous errors: PG_ERR_BUSY,
+ * PG_ERR_NOMEM; everything else is reported through cb (never inside this
+ * call).
+ */
+PG_MUST_USE pg_status_t pg_jml_import(pg_jml_t *j, const char *path,
+                                      int force, pg_jml_cb cb, void *arg);
+
+/* The configured export path and poll interval (seconds; 0 = no polling). */
+const char *pg_jml_file(const pg_jml_t *j);
+unsigned pg_jml_poll_s(const pg_jml_t *j);
+
+#endif

@@ -1,0 +1,852 @@
+/*
+ * provgate core: Join / Move / Leave from the HR export.
+ * Contract and flow: include/provgate/jml.h. Keys (P = key prefix):
+ *   P hr:snapshot           the last applied export (JSON, see hrfeed.h)
+ *   P idx:hr:<sha256(key)>  HR key -> identity id
+ *   P idx:<index>:<sha256(lower(value))>  login correlation indexes
+ *   P cases                 hash: case id -> JSON (ambiguous correlation)
+ *   P id:<iid>              identity hash (attrs, acct:<target>, left, ...)
+ * Persons are processed one after the other; every Redis call is async.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <hiredis.h>
+
+#include "provgate/hrfeed.h"
+#include "provgate/jml.h"
+#include "provgate/outbox.h"
+#include "provgate/policy.h"
+#include "provgate/util.h"
+
+#define PG_JML_SNAPSHOT_MAX (256u * 1024u * 1024u)
+#define PG_JML_RULES_MAX    8
+
+/*
+ * Correlate one HR record. ARGV: prefix, hr hash, candidate iid, nrules,
+ * then (index, value hash) pairs ("" hash = no value).
+ * -> {"case", "iid1\niid2..."} or {"ok", iid, created, attrs|"", accts}
+ * where accts is the identity's target names, "\n"-joined.
+ */
+static const char pg_jml_corr_lua[] =
+    "local p = ARGV[1] "
+    "local ids, seen = {}, {} "
+    "local function add(v) "
+    "  if v and not seen[v] then seen[v] = true; ids[#ids + 1] = v end "
+    "end "
+    "local hrk = p .. 'idx:hr:' .. ARGV[2] "
+    "add(redis.call('GET', hrk)) "
+    "local n = tonumber(ARGV[4]) "
+    "for i = 0, n - 1 do "
+    "  local h = ARGV[6 + 2 * i] "
+    "  if h ~= '' then add(redis.call('GET', p .. 'idx:' .. ARGV[5 + 2 * i] "
+    "                                 .. ':' .. h)) end "
+    "end "
+    "if #ids > 1 then return {'case', table.concat(ids, '\\n')} end "
+    "local iid = ids[1] or ARGV[3] "
+    "local created = ids[1] == nil and '1' or '0' "
+    "redis.call('SET', hrk, iid) "
+    "for i = 0, n - 1 do "
+    "  local h = ARGV[6 + 2 * i] "
+    "  if h ~= '' then redis.call('SET', p .. 'idx:' .. ARGV[5 + 2 * i] .. "
+    "                             ':' .. h, iid, 'NX') end "
+    "end "
+    "local k = p .. 'id:' .. iid "
+    "redis.call('HDEL', k, 'left') "
+    "local attrs = redis.call('HGET', k, 'attrs') or '' "
+    "local acc = {} "
+    "for _, f in ipairs(redis.call('HKEYS', k)) do "
+    "  if string.sub(f, 1, 5) == 'acct:' then acc[#acc + 1] = string.sub(f, 6) end "
+    "end "
+    "return {'ok', iid, created, attrs, table.concat(acc, '\\n')}";
+
+/*
+ * A leaver. ARGV: prefix, hr hash, now. Ends every session of the identity
+ * and notifies the gateways (P revoked, field iid).
+ * -> {} (unknown person) or {iid, attrs|"", accts, sessions ended}
+ */
+static const char pg_jml_leave_lua[] =
+    "local p = ARGV[1] "
+    "local iid = redis.call('GET', p .. 'idx:hr:' .. ARGV[2]) "
+    "if not iid then return {} end "
+    "local k = p .. 'id:' .. iid "
+    "local n = 0 "
+    "for _, sid in ipairs(redis.call('SMEMBERS', p .. 'idsess:' .. iid)) do "
+    "  n = n + redis.call('DEL', p .. 'sess:' .. sid) "
+    "end "
+    "redis.call('DEL', p .. 'idsess:' .. iid) "
+    "redis.call('XADD', p .. 'revoked', 'MAXLEN', '~', '100000', '*', "
+    "           'iid', iid) "
+    "redis.call('HSET', k, 'left', ARGV[3]) "
+    "local acc = {} "
+    "for _, f in ipairs(redis.call('HKEYS', k)) do "
+    "  if string.sub(f, 1, 5) == 'acct:' then acc[#acc + 1] = string.sub(f, 6) end "
+    "end "
+    "return {iid, redis.call('HGET', k, 'attrs') or '', "
+    "        table.concat(acc, '\\n'), tostring(n)}";
+
+typedef struct pg_jml_rule {
+    char *attr;                /* identity attribute (e.g. "email") */
+    char *index;               /* login correlation index (e.g. "email") */
+} pg_jml_rule_t;
+
+enum { PG_JML_JOIN = 0, PG_JML_MOVE, PG_JML_LEAVE, PG_JML_DONE };
+
+struct pg_jml {
+    const pg_config_t *cfg;
+    const pg_host_t *host;
+    pg_redis_t *r;
+    pg_audit_t *audit;
+    pg_hrfeed_cfg_t *feed;
+    char *file;
+    unsigned poll_s;
+    pg_jml_rule_t rules[PG_JML_RULES_MAX];
+    size_t nrules;
+
+    /* the running import */
+    int busy;
+    int force;
+    pg_jml_cb cb;
+    void *arg;
+    char *path;
+    pg_hrfeed_parsed_t *parsed;
+    pg_hrfeed_diff_t *diff;
+    json_t *summary;
+    int phase;
+    size_t idx;
+    size_t tgt;
+    char iid[64];
+    json_t *attrs;             /* the person's merged attributes */
+    char *accts;               /* "\n"-joined targets with an account */
+    pg_redis_op_t *rop;
+    pg_outbox_req_t *oreq;
+    pg_timer_t *kick;
+    unsigned long ops, cases;
+};
+
+static void pg_jml_next_person(pg_jml_t *j);
+static void pg_jml_next_target(pg_jml_t *j);
+static void pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why);
+
+static void
+pg_jml_audit(pg_jml_t *j, const char *type, const char *outcome,
+             const char *reason, json_t *fields)
+{
+    pg_audit_emit(j->audit, type, outcome, reason, fields, NULL);
+}
+
+/* ---- config ----------------------------------------------------------- */
+
+pg_status_t
+pg_jml_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
+           pg_audit_t *audit, pg_jml_t **out, pg_err_t *err)
+{
+    const json_t *src = cfg->hr_source;
+    pg_jml_t *j;
+    json_t *rule;
+    size_t i;
+    pg_status_t st;
+
+    *out = NULL;
+    if (src == NULL) {
+        pg_err_set(err, "$.hr_source: not configured");
+        return PG_ERR_NOT_FOUND;
+    }
+    j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    j->cfg = cfg;
+    j->host = host;
+    j->r = redis;
+    j->audit = audit;
+    j->file = strdup(cfg->hr_file);
+    j->poll_s = cfg->hr_poll_s;
+    st = pg_hrfeed_cfg_parse(json_object_get(src, "feed"), "$.hr_source.feed",
+                             &j->feed, err);
+    json_array_foreach(json_object_get(src, "correlation"), i, rule) {
+        if (st != PG_OK || i >= PG_JML_RULES_MAX) {
+            break;
+        }
+        j->rules[i].attr = strdup(json_string_value(json_object_get(rule,
+                                                                    "attr")));
+        j->rules[i].index = strdup(json_string_value(json_object_get(rule,
+                                                                     "index")));
+        j->nrules = i + 1;
+        if (j->rules[i].attr == NULL || j->rules[i].index == NULL) {
+            st = PG_ERR_NOMEM;
+        }
+    }
+    if (st == PG_OK && j->file == NULL) {
+        st = PG_ERR_NOMEM;
+    }
+    if (st != PG_OK) {
+        pg_jml_free(j);
+        return st;
+    }
+    *out = j;
+    return PG_OK;
+}
+
+static void
+pg_jml_reset(pg_jml_t *j)
+{
+    if (j->rop != NULL) {
+        pg_redis_cancel(j->rop);
+        j->rop = NULL;
+    }
+    if (j->oreq != NULL) {
+        pg_outbox_cancel(j->oreq);
+        j->oreq = NULL;
+    }
+    if (j->kick != NULL) {
+        j->host->timer_close(j->kick);
+        j->kick = NULL;
+    }
+    pg_hrfeed_parsed_free(j->parsed);
+    j->parsed = NULL;
+    pg_hrfeed_diff_free(j->diff);
+    j->diff = NULL;
+    json_decref(j->summary);
+    j->summary = NULL;
+    json_decref(j->attrs);
+    j->attrs = NULL;
+    free(j->accts);
+    j->accts = NULL;
+    free(j->path);
+    j->path = NULL;
+    j->busy = 0;
+}
+
+void
+pg_jml_free(pg_jml_t *j)
+{
+    size_t i;
+
+    if (j == NULL) {
+        return;
+    }
+    pg_jml_reset(j);
+    pg_hrfeed_cfg_free(j->feed);
+    for (i = 0; i < j->nrules; i++) {
+        free(j->rules[i].attr);
+        free(j->rules[i].index);
+    }
+    free(j->file);
+    free(j);
+}
+
+const char *
+pg_jml_file(const pg_jml_t *j)
+{
+    return j->file;
+}
+
+unsigned
+pg_jml_poll_s(const pg_jml_t *j)
+{
+    return j->poll_s;
+}
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static char *
+pg_jml_key(const pg_jml_t *j, const char *a, const char *b)
+{
+    char *k = NULL;
+
+    if (asprintf(&k, "%s%s%s", j->cfg->redis.key_prefix, a, b ? b : "") < 0) {
+        return NULL;
+    }
+    return k;
+}
+
+/* sha256 (base64url) of s, lower-cased first when lower. */
+static pg_status_t
+pg_jml_hash(const char *s, int lower, char *out, size_t outsz)
+{
+    size_t n = strlen(s), i;
+    char *c = malloc(n + 1);
+    pg_status_t st;
+
+    if (c == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < n; i++) {
+        c[i] = lower ? (char) tolower((unsigned char) s[i]) : s[i];
+    }
+    c[n] = '\0';
+    st = pg_sha256_b64url(c, n, out, outsz);
+    free(c);
+    return st;
+}
+
+static int
+pg_jml_has_acct(const pg_jml_t *j, const char *target)
+{
+    const char *p = j->accts;
+    size_t n = strlen(target);
+
+    while (p != NULL && *p != '\0') {
+        const char *e = strchr(p, '\n');
+        size_t l = e != NULL ? (size_t) (e - p) : strlen(p);
+
+        if (l == n && memcmp(p, target, n) == 0) {
+            return 1;
+        }
+        p = e != NULL ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+/* The key and attributes of the current person. */
+static void
+pg_jml_current(const pg_jml_t *j, const char **key, json_t **attrs)
+{
+    const pg_hrfeed_diff_t *d = j->diff;
+
+    *key = NULL;
+    *attrs = NULL;
+    if (j->phase == PG_JML_JOIN && j->idx < d->njoins) {
+        *key = d->joins[j->idx].key;
+        *attrs = d->joins[j->idx].attrs;
+    } else if (j->phase == PG_JML_MOVE && j->idx < d->nmoves) {
+        *key = d->moves[j->idx].key;
+        *attrs = d->moves[j->idx].attrs;
+    } else if (j->phase == PG_JML_LEAVE && j->idx < d->nleaves) {
+        *key = d->leaves[j->idx].key;
+        *attrs = d->leaves[j->idx].attrs;
+    }
+}
+
+static const char *
+pg_jml_phase_name(int phase)
+{
+    return phase == PG_JML_JOIN ? "join" : phase == PG_JML_MOVE ? "move"
+                                                                : "leave";
+}
+
+/* ---- per target: decide and enqueue ------------------------------------ */
+
+static void
+pg_jml_enqueued(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
+{
+    pg_jml_t *j = arg;
+
+    j->oreq = NULL;
+    if (st != PG_OK) {
+        pg_jml_finish(j, st, "enqueue failed");
+        return;
+    }
+    (void) res;
+    j->ops++;
+    j->tgt++;
+    pg_jml_next_target(j);
+}
+
+/* Enqueue kind ("ensure", "disable", "delete") for target t. */
+static void
+pg_jml_enqueue(pg_jml_t *j, const pg_target_cfg_t *t, const char *kind,
+               const json_t *ents)
+{
+    pg_outbox_op_t o;
+    json_t *state, *f;
+    const char *key;
+    json_t *hr;
+    pg_status_t st;
+
+    state = json_pack("{s:s, s:s, s:O, s:O}", "iid", j->iid, "app", t->name,
+                      "attrs", j->attrs, "entitlements", ents);
+    if (state == NULL) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    memset(&o, 0, sizeof(o));
+    o.identity = j->iid;
+    o.target = t->name;
+    o.kind = kind;
+    o.state = state;
+    o.dedup_ttl_s = j->cfg->outbox.dedup_ttl_s;
+    o.release_when_done = 1;
+    pg_jml_current(j, &key, &hr);
+    f = json_pack("{s:s, s:s, s:s, s:s, s:O}", "identity", j->iid, "hr_key",
+                  key ? key : "", "target", t->name, "operation", kind,
+                  "entitlements", ents);
+    pg_jml_audit(j, "jml.operation", "success", pg_jml_phase_name(j->phase),
+                 f);
+    st = pg_outbox_enqueue(j->r, &o, 5000, pg_jml_enqueued, j, NULL,
+                           &j->oreq);
+    json_decref(state);
+    if (st != PG_OK) {
+        j->oreq = NULL;
+        pg_jml_finish(j, st, "enqueue failed");
+    }
+}
+
+static void
+pg_jml_next_target(pg_jml_t *j)
+{
+    const pg_config_t *cfg = j->cfg;
+
+    while (j->tgt < cfg->ntargets) {
+        const pg_target_cfg_t *t = &cfg->targets[j->tgt];
+        pg_decision_t d;
+        json_t *empty;
+
+        if (j->phase == PG_JML_LEAVE) {
+            if (pg_jml_has_acct(j, t->name)) {
+                empty = json_array();
+                pg_jml_enqueue(j, t, t->leave_delete ? "delete" : "disable",
+                               empty);
+                json_decref(empty);
+                return;
+            }
+            j->tgt++;
+            continue;
+        }
+        memset(&d, 0, sizeof(d));
+        if (pg_policy_decide(cfg->policies, j->attrs, t->name, &d) != PG_OK) {
+            pg_decision_clear(&d);
+            pg_jml_finish(j, PG_ERR_INTERNAL, "policy evaluation failed");
+            return;
+        }
+        pg_jml_audit(j, "policy.decision", d.has_account ? "success"
+                                                         : "denied",
+                     d.has_account ? "granted" : "not_entitled",
+                     json_pack("{s:s, s:s, s:b, s:O?, s:O?}", "identity",
+                               j->iid, "target", t->name, "granted",
+                               d.has_account, "entitlements", d.entitlements,
+                               "explanation", d.explanation));
+        if (d.has_account) {
+            pg_jml_enqueue(j, t, "ensure", d.entitlements);
+            pg_decision_clear(&d);
+            return;
+        }
+        pg_decision_clear(&d);
+        if (pg_jml_has_acct(j, t->name)) {
+            /* moved out of every policy for this target */
+            empty = json_array();
+            pg_jml_enqueue(j, t, t->leave_delete ? "delete" : "disable",
+                           empty);
+            json_decref(empty);
+            return;
+        }
+        j->tgt++;
+    }
+    /* this person is done */
+    j->idx++;
+    pg_jml_next_person(j);
+}
+
+/* ---- per person ------------------------------------------------------- */
+
+static void
+pg_jml_attrs_saved(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "cannot store identity attributes");
+        return;
+    }
+    j->tgt = 0;
+    pg_jml_next_target(j);
+}
+
+static void
+pg_jml_correlated(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    const char *key;
+    json_t *hr, *f;
+    char *enc = NULL, *idk = NULL, now[24];
+    const char *argv[8];
+
+    j->rop = NULL;
+    pg_jml_current(j, &key, &hr);
+    if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements < 2) {
+        pg_jml_finish(j, PG_ERR_REDIS, "correlation failed");
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "case") == 0) {
+        /* two identities match this record: an admin decides */
+        j->cases++;
+        f = json_pack("{s:s, s:s, s:s%}", "hr_key", key, "kind",
+                      pg_jml_phase_name(j->phase), "candidates",
+                      reply->element[1]->str, reply->element[1]->len);
+        pg_jml_audit(j, "jml.case", "deferred", "ambiguous_correlation", f);
+        j->idx++;
+        pg_jml_next_person(j);
+        return;
+    }
+    if (reply->elements != 5 || reply->element[1]->len >= sizeof(j->iid)) {
+        pg_jml_finish(j, PG_ERR_REDIS, "correlation failed");
+        return;
+    }
+    memcpy(j->iid, reply->element[1]->str, reply->element[1]->len);
+    j->iid[reply->element[1]->len] = '\0';
+    json_decref(j->attrs);
+    j->attrs = NULL;
+    if (reply->element[3]->len > 0 && reply->element[3]->len < 256 * 1024) {
+        json_error_t jerr;
+        j->attrs = json_loadb(reply->element[3]->str, reply->element[3]->len,
+                              0, &jerr);
+    }
+    if (!json_is_object(j->attrs)) {
+        json_decref(j->attrs);
+        j->attrs = json_object();
+    }
+    /* the authoritative source wins for the attributes it carries */
+    if (j->attrs == NULL || json_object_update(j->attrs, hr) != 0) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    json_object_set_new(j->attrs, "identity_id", json_string(j->iid));
+    json_object_set_new(j->attrs, "hr_key", json_string(key));
+    free(j->accts);
+    j->accts = strndup(reply->element[4]->str, reply->element[4]->len);
+    f = json_pack("{s:s, s:s, s:b}", "hr_key", key, "identity", j->iid,
+                  "new_identity", reply->element[2]->str[0] == '1');
+    if (j->phase == PG_JML_MOVE && f != NULL) {
+        const pg_hrfeed_move_t *m = &j->diff->moves[j->idx];
+        json_t *ch = json_array();
+        size_t i;
+
+        for (i = 0; ch != NULL && i < m->nchanges; i++) {
+            json_array_append_new(ch, json_pack("{s:s, s:s?, s:s?}", "attr",
+                                                m->changes[i].attr, "old",
+                                                m->changes[i].old_value, "new",
+                                                m->changes[i].new_value));
+        }
+        json_object_set_new(f, "changes", ch);
+    }
+    pg_jml_audit(j, j->phase == PG_JML_JOIN ? "jml.join" : "jml.move",
+                 "success", reply->element[2]->str[0] == '1'
+                                ? "new_identity" : "existing_identity", f);
+    enc = json_dumps(j->attrs, JSON_COMPACT | JSON_SORT_KEYS);
+    idk = pg_jml_key(j, "id:", j->iid);
+    snprintf(now, sizeof(now), "%lld", (long long) time(NULL));
+    if (enc == NULL || idk == NULL || j->accts == NULL) {
+        free(enc);
+        free(idk);
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    argv[0] = "HSET"; argv[1] = idk; argv[2] = "attrs"; argv[3] = enc;
+    argv[4] = "updated"; argv[5] = now; argv[6] = "source"; argv[7] = "hr";
+    st = pg_redis_command(j->r, 8, argv, NULL, 0, pg_jml_attrs_saved, j,
+                          &j->rop);
+    free(enc);
+    free(idk);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "cannot store identity attributes");
+    }
+}
+
+static void
+pg_jml_left(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    const char *key;
+    json_t *hr, *f;
+
+    j->rop = NULL;
+    pg_jml_current(j, &key, &hr);
+    if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        pg_jml_finish(j, PG_ERR_REDIS, "leave failed");
+        return;
+    }
+    if (reply->elements != 4) {
+        pg_jml_audit(j, "jml.leave", "success", "no_identity",
+                     json_pack("{s:s}", "hr_key", key));
+        j->idx++;
+        pg_jml_next_person(j);
+        return;
+    }
+    snprintf(j->iid, sizeof(j->iid), "%.*s", (int) reply->element[0]->len,
+             reply->element[0]->str);
+    json_decref(j->attrs);
+    j->attrs = NULL;
+    if (reply->element[1]->len > 0 && reply->element[1]->len < 256 * 1024) {
+        json_error_t jerr;
+        j->attrs = json_loadb(reply->element[1]->str, reply->element[1]->len,
+                              0, &jerr);
+    }
+    if (!json_is_object(j->attrs)) {
+        json_decref(j->attrs);
+        j->attrs = json_deep_copy(hr);
+    }
+    free(j->accts);
+    j->accts = strndup(reply->element[2]->str, reply->element[2]->len);
+    f = json_pack("{s:s, s:s, s:s, s:s%}", "hr_key", key, "identity", j->iid,
+                  "reason", j->diff->leaves[j->idx].reason
+                                == PG_HRFEED_LEAVE_TERMINATED
+                                ? "terminated" : "gone",
+                  "sessions_ended", reply->element[3]->str,
+                  reply->element[3]->len);
+    pg_jml_audit(j, "jml.leave", "success", "left", f);
+    pg_jml_audit(j, "session.end", "success", "leave",
+                 json_pack("{s:s}", "identity", j->iid));
+    if (j->attrs == NULL || j->accts == NULL) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    j->tgt = 0;
+    pg_jml_next_target(j);
+}
+
+static void
+pg_jml_commit_done(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "cannot store the snapshot");
+        return;
+    }
+    pg_jml_finish(j, PG_OK, NULL);
+}
+
+static void
+pg_jml_next_person(pg_jml_t *j)
+{
+    const pg_hrfeed_diff_t *d = j->diff;
+    const char *key;
+    json_t *hr;
+    char hash[64], cand[48], now[24], nr[8];
+    char hashes[PG_JML_RULES_MAX][64];
+    const char *argv[8 + 2 * PG_JML_RULES_MAX];
+    char *snap;
+    size_t i;
+    int argc = 0;
+    pg_status_t st;
+
+    for (;;) {
+        size_t n = j->phase == PG_JML_JOIN ? d->njoins
+                   : j->phase == PG_JML_MOVE ? d->nmoves
+                   : j->phase == PG_JML_LEAVE ? d->nleaves : 0;
+
+        if (j->phase == PG_JML_DONE) {
+            break;
+        }
+        if (j->idx < n) {
+            break;
+        }
+        j->phase++;
+        j->idx = 0;
+    }
+    if (j->phase == PG_JML_DONE) {
+        /* everything is enqueued: commit the snapshot */
+        char *k = pg_jml_key(j, "hr:snapshot", NULL);
+
+        snap = json_dumps(d->next, JSON_COMPACT | JSON_SORT_KEYS);
+        if (k == NULL || snap == NULL) {
+            free(k);
+            free(snap);
+            pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+            return;
+        }
+        argv[0] = "SET"; argv[1] = k; argv[2] = snap;
+        st = pg_redis_command(j->r, 3, argv, NULL, 0, pg_jml_commit_done, j,
+                              &j->rop);
+        free(k);
+        free(snap);
+        if (st != PG_OK) {
+            j->rop = NULL;
+            pg_jml_finish(j, st, "cannot store the snapshot");
+        }
+        return;
+    }
+    pg_jml_current(j, &key, &hr);
+    if (pg_jml_hash(key, 0, hash, sizeof(hash)) != PG_OK) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    snprintf(now, sizeof(now), "%lld", (long long) time(NULL));
+    if (j->phase == PG_JML_LEAVE) {
+        argv[0] = "EVAL"; argv[1] = pg_jml_leave_lua; argv[2] = "0";
+        argv[3] = j->cfg->redis.key_prefix; argv[4] = hash; argv[5] = now;
+        st = pg_redis_command(j->r, 6, argv, NULL, 0, pg_jml_left, j,
+                              &j->rop);
+    } else {
+        if (pg_random_token(16, cand, sizeof(cand)) != PG_OK) {
+            pg_jml_finish(j, PG_ERR_INTERNAL, "no randomness");
+            return;
+        }
+        snprintf(nr, sizeof(nr), "%zu", j->nrules);
+        argv[argc++] = "EVAL"; argv[argc++] = pg_jml_corr_lua;
+        argv[argc++] = "0"; argv[argc++] = j->cfg->redis.key_prefix;
+        argv[argc++] = hash; argv[argc++] = cand; argv[argc++] = nr;
+        for (i = 0; i < j->nrules; i++) {
+            const char *v = json_string_value(json_object_get(hr,
+                                              j->rules[i].attr));
+
+            hashes[i][0] = '\0';
+            if (v != NULL && v[0] != '\0'
+                && pg_jml_hash(v, 1, hashes[i], sizeof(hashes[i])) != PG_OK) {
+                pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+                return;
+            }
+            argv[argc++] = j->rules[i].index;
+            argv[argc++] = hashes[i];
+        }
+        st = pg_redis_command(j->r, argc, argv, NULL, 0, pg_jml_correlated, j,
+                              &j->rop);
+    }
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "Redis unavailable");
+    }
+}
+
+/* ---- the import ------------------------------------------------------- */
+
+static void
+pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why)
+{
+    pg_jml_cb cb = j->cb;
+    void *arg = j->arg;
+    json_t *s = j->summary;
+
+    j->summary = NULL;
+    if (s != NULL) {
+        json_object_set_new(s, "operations", json_integer((json_int_t) j->ops));
+        json_object_set_new(s, "cases", json_integer((json_int_t) j->cases));
+        if (st != PG_OK) {
+            json_object_set_new(s, "refused", json_string(why ? why : "error"));
+        }
+    }
+    pg_jml_audit(j, "jml.import", st == PG_OK ? "success" : "failure",
+                 st == PG_OK ? "applied" : pg_status_str(st),
+                 s != NULL ? json_deep_copy(s) : NULL);
+    pg_jml_reset(j);
+    cb(arg, st, s);
+    json_decref(s);
+}
+
+static void
+pg_jml_snapshot_read(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    json_t *prev = NULL, *errs;
+    char today[16];
+    time_t now = time(NULL);
+    struct tm tm;
+    pg_err_t err = { "" };
+    size_t i;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "Redis unavailable");
+        return;
+    }
+    if (reply->type == REDIS_REPLY_STRING
+        && pg_hrfeed_snapshot_parse(reply->str, reply->len,
+                                    PG_JML_SNAPSHOT_MAX, &prev, &err)
+           != PG_OK) {
+        pg_jml_finish(j, PG_ERR_INVALID, err.msg);
+        return;
+    }
+    gmtime_r(&now, &tm);
+    strftime(today, sizeof(today), "%Y-%m-%d", &tm);
+    st = pg_hrfeed_diff(j->feed, prev, j->parsed, today, j->force, &j->diff,
+                        &err);
+    json_decref(prev);
+    errs = json_array();
+    for (i = 0; errs != NULL && i < j->parsed->nerrors; i++) {
+        json_array_append_new(errs, json_pack("{s:I, s:s}", "line",
+                                  (json_int_t) j->parsed->errors[i].line,
+                                  "reason", j->parsed->errors[i].reason));
+    }
+    json_object_set_new(j->summary, "errors", errs);
+    json_object_set_new(j->summary, "malformed",
+                        json_integer((json_int_t) j->parsed->nbad));
+    if (j->diff != NULL) {
+        json_object_set_new(j->summary, "joins",
+                            json_integer((json_int_t) j->diff->njoins));
+        json_object_set_new(j->summary, "moves",
+                            json_integer((json_int_t) j->diff->nmoves));
+        json_object_set_new(j->summary, "leaves",
+                            json_integer((json_int_t) j->diff->nleaves));
+        json_object_set_new(j->summary, "unchanged",
+                            json_integer((json_int_t) j->diff->unchanged));
+    }
+    if (st != PG_OK) {
+        pg_jml_finish(j, st, err.msg[0] ? err.msg : "refused");
+        return;
+    }
+    j->phase = PG_JML_JOIN;
+    j->idx = 0;
+    pg_jml_next_person(j);
+}
+
+static void
+pg_jml_start(void *arg)
+{
+    pg_jml_t *j = arg;
+    char *buf = NULL, *k;
+    size_t len = 0;
+    pg_err_t err = { "" };
+    const char *argv[2];
+    pg_status_t st;
+
+    j->host->timer_close(j->kick);
+    j->kick = NULL;
+    /* a local file read: bounded, and the sidecar is not a request path */
+    st = pg_read_file(j->path, j->feed->max_file_bytes, 0, &buf, &len, &err);
+    if (st != PG_OK) {
+        pg_jml_finish(j, st, err.msg[0] ? err.msg : "cannot read the file");
+        return;
+    }
+    st = pg_hrfeed_parse(j->feed, buf, len, &j->parsed, &err);
+    free(buf);
+    if (st != PG_OK && j->parsed == NULL) {
+        pg_jml_finish(j, st, err.msg[0] ? err.msg : "cannot parse the file");
+        return;
+    }
+    k = pg_jml_key(j, "hr:snapshot", NULL);
+    if (k == NULL) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    argv[0] = "GET";
+    argv[1] = k;
+    st = pg_redis_command(j->r, 2, argv, NULL, 0, pg_jml_snapshot_read, j,
+                          &j->rop);
+    free(k);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "Redis unavailable");
+    }
+}
+
+pg_status_t
+pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
+              void *arg)
+{
+    if (j->busy) {
+        return PG_ERR_BUSY;
+    }
+    j->path = strdup(path != NULL ? path : j->file);
+    j->summary = json_pack("{s:s}", "file", path != NULL ? path : j->file);
+    j->kick = j->host->timer_open(j->host->ctx, pg_jml_start, j);
+    if (j->path == NULL || j->summary == NULL || j->kick == NULL) {
+        pg_jml_reset(j);
+        return PG_ERR_NOMEM;
+    }
+    j->busy = 1;
+    j->force = force;
+    j->cb = cb;
+    j->arg = arg;
+    j->ops = 0;
+    j->cases = 0;
+    j->host->timer_arm(j->kick, 0);
+    return PG_OK;
+}

@@ -1,0 +1,211 @@
+// Joiners, movers and leavers from an HR export, end to end: the sidecar
+// (build/provgated) imports a CSV, and the accounts appear in a real SCIM
+// server and a real PostgreSQL through the durable outbox; a department
+// change moves access; a removed row disables every account and ends the
+// person's gateway session at once.
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest,
+} from './lib/harness.mjs';
+import { startPostgres } from './lib/pg.mjs';
+import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
+
+const BIN = process.env.PG_PROVGATED_BIN
+  || path.join(REPO_ROOT, process.env.PROVGATE_ASAN ? 'build/asan-bin/provgated' : 'build/provgated');
+const ADMIN_TOKEN = 'sidecar-admin-token-0123456789';
+
+const SCHEMA = `
+CREATE TABLE accounts (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE, display_name text, email text,
+  department varchar(64), active boolean NOT NULL DEFAULT true,
+  updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE account_groups (account_key text NOT NULL REFERENCES accounts(key) ON DELETE CASCADE ON UPDATE CASCADE,
+  group_name text NOT NULL, PRIMARY KEY (account_key, group_name));`;
+
+function sqlTarget(pg) {
+  return {
+    type: 'sql',
+    key: 'login',
+    attributes: { login: '${username}', display_name: '${name}', email: '${email}', department: '${department}' },
+    connector: {
+      conninfo: `host=127.0.0.1 port=${pg.port} dbname=postgres user=postgres`,
+      timeout_ms: 3000,
+      statements: {
+        lookup: 'SELECT id, key, display_name, email, department, active FROM accounts WHERE key = :key',
+        create: 'INSERT INTO accounts (key, display_name, email, department, active) VALUES (:key, :attr.display_name, :attr.email, :attr.department, :active)',
+        update: 'UPDATE accounts SET display_name = :attr.display_name, email = :attr.email, department = :attr.department WHERE key = :key',
+        disable: 'UPDATE accounts SET active = false WHERE key = :key',
+        enable: 'UPDATE accounts SET active = true WHERE key = :key',
+        delete: 'DELETE FROM accounts WHERE key = :key',
+        list: 'SELECT a.id, a.key, a.display_name, a.email, a.department, a.active, a.updated_at AS modified, (SELECT coalesce(json_agg(g.group_name ORDER BY g.group_name), \'[]\') FROM account_groups g WHERE g.account_key = a.key) AS groups FROM accounts a WHERE a.key > :after AND a.updated_at >= :since ORDER BY a.key LIMIT :limit',
+        group_list: 'SELECT group_name AS "group" FROM account_groups WHERE account_key = :key',
+        group_add: 'INSERT INTO account_groups (account_key, group_name) VALUES (:key, :group) ON CONFLICT DO NOTHING',
+        group_remove: 'DELETE FROM account_groups WHERE account_key = :key AND group_name = :group',
+      },
+    },
+  };
+}
+
+const POLICIES = {
+  policies: [
+    ...DEFAULT_POLICIES.policies,
+    { id: 'db-staff', kind: 'birthright', who: { attr: 'employee_type', eq: 'employee' },
+      grants: [{ target: 'hrdb', entitlements: [{ type: 'group', value: 'staff' }] }] },
+    { id: 'db-eng', kind: 'birthright', who: { attr: 'department', eq: 'eng' },
+      grants: [{ target: 'hrdb', entitlements: [{ type: 'group', value: 'eng-tools' }] }] },
+  ],
+};
+
+const HEADER = 'emp_id,login,email,name,given,family,dept,type,end_date';
+const row = (id, login, dept, end = '') => `${id},${login},${login}@example.com,${login} Person,${login},Person,${dept},employee,${end}`;
+
+describe('JML from an HR export through the sidecar', () => {
+  let e;
+  let pg;
+  let sc;
+  let scPort;
+  let hrFile;
+
+  const writeHr = (rows) => {
+    const tmp = `${hrFile}.tmp`;
+    fs.writeFileSync(tmp, `${[HEADER, ...rows].join('\n')}\n`);
+    fs.renameSync(tmp, hrFile);
+  };
+  const lastImport = async () => (await jsonRequest('GET', `http://127.0.0.1:${scPort}/import`)).json;
+  const waitImport = async (pred, ms = 15000) => {
+    const end = Date.now() + ms;
+    let last;
+    while (Date.now() < end) {
+      last = await lastImport();
+      if (last && pred(last)) return last;
+      await sleep(100);
+    }
+    assert.fail(`import not seen: ${JSON.stringify(last)}`);
+    return last;
+  };
+  const until = async (what, fn, ms = 15000) => {
+    const end = Date.now() + ms;
+    let v;
+    while (Date.now() < end) {
+      v = await fn();
+      if (v) return v;
+      await sleep(100);
+    }
+    assert.fail(`timed out waiting for ${what}`);
+    return v;
+  };
+  const scimGroups = async (userName) => {
+    const st = await e.scim.state();
+    const u = st.users.find((x) => x.userName === userName);
+    return u ? st.groups.filter((g) => g.members.some((m) => m.value === u.id)).map((g) => g.displayName).sort() : null;
+  };
+  const dbRow = (login) => {
+    const out = pg.psql(`SELECT active, department, coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name) FROM account_groups WHERE account_key = a.key), '') FROM accounts a WHERE key = '${login}'`);
+    if (!out) return null;
+    const [active, dept, groups] = out.split('|');
+    return { active: active === 't', dept, groups: groups ? groups.split(',') : [] };
+  };
+
+  before(async () => {
+    pg = await startPostgres();
+    pg.psql(SCHEMA);
+    e = await startEnv(undefined, {
+      workers: 1,
+      policies: POLICIES,
+      cfgOver: (env) => {
+        hrFile = path.join(env.dir, 'hr.csv');
+        return {
+          targets: { ...env.baseConfig().targets, hrdb: sqlTarget(pg) },
+          hr_source: {
+            file: hrFile,
+            poll_s: 1,
+            feed: {
+              key_column: 'emp_id',
+              attributes: {
+                login: 'username', email: 'email', name: 'name', given: 'given_name', family: 'family_name',
+                dept: 'department', type: 'employee_type',
+              },
+              termination_column: 'end_date',
+              max_leave_pct: 100,
+              max_malformed_pct: 50,
+            },
+            correlation: [{ attr: 'email', index: 'email' }],
+          },
+        };
+      },
+    });
+    fs.writeFileSync(path.join(e.dir, 'admin.token'), ADMIN_TOKEN);
+    scPort = await freePort();
+    sc = await startProcess(BIN, ['--config', e.cfgFile, '--listen', `127.0.0.1:${scPort}`, '--log-level', 'info',
+      '--admin-token-file', path.join(e.dir, 'admin.token')], { name: 'provgated' });
+    await waitForPort(scPort);
+  });
+  after(async () => {
+    if (sc) await sc.stop();
+    if (e) {
+      await e.nginx.stop();
+      assert.deepEqual(sanitizerReports(e.prefix), []);
+    }
+    await cleanupAll();
+  });
+
+  test('joiners: accounts appear in SCIM and PostgreSQL; a person who logged in before is not duplicated', async () => {
+    const { res } = await e.login('alice', '/app/before-hr');
+    assert.equal(res.status, 200);
+    const raw = JSON.parse(res.body).rawHeaders;
+    const aliceId = raw[raw.findIndex((h, i) => i % 2 === 0 && h.toLowerCase() === 'x-provgate-identity') + 1];
+    assert.ok(aliceId);
+    writeHr([row('1001', 'nora', 'eng'), row('1002', 'otto', 'sales'), row('1003', 'alice', 'eng'),
+      '1004,too,few', row('1005', 'pia', 'sales')]);
+    const s = await waitImport((x) => x.status === 'ok' && x.joins === 4);
+    assert.equal(s.malformed, 1);
+    assert.ok(s.errors.some((x) => x.line === 5), JSON.stringify(s.errors));
+    await until('nora in PostgreSQL', () => dbRow('nora'));
+    await until('all accounts', async () => dbRow('otto') && dbRow('pia') && (await scimGroups('otto')));
+    assert.deepEqual(dbRow('nora'), { active: true, dept: 'eng', groups: ['eng-tools', 'staff'] });
+    assert.deepEqual(dbRow('otto').groups, ['staff']);
+    assert.deepEqual(await scimGroups('nora'), ['engineering', 'staff']);
+    // alice's HR record joined the identity her login created
+    const link = await e.redisCmd('GET', `pg:idx:email:${(await import('node:crypto')).createHash('sha256').update('alice@example.com').digest('base64url')}`);
+    assert.equal(link, aliceId, 'correlated by the verified email: one identity');
+    assert.ok(e.audit().some((x) => x.type === 'jml.join' && x.reason === 'existing_identity' && x.identity === aliceId));
+  });
+
+  test('a mover: access follows the new department, common birthright access stays', async () => {
+    writeHr([row('1001', 'nora', 'sales'), row('1002', 'otto', 'eng'), row('1003', 'alice', 'eng'),
+      row('1005', 'pia', 'sales')]);
+    const s = await waitImport((x) => x.status === 'ok' && x.moves === 2);
+    assert.equal(s.joins, 0);
+    await until('otto moved', () => dbRow('otto').groups.includes('eng-tools'));
+    await until('nora moved', () => !dbRow('nora').groups.includes('eng-tools'));
+    assert.deepEqual(dbRow('nora'), { active: true, dept: 'sales', groups: ['staff'] });
+    assert.deepEqual(dbRow('otto').groups, ['eng-tools', 'staff']);
+    assert.ok(e.audit().some((x) => x.type === 'jml.move' && x.hr_key === '1002'
+      && x.changes.some((c) => c.attr === 'department' && c.old === 'sales' && c.new === 'eng')));
+  });
+
+  test('a leaver: every account disabled and the gateway session ended at once', async () => {
+    const { b, res } = await e.login('alice', '/app/leaving');
+    assert.equal(res.status, 200);
+    writeHr([row('1001', 'nora', 'sales'), row('1002', 'otto', 'eng'), row('1005', 'pia', 'sales')]);
+    await waitImport((x) => x.status === 'ok' && x.leaves === 1);
+    // the very next request is refused (redirected to sign in)
+    const next = await b.request('GET', `${e.base}/app/leaving`);
+    assert.equal(next.status, 302, 'session ended');
+    await until('alice disabled in PostgreSQL', () => dbRow('alice') && !dbRow('alice').active);
+    await until('alice disabled in SCIM', async () => (await e.scimUsers('alice'))[0].active === false);
+    assert.ok(e.audit().some((x) => x.type === 'jml.leave' && x.reason === 'left'));
+    assert.ok(e.audit().some((x) => x.type === 'provision.deprovision' && x.app === 'hrdb'));
+  });
+
+  test('the import endpoint needs the admin token; a re-import of the same file changes nothing', async () => {
+    const r = await jsonRequest('POST', `http://127.0.0.1:${scPort}/import`, {});
+    assert.equal(r.status, 401);
+    const ok = await jsonRequest('POST', `http://127.0.0.1:${scPort}/import`, {}, { authorization: `Bearer ${ADMIN_TOKEN}` });
+    assert.equal(ok.status, 202);
+    const s = await waitImport((x) => x.status === 'ok' && x.unchanged === 3 && x.joins === 0 && x.leaves === 0);
+    assert.equal(s.operations, 0);
+  });
+});
