@@ -4,6 +4,11 @@
 // signing, assertion encryption, IdP metadata). HTTP-Redirect AuthnRequests
 // in, HTTP-POST Responses out (auto-submitting HTML form), plus
 // IdP-initiated (unsolicited) SSO and an admin API for fault injection.
+// Single Logout (HTTP-Redirect both ways, signed by samlify): the SP's
+// LogoutRequest at /slo is verified and answered with a signed
+// LogoutResponse; /slo/idp-init makes the IdP start logout with a signed
+// (or, for negative tests, unsigned) LogoutRequest to the SP's SLO URL,
+// and the SP's LogoutResponse comes back to /slo.
 //
 //   node saml-idp.mjs --port 0 --sp-metadata sp.xml --users users.json \
 //        [--entity-id URL] [--key idp-key.pem --cert idp-cert.pem] \
@@ -117,6 +122,9 @@ const STATUS_SUCCESS = 'urn:oasis:names:tc:SAML:2.0:status:Success';
 const STATUS_RESPONDER = 'urn:oasis:names:tc:SAML:2.0:status:Responder';
 const STATUS_AUTHN_FAILED = 'urn:oasis:names:tc:SAML:2.0:status:AuthnFailed';
 const MODES = ['good', 'expired', 'wrong_audience', 'wrong_recipient', 'wrong_destination', 'unsigned', 'status_fail'];
+// Fault modes for the LogoutResponse the IdP sends (SP-initiated logout).
+const SLO_MODES = ['good', 'unsigned', 'status_fail', 'wrong_destination', 'wrong_issuer', 'expired'];
+const STATUS_PARTIAL_LOGOUT = 'urn:oasis:names:tc:SAML:2.0:status:PartialLogout';
 
 // ---------------------------------------------------------------------------
 // Signing key + certificate: given files, or a fresh self-signed pair made
@@ -196,6 +204,10 @@ function buildIdp(boundPort) {
       NAMEID_UNSPECIFIED,
     ],
     singleSignOnService: [{ Binding: BINDING_REDIRECT, Location: `${baseUrl}/sso` }],
+    singleLogoutService: [{ Binding: BINDING_REDIRECT, Location: `${baseUrl}/slo` }],
+    // Logout messages from the SP must be signed (Profiles 4.4.4.1/4.4.4.2).
+    wantLogoutRequestSigned: true,
+    wantLogoutResponseSigned: true,
   });
 }
 
@@ -206,7 +218,19 @@ const state = {
   mode: 'good',
   pending: new Map(), // uid -> {requestId, relayState, acs, nameIdFormat, created}
   last: null, // {xml, base64, relayState, acs, mode, inResponseTo, user, ts}
-  stats: { authn_requests: 0, logins: 0, failed_logins: 0, responses: 0 },
+  stats: {
+    authn_requests: 0, logins: 0, failed_logins: 0, responses: 0,
+    logout_requests: 0, logout_responses_sent: 0, idp_logout_requests: 0,
+    logout_responses_received: 0, slo_errors: 0,
+  },
+  sloMode: 'good',
+  // SAML sessions handed out at login: sessionIndex -> {user, nameId, nameIdFormat, sessionIndex, created}
+  sessions: new Map(),
+  // IdP-initiated logout requests awaiting the SP's LogoutResponse: id -> {user, sessionIndex, created}
+  idpLogouts: new Map(),
+  lastLogout: null, // SP-initiated: {requestId, nameId, sessionIndex, matched, relayState, responseId, mode, ts}
+  lastLogoutResponse: null, // IdP-initiated: {inResponseTo, status, matched, relayState, ts}
+  lastSloError: null,
 };
 const PENDING_TTL_MS = 10 * 60 * 1000;
 
@@ -355,6 +379,16 @@ async function buildResponse(ctx) {
   }
   const finalXml = Buffer.from(base64, 'base64').toString('utf8');
   state.stats.responses += 1;
+  if (v.withAssertion) {
+    state.sessions.set(v.sessionIndex, {
+      user: ctx.user.username,
+      nameId: String(ctx.user.nameid ?? ctx.user.username),
+      nameIdFormat: ctx.nameIdFormat,
+      sessionIndex: v.sessionIndex,
+      created: Date.now(),
+    });
+    while (state.sessions.size > 1000) state.sessions.delete(state.sessions.keys().next().value);
+  }
   state.last = {
     xml: finalXml,
     base64,
@@ -368,6 +402,171 @@ async function buildResponse(ctx) {
     ts: Date.now(),
   };
   return base64;
+}
+
+// ---------------------------------------------------------------------------
+// Single Logout.
+
+/** The SP's HTTP-Redirect SingleLogoutService from its metadata, or null. */
+function spSloUrl() {
+  const u = sp.entityMeta.getSingleLogoutService('redirect');
+  return typeof u === 'string' && u ? u : null;
+}
+
+/** The SP as the target of a logout message, with samlify's signing switch
+ * (it signs Redirect logout messages when the *target* asks for it). */
+function sloTarget(signed) {
+  const view = Object.create(sp);
+  view.entitySetting = { ...sp.entitySetting, wantLogoutRequestSigned: signed, wantLogoutResponseSigned: signed };
+  return view;
+}
+
+/** Raw Redirect query -> samlify's {query, octetString} (Bindings 3.4.4.1:
+ * the parameters exactly as received, in protocol order). */
+function redirectEnvelope(url, msgParam) {
+  const raw = new Map(url.search.slice(1).split('&').map((kv) => {
+    const i = kv.indexOf('=');
+    return i < 0 ? [kv, ''] : [kv.slice(0, i), kv.slice(i + 1)];
+  }));
+  const octetString = [msgParam, 'RelayState', 'SigAlg']
+    .filter((k) => raw.has(k)).map((k) => `${k}=${raw.get(k)}`).join('&');
+  return { query: Object.fromEntries(url.searchParams), octetString };
+}
+
+function sloError(res, status, msg) {
+  state.stats.slo_errors += 1;
+  state.lastSloError = { message: msg, ts: Date.now() };
+  return errorPage(res, status, msg);
+}
+
+/** Our LogoutResponse XML for an SP LogoutRequest, bent by the SLO mode. */
+function renderLogoutResponse(id, inResponseTo, mode) {
+  const now = Date.now();
+  const issueInstant = iso(mode === 'expired' ? now - 20 * 60 * 1000 : now);
+  const dest = mode === 'wrong_destination' ? `${spSloUrl()}/wrong-destination` : spSloUrl();
+  const issuer = mode === 'wrong_issuer' ? 'urn:provgate:test:wrong-issuer' : entityId;
+  const status = mode === 'status_fail'
+    ? `<samlp:Status><samlp:StatusCode Value="${STATUS_RESPONDER}"><samlp:StatusCode Value="${STATUS_PARTIAL_LOGOUT}"/></samlp:StatusCode></samlp:Status>`
+    : `<samlp:Status><samlp:StatusCode Value="${STATUS_SUCCESS}"/></samlp:Status>`;
+  return `<samlp:LogoutResponse xmlns:samlp="${NS.protocol}" xmlns:saml="${NS.assertion}" ID="${id}" Version="2.0" IssueInstant="${issueInstant}" Destination="${xmlEscape(dest)}" InResponseTo="${xmlEscape(inResponseTo)}">`
+    + `<saml:Issuer>${xmlEscape(issuer)}</saml:Issuer>${status}</samlp:LogoutResponse>`;
+}
+
+/** SP-initiated logout: verify the SP's signed LogoutRequest, end the
+ * matching session, answer with a (signed) LogoutResponse redirect. */
+async function handleSloRequest(req, res, url) {
+  let parsed;
+  try {
+    parsed = await idp.parseLogoutRequest(sp, 'redirect', redirectEnvelope(url, 'SAMLRequest'));
+  } catch (e) {
+    return sloError(res, 400, `invalid LogoutRequest: ${e.message || e}`);
+  }
+  const ex = parsed.extract || {};
+  const reqInfo = ex.request || {};
+  const issuer = typeof ex.issuer === 'string' ? ex.issuer : '';
+  if (issuer !== spEntityId) return sloError(res, 400, `LogoutRequest issuer ${issuer || '(none)'} is not ${spEntityId}`);
+  if (!reqInfo.id) return sloError(res, 400, 'LogoutRequest has no ID');
+  if (reqInfo.destination !== `${baseUrl}/slo`) {
+    return sloError(res, 400, `LogoutRequest Destination ${reqInfo.destination || '(none)'} is not this endpoint`);
+  }
+  if (!spSloUrl()) return sloError(res, 400, 'SP metadata has no HTTP-Redirect SingleLogoutService');
+  const nameId = typeof ex.nameID === 'string' ? ex.nameID : (ex.nameID?.['#text'] ?? '');
+  const sessionIndexes = [].concat(ex.sessionIndex ?? []).map(String);
+  let matched = false;
+  for (const [si, sess] of state.sessions) {
+    if (sess.nameId === nameId && (sessionIndexes.length === 0 || sessionIndexes.includes(si))) {
+      state.sessions.delete(si);
+      matched = true;
+    }
+  }
+  state.stats.logout_requests += 1;
+  const mode = state.sloMode;
+  const relayState = url.searchParams.get('RelayState') ?? '';
+  const responseId = newId();
+  const out = idp.createLogoutResponse(sloTarget(mode !== 'unsigned'), parsed, 'redirect', {
+    relayState,
+    customTagReplacement: () => ({ id: responseId, context: renderLogoutResponse(responseId, reqInfo.id, mode) }),
+  });
+  state.stats.logout_responses_sent += 1;
+  state.lastLogout = {
+    requestId: reqInfo.id, nameId, sessionIndex: sessionIndexes, matched, relayState: relayState || null,
+    responseId, mode, url: out.context, ts: Date.now(),
+  };
+  res.writeHead(302, { location: out.context, 'cache-control': 'no-store', 'content-length': 0 });
+  return res.end();
+}
+
+/** The SP's LogoutResponse to an IdP-initiated logout. */
+async function handleSloResponse(req, res, url) {
+  let parsed;
+  try {
+    parsed = await idp.parseLogoutResponse(sp, 'redirect', redirectEnvelope(url, 'SAMLResponse'));
+  } catch (e) {
+    return sloError(res, 400, `invalid LogoutResponse: ${e.message || e}`);
+  }
+  const ex = parsed.extract || {};
+  const resp = ex.response || {};
+  const issuer = typeof ex.issuer === 'string' ? ex.issuer : '';
+  if (issuer !== spEntityId) return sloError(res, 400, `LogoutResponse issuer ${issuer || '(none)'} is not ${spEntityId}`);
+  if (resp.destination !== `${baseUrl}/slo`) {
+    return sloError(res, 400, `LogoutResponse Destination ${resp.destination || '(none)'} is not this endpoint`);
+  }
+  const pending = state.idpLogouts.get(resp.inResponseTo || '');
+  if (!pending) return sloError(res, 400, 'LogoutResponse InResponseTo matches no IdP-initiated logout');
+  state.idpLogouts.delete(resp.inResponseTo);
+  // samlify refuses a non-Success status (ERR_FAILED_STATUS, reported above).
+  const status = STATUS_SUCCESS;
+  state.stats.logout_responses_received += 1;
+  state.lastLogoutResponse = {
+    inResponseTo: resp.inResponseTo, status, user: pending.user, sessionIndex: pending.sessionIndex,
+    relayState: url.searchParams.get('RelayState'), ts: Date.now(),
+  };
+  return sendHtml(res, 200, page('Signed out', `<h1 id="signed-out">Signed out</h1><p id="slo-status">${escapeHtml(status)}</p>`));
+}
+
+/**
+ * IdP-initiated logout of a user's latest session (or of session_index):
+ * a LogoutRequest signed by samlify (or unsigned when asked, for negative
+ * tests) as an HTTP-Redirect URL to the SP's SLO endpoint.
+ * Returns {id, url, user, nameId, sessionIndex} or throws with .status.
+ */
+function makeIdpLogout(params) {
+  const sloUrl = spSloUrl();
+  if (!sloUrl) throw Object.assign(new Error('SP metadata has no HTTP-Redirect SingleLogoutService'), { status: 409 });
+  const wantSi = params.get('session_index');
+  const wantUser = params.get('user');
+  let sess = null;
+  for (const s of state.sessions.values()) {
+    if ((wantSi && s.sessionIndex === wantSi) || (!wantSi && s.user === wantUser)) sess = s;
+  }
+  if (!sess) throw Object.assign(new Error('no SAML session for that user / session_index'), { status: 404 });
+  const unsigned = /^(1|true|yes)$/i.test(params.get('unsigned') || '');
+  const relayState = params.get('relay_state') ?? params.get('RelayState') ?? '';
+  const id = newId();
+  const now = Date.now();
+  const xml = `<samlp:LogoutRequest xmlns:samlp="${NS.protocol}" xmlns:saml="${NS.assertion}" ID="${id}" Version="2.0" IssueInstant="${iso(now)}" NotOnOrAfter="${iso(now + 5 * 60 * 1000)}" Destination="${xmlEscape(sloUrl)}">`
+    + `<saml:Issuer>${xmlEscape(entityId)}</saml:Issuer>`
+    + `<saml:NameID Format="${xmlEscape(sess.nameIdFormat)}">${xmlEscape(sess.nameId)}</saml:NameID>`
+    + `<samlp:SessionIndex>${xmlEscape(sess.sessionIndex)}</samlp:SessionIndex></samlp:LogoutRequest>`;
+  const out = idp.createLogoutRequest(sloTarget(!unsigned), 'redirect', { logoutNameID: sess.nameId, sessionIndex: sess.sessionIndex }, {
+    relayState,
+    customTagReplacement: () => ({ id, context: xml }),
+  });
+  state.idpLogouts.set(id, { user: sess.user, sessionIndex: sess.sessionIndex, created: now });
+  while (state.idpLogouts.size > 1000) state.idpLogouts.delete(state.idpLogouts.keys().next().value);
+  state.stats.idp_logout_requests += 1;
+  return { id, url: out.context, user: sess.user, nameId: sess.nameId, sessionIndex: sess.sessionIndex, signed: !unsigned };
+}
+
+async function handleIdpLogout(req, res, url) {
+  let r;
+  try {
+    r = makeIdpLogout(url.searchParams);
+  } catch (e) {
+    return errorPage(res, e.status || 500, e.message);
+  }
+  res.writeHead(302, { location: r.url, 'cache-control': 'no-store', 'content-length': 0 });
+  return res.end();
 }
 
 // ---------------------------------------------------------------------------
@@ -505,6 +704,40 @@ async function handleAdmin(req, res, url) {
     state.mode = body.mode;
     return sendJson(res, 200, { mode: state.mode });
   }
+  if (req.method === 'POST' && url.pathname === '/_admin/slo-mode') {
+    let body;
+    try {
+      body = JSON.parse((await readBody(req, 64 * 1024)).toString('utf8') || '{}');
+    } catch {
+      return sendJson(res, 400, { error: 'body must be JSON' });
+    }
+    if (!SLO_MODES.includes(body.mode)) return sendJson(res, 400, { error: `mode must be one of ${SLO_MODES.join(', ')}` });
+    state.sloMode = body.mode;
+    return sendJson(res, 200, { mode: state.sloMode });
+  }
+  if (req.method === 'GET' && url.pathname === '/_admin/logout-request') {
+    try {
+      const r = makeIdpLogout(url.searchParams);
+      return sendJson(res, 200, {
+        id: r.id, url: r.url, user: r.user, name_id: r.nameId, session_index: r.sessionIndex, signed: r.signed,
+      });
+    } catch (e) {
+      return sendJson(res, e.status || 500, { error: e.message });
+    }
+  }
+  if (req.method === 'GET' && url.pathname === '/_admin/slo') {
+    return sendJson(res, 200, {
+      slo_mode: state.sloMode,
+      sp_slo_url: spSloUrl(),
+      sessions: [...state.sessions.values()].map((s) => ({
+        user: s.user, name_id: s.nameId, name_id_format: s.nameIdFormat, session_index: s.sessionIndex,
+      })),
+      pending_idp_logouts: [...state.idpLogouts.keys()],
+      last_logout: state.lastLogout,
+      last_logout_response: state.lastLogoutResponse,
+      last_error: state.lastSloError,
+    });
+  }
   if (req.method === 'GET' && url.pathname === '/_admin/last-response') {
     if (!state.last) return sendJson(res, 404, { error: 'no response issued yet' });
     const xml = state.last.xml;
@@ -523,6 +756,8 @@ async function handleAdmin(req, res, url) {
       mode: state.mode,
       sign: opt.sign,
       encrypt: !!opt.encrypt,
+      slo_mode: state.sloMode,
+      sessions: state.sessions.size,
       entity_id: entityId,
       sp_entity_id: spEntityId,
       pending: state.pending.size,
@@ -549,6 +784,12 @@ const server = http.createServer(async (req, res) => {
     if (req.method === 'GET' && url.pathname === '/sso') return await handleSso(req, res, url);
     if (req.method === 'POST' && url.pathname === '/sso/login') return await handleLogin(req, res);
     if (req.method === 'GET' && url.pathname === '/idp-init') return await handleIdpInit(req, res, url);
+    if (req.method === 'GET' && url.pathname === '/slo') {
+      if (url.searchParams.has('SAMLRequest')) return await handleSloRequest(req, res, url);
+      if (url.searchParams.has('SAMLResponse')) return await handleSloResponse(req, res, url);
+      return sloError(res, 400, 'missing SAMLRequest or SAMLResponse');
+    }
+    if (req.method === 'GET' && url.pathname === '/slo/idp-init') return await handleIdpLogout(req, res, url);
     return errorPage(res, 404, 'not found');
   } catch (e) {
     if (!opt.quiet) process.stderr.write(`saml-idp: ${e.stack || e}\n`);
