@@ -482,7 +482,11 @@ describe('OIDC login with JIT SCIM provisioning', () => {
       // warm both workers' caches: many short connections spread over workers
       for (let i = 0; i < 30; i++) assert.equal((await b.request('GET', `${e2.base}/app/w`)).status, 200);
       const sid = sessionCookie(b, e2);
-      assert.equal((await b.request('GET', `${e2.base}/provgate/logout`)).status, 302);
+      // 302 to the provider's end_session_endpoint, or the local "signed
+      // out" page when this worker could not reach the provider in time
+      // (a loaded machine); the session ends either way
+      const out = await b.request('GET', `${e2.base}/provgate/logout`);
+      assert.ok([200, 302].includes(out.status), `logout: ${out.status}`);
       b.setCookie(`${e2.base}/`, 'provgate_session', sid);
       for (let i = 0; i < 30; i++) {
         const r = await b.request('GET', `${e2.base}/app/w`);

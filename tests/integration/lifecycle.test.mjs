@@ -6,10 +6,10 @@ import assert from 'node:assert/strict';
 import { cleanupAll, parseForms } from './lib/harness.mjs';
 import { startEnv, sanitizerReports, provgateConfig } from './gw/env.mjs';
 
-/** cfgOver: the demo app's login budget raised to 15 s. */
+/** cfgOver: the demo app's login budget raised to 30 s (slow target, ASan). */
 function slowBudget(e) {
   const t = provgateConfig(e).targets;
-  return { targets: { ...t, demoapp: { ...t.demoapp, wait_ms: 15000 } } };
+  return { targets: { ...t, demoapp: { ...t.demoapp, wait_ms: 30000 } } };
 }
 
 describe('nginx lifecycle', () => {
@@ -21,8 +21,8 @@ describe('nginx lifecycle', () => {
     const { res } = await e.login('alice', '/app/q');
     assert.equal(res.status, 200);
 
-    // a first login that waits 1.5 s for the SCIM target
-    await e.scim.setFaults({ latency_ms: 1500 });
+    // a first login that waits 1 s for each SCIM call
+    await e.scim.setFaults({ latency_ms: 1000 });
     const b = e.browser();
     b.timeoutMs = 40000; // several slow target calls, slower still under ASan
     const stopAt = `${e.base}/provgate/callback`;

@@ -278,7 +278,7 @@ export async function startEnv(t, opts = {}) {
   };
   e.redisCmd = (...args) => redisCommand(e.redisPort, ...args);
   e.scimUsers = async (userName) => (await e.scim.state()).users.filter((u) => !userName || u.userName === userName);
-  e.nginxTest = (conf) => nginxTest(conf, { prefix: path.join(e.dir, 'nginx-t') });
+  e.nginxTest = (conf) => nginxTest(conf, { prefix: path.join(e.dir, 'nginx-t'), env: nginxEnv(path.join(e.dir, 'nginx-t')) });
   e.sanitizerReports = () => sanitizerReports(e.prefix);
   return e;
 }
