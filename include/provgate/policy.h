@@ -21,6 +21,11 @@
  *
  * A missing attribute never matches eq/in/group/lt/le/gt/ge and matches
  * {"exists": false}; it never crashes.
+ *
+ * A file may also hold "accounts": per target, how the account is built
+ * (attributes mapped with transforms, a username template with collision
+ * handling, required attributes, initial state); see pg_decision_t
+ * "accounts" and pg_policy_username_candidate() below.
  */
 #ifndef PROVGATE_POLICY_H
 #define PROVGATE_POLICY_H
@@ -67,6 +72,15 @@ typedef struct pg_decision {
                                "expires_s", "expires_at" */
     json_t *jit;            /* granted jit items: + "lifetime_s" */
     json_t *roles;          /* [{"role","type","state","via"}] */
+    /* Added with account rules (top-level "accounts", docs/policies.md):
+     * {"<target>": {"target", "result": "ok"|"refused", "initial_state",
+     * "attributes", "username"?, "username_collision"?, "reason"?}} for
+     * each target that has an account rule and where the identity gets
+     * an account. A refused account (a required attribute or the
+     * username cannot be built) sets has_account to 0 for that target
+     * and adds an explanation entry {"account", "kind": "account",
+     * "result": "refused", "why"}. */
+    json_t *accounts;
 } pg_decision_t;
 
 /*
@@ -138,7 +152,10 @@ void pg_policy_scratch_free(pg_policy_scratch_t *sc);
  * Decide into items[0..cap) (target must not be NULL). Errors:
  * PG_ERR_INVALID (bad arguments, scratch of another set),
  * PG_ERR_TOO_LARGE (more than cap items in target, or more than 1024
- * items across targets).
+ * items in all: the target's plus the other targets' items that appear
+ * in an SoD conflict, the only ones the fast path builds). A refused
+ * account (account rule of the target: a required attribute or the
+ * username cannot be built) gives has_account 0, as on the JSON path.
  */
 PG_MUST_USE pg_status_t pg_policy_decide_fast(const pg_policy_set_t *ps,
                                               pg_policy_scratch_t *sc,
@@ -146,6 +163,26 @@ PG_MUST_USE pg_status_t pg_policy_decide_fast(const pg_policy_set_t *ps,
                                               const char *target, time_t now,
                                               pg_item_t *items, size_t cap,
                                               pg_fast_decision_t *out);
+
+/*
+ * Username candidates for an account rule's "username" (collision
+ * handling): attempt 0 is base itself ("jdoe"), attempt k >= 1 is base
+ * followed by the decimal number start + k - 1 ("jdoe2", "jdoe3", ...
+ * with start 2). base is cut at a UTF-8 character boundary so that the
+ * candidate fits max_len bytes. The caller tries attempt 0, 1, ... until
+ * the target has no account with that name. Writes a NUL-terminated
+ * string into buf[0..cap). Pure, no allocation. Errors: PG_ERR_NOT_FOUND
+ * (attempt >= max_tries: give up), PG_ERR_INVALID (NULL or empty base,
+ * cap 0, max_len 0), PG_ERR_TOO_LARGE (cap too small, or max_len leaves
+ * no room for base). The rule's start, max_tries and max_length are in
+ * the decision's accounts.<target>.username_collision.
+ */
+PG_MUST_USE pg_status_t pg_policy_username_candidate(const char *base,
+                                                     unsigned start,
+                                                     unsigned max_tries,
+                                                     unsigned max_len,
+                                                     unsigned attempt,
+                                                     char *buf, size_t cap);
 
 /*
  * Move semantics: what to change in a target when the desired state is

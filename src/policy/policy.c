@@ -6,17 +6,24 @@
  * four kinds (birthright, role, sod, approval) and business/technical
  * roles. Loading parses and validates every file, then resolves role
  * references across files (undefined names and include cycles are
- * errors), and compiles lookups for the hot path: a who-index from
- * (attribute, value) to the policies that need it, interned entitlement
- * ids, roles sorted by id and the role include closure as a bit matrix.
- * Conditions are compiled into a small tree (regexes with regcomp).
+ * errors), and compiles lookups for the hot path: attribute names
+ * interned to integers, a who-index from (attribute, value) and
+ * (attribute, prefix) to the policies that need it, a literal prefilter
+ * and a shared result slot per distinct regex, interned entitlement ids,
+ * roles sorted by id, the role include closure as a bit matrix, per
+ * target the roles that grant there and the roles/entitlements SoD rules
+ * name, and every role's grants as one flat list. Conditions are
+ * compiled into a small tree (regexes with regcomp). Account rules (the
+ * top-level "accounts") are compiled by account.c.
  *
  * Two decision paths share one evaluator (eval_state_t):
  *  - pg_policy_decide[_at]() evaluates every policy and builds JSON with
  *    the explanation of every rule (allocates; for login and admin views);
  *  - pg_policy_decide_fast() evaluates only the index's candidates, builds
- *    no text and no JSON, and writes into caller buffers and a scratch
- *    area (no allocation except inside regexec()).
+ *    no text and no JSON, only the items of the target decided and those
+ *    an SoD rule names, and writes into caller buffers and a scratch
+ *    area (no allocation except inside regexec()). test_fast_differential
+ *    (tests/unit/test_policy_kinds.c) checks it against the full path.
  * Both are read-only on the set (safe to share between requests).
  *
  * Limits: 64 files, 16384 policies, 4096 roles, 64 grants per policy or
@@ -33,6 +40,7 @@
 #include <time.h>
 #include "provgate/config.h"
 #include "provgate/policy.h"
+#include "account.h"
 
 #define MAX_FILES 64u
 #define MAX_POLICIES 16384u
@@ -71,6 +79,14 @@ typedef struct cond {
     long day;              /* OP_DATE operand, days since 1970-01-01 */
     regex_t re;
     int re_ok;             /* re is compiled and must be regfree'd */
+    uint32_t aid;          /* interned attribute (attr operators, group) */
+    size_t slen;           /* strlen(str) (prefix) */
+    char *lit;             /* regex: a literal every match contains, or
+                              NULL (a memmem() prefilter before regexec) */
+    size_t litlen;
+    uint32_t memo;         /* regex: result slot + 1 shared by every regex
+                              condition with the same attribute and source
+                              (fast path: one regexec per decision) */
     struct cond **kids;    /* all/any children, or the single "not" child */
     size_t nkids;
 } cond_t;
@@ -85,6 +101,7 @@ typedef struct ent {
 typedef struct grant {
     char *target;
     const char *tcanon;    /* canonical copy of target (pointer equality) */
+    size_t tix;            /* index of tcanon in set->tnames */
     ent_t *ents;
     size_t nents;
 } grant_t;
@@ -138,6 +155,8 @@ typedef struct policy {
     char *appr;            /* manager attribute name or group */
     char **users;          /* A_USERS list (NULL-terminated) */
     unsigned expires_s;    /* request lifetime */
+    const cond_t *key;     /* the who-index key of who (NULL: none); a
+                              policy found through it satisfies it */
 } policy_t;
 
 typedef struct role {
@@ -165,8 +184,17 @@ struct pg_policy_set {
     size_t nix;
     uint32_t *slots;       /* open addressing: ix index + 1, 0 empty */
     size_t nslots;         /* power of two */
-    const char **ixattrs;  /* distinct indexed attribute names */
+    uint32_t *ixattrs;     /* distinct attributes with eq/in/group keys */
     size_t nixattrs;
+    uint32_t *pxattrs;     /* distinct attributes with prefix keys */
+    size_t *pxmax;         /*   and their longest prefix */
+    size_t npxattrs;
+    const char **anames;   /* interned attribute names (aid -> name) */
+    size_t nattrs;
+    uint32_t *aslots;      /* open addressing: aid + 1, 0 empty */
+    size_t naslots;        /* power of two */
+    uint32_t groups_aid;   /* aid of "groups" (always interned) */
+    size_t nmemo;          /* distinct (attribute, regex) pairs */
     uint64_t *always;      /* policies without an index key (bitmap) */
     size_t nwords;
     size_t neids;          /* distinct (target, type, value) */
@@ -180,13 +208,37 @@ struct pg_policy_set {
     size_t nidslots;
     uint64_t *reach;       /* nr rows of rwords: roles reachable from a role
                               through includes (itself included) */
+    unsigned char *pkind;  /* per policy: its kind_t (compact) */
+    struct rgent *rg;      /* every role's grants, flattened (CSR) */
+    uint32_t *rg_off;      /*   nr + 1 offsets into rg */
+    const cond_t **pwho;   /* per policy: its who (compact) */
+    const cond_t **pkey;   /*   and its who-index key, or NULL */
+    pg_acct_rule_t **acct; /* account rules ("accounts"), load order */
+    char **acct_file;      /*   and the file each came from */
+    size_t nacct, acctcap;
+    const pg_acct_rule_t **tacct; /* per tnames index: its rule or NULL */
+    uint64_t *sodeids;     /* eids listed in an SoD conflict (bitmap) */
+    uint64_t *sodroles;    /* roles granting such an eid (rwords) */
+    uint64_t *troles;      /* ntnames rows of rwords: roles with a grant
+                              in that target */
     size_t rwords;
+};
+
+/* One entry of a role's compact grant list (fast path). */
+struct rgent {
+    const struct ent *e;   /* NULL: a grant without entitlements */
+    uint32_t eid;
+    uint32_t tix;          /* target index in tnames */
+    unsigned char sod;     /* eid is named by an SoD conflict */
+    unsigned char jit;
 };
 
 /* One posting list of the who-index. */
 struct ix_ent {
-    const char *attr;      /* owned by the condition */
-    const char *val;
+    uint32_t aid;          /* interned attribute */
+    int prefix;            /* 1: a prefix key, 0: an equality key */
+    const char *val;       /* owned by the condition */
+    size_t vlen;           /* strlen(val) */
     uint32_t *list;        /* ascending policy indices */
     size_t n, cap;
 };
@@ -208,6 +260,7 @@ cond_free(cond_t *c)
     free(c->kids);
     free(c->attr);
     free(c->str);
+    free(c->lit);
     pg_strv_free(c->list);
     if (c->re_ok) {
         regfree(&c->re);
@@ -309,9 +362,28 @@ pg_policy_free(pg_policy_set_t *ps)
     free(ps->ix);
     free(ps->slots);
     free(ps->ixattrs);
+    free(ps->pxattrs);
+    free(ps->pxmax);
+    free(ps->anames);
+    free(ps->aslots);
     free(ps->always);
     free(ps->rsorted);
     free(ps->reach);
+    free(ps->sodeids);
+    free(ps->pkind);
+    free(ps->pwho);
+    free(ps->rg);
+    free(ps->rg_off);
+    free(ps->pkey);
+    for (i = 0; i < ps->nacct; i++) {
+        pg_acct_free(ps->acct[i]);
+        free(ps->acct_file[i]);
+    }
+    free(ps->acct);
+    free(ps->acct_file);
+    free(ps->tacct);
+    free(ps->sodroles);
+    free(ps->troles);
     free(ps->idslots);
     free(ps->tnames);
     free(ps->sod_roff);
@@ -440,6 +512,128 @@ has_backref(const char *re)
         }
     }
     return 0;
+}
+
+/* End the current literal run: keep it in best when longer. */
+static void
+lit_end(char *run, size_t *rn, char *best, size_t *bn)
+{
+    if (*rn > *bn) {
+        memcpy(best, run, *rn);
+        *bn = *rn;
+    }
+    *rn = 0;
+}
+
+/*
+ * The longest run of bytes that every match of the POSIX extended regex
+ * re must contain, as a malloc'd string, or NULL (no such run, a "|"
+ * anywhere, or out of memory: the run is only a prefilter). Conservative:
+ * runs inside (), after [] or ".", and any escape other than escaped
+ * punctuation end a run; an atom followed by "*", "?" or "{" is dropped
+ * (back to the start of its UTF-8 character); "+" keeps the atom but
+ * ends the run. re is at most MAX_REGEX bytes. Load time only.
+ */
+static char *
+regex_literal(const char *re)
+{
+    char run[MAX_REGEX + 1], best[MAX_REGEX + 1], *out;
+    size_t rn = 0, bn = 0, i = 0, last = 0;
+    int depth = 0, c;
+
+    if (strlen(re) > MAX_REGEX || strchr(re, '|') != NULL) {
+        return NULL;
+    }
+    while (re[i] != '\0') {
+        c = (unsigned char)re[i];
+        if (c == '\\') {
+            if (re[i + 1] != '\0' &&
+                strchr(".[]()*+?{}^$\\/-", re[i + 1]) != NULL) {
+                if (depth == 0) {
+                    last = rn;
+                    run[rn++] = re[i + 1];
+                }
+                i += 2;
+            } else {
+                lit_end(run, &rn, best, &bn);
+                i += re[i + 1] != '\0' ? 2 : 1;
+            }
+            continue;
+        }
+        if (c == '*' || c == '?' || c == '{') {
+            if (rn > 0) {
+                rn = last;   /* the atom is optional */
+            }
+            lit_end(run, &rn, best, &bn);
+            if (c == '{') {
+                while (re[i] != '\0' && re[i] != '}') {
+                    i++;
+                }
+            }
+            if (re[i] != '\0') {
+                i++;
+            }
+            continue;
+        }
+        if (c == '+') {
+            lit_end(run, &rn, best, &bn);
+            i++;
+            continue;
+        }
+        if (c == '[') {
+            lit_end(run, &rn, best, &bn);
+            i++;
+            if (re[i] == '^') {
+                i++;
+            }
+            if (re[i] == ']') {
+                i++;
+            }
+            while (re[i] != '\0' && re[i] != ']') {
+                if (re[i] == '[' && (re[i + 1] == ':' || re[i + 1] == '=' ||
+                                     re[i + 1] == '.')) {
+                    char e = re[i + 1];
+                    i += 2;
+                    while (re[i] != '\0' && !(re[i] == e && re[i + 1] == ']')) {
+                        i++;
+                    }
+                    if (re[i] != '\0') {
+                        i += 2;
+                    }
+                    continue;
+                }
+                i++;
+            }
+            if (re[i] != '\0') {
+                i++;
+            }
+            continue;
+        }
+        if (c == '(' || c == ')' || c == '.' || c == '^' || c == '$' ||
+            c == '}' || c == ']') {
+            lit_end(run, &rn, best, &bn);
+            depth += c == '(' ? 1 : c == ')' && depth > 0 ? -1 : 0;
+            i++;
+            continue;
+        }
+        if (depth == 0) {
+            if ((c & 0xC0) != 0x80) {
+                last = rn;   /* start of this character */
+            }
+            run[rn++] = (char)c;
+        }
+        i++;
+    }
+    lit_end(run, &rn, best, &bn);
+    if (bn == 0) {
+        return NULL;
+    }
+    out = malloc(bn + 1);
+    if (out != NULL) {
+        memcpy(out, best, bn);
+        out[bn] = '\0';
+    }
+    return out;
 }
 
 /* Days since 1970-01-01 of a valid proleptic Gregorian date. */
@@ -646,7 +840,10 @@ parse_attr_cond(cond_t *c, const json_t *o, const char *path, pg_err_t *err)
             return PG_ERR_CONFIG;
         }
         c->re_ok = 1;
+        c->lit = regex_literal(c->str);
+        c->litlen = c->lit != NULL ? strlen(c->lit) : 0;
     }
+    c->slen = strlen(c->str);
     return PG_OK;
 }
 
@@ -1433,10 +1630,46 @@ ix_hash(const char *attr, const char *val, size_t vlen)
     return h;
 }
 
-/* The posting list for (attr, val[0..vlen)), or NULL. No allocation. */
+/* FNV-1a state after an attribute id and the key kind (prefix or not). */
+static uint32_t
+key_hash_init(uint32_t aid, int prefix)
+{
+    uint32_t h = 2166136261u;
+    unsigned i;
+
+    for (i = 0; i < 4; i++) {
+        h = (h ^ ((aid >> (8 * i)) & 0xffu)) * 16777619u;
+    }
+    return (h ^ (prefix ? 0xfeu : 0xffu)) * 16777619u;
+}
+
+/* FNV-1a step: h followed by byte c. */
+static inline uint32_t
+key_hash_step(uint32_t h, unsigned char c)
+{
+    return (h ^ c) * 16777619u;
+}
+
+/* FNV-1a of n bytes (attribute names). */
+static uint32_t
+mem_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        h = key_hash_step(h, (unsigned char)s[i]);
+    }
+    return h;
+}
+
+/*
+ * The posting list with hash h for (aid, prefix, val[0..vlen)), or NULL.
+ * No allocation.
+ */
 static const struct ix_ent *
-ix_find(const pg_policy_set_t *ps, const char *attr, const char *val,
-        size_t vlen)
+ix_find(const pg_policy_set_t *ps, uint32_t h, uint32_t aid, int prefix,
+        const char *val, size_t vlen)
 {
     size_t m = ps->nslots - 1, k;
     uint32_t s;
@@ -1444,11 +1677,11 @@ ix_find(const pg_policy_set_t *ps, const char *attr, const char *val,
     if (ps->nslots == 0) {
         return NULL;
     }
-    k = ix_hash(attr, val, vlen) & m;
+    k = h & m;
     while ((s = ps->slots[k]) != 0) {
         const struct ix_ent *e = &ps->ix[s - 1];
-        if (strcmp(e->attr, attr) == 0 && strncmp(e->val, val, vlen) == 0
-            && e->val[vlen] == '\0') {
+        if (e->aid == aid && e->prefix == prefix && e->vlen == vlen &&
+            memcmp(e->val, val, vlen) == 0) {
             return e;
         }
         k = (k + 1) & m;
@@ -1457,21 +1690,25 @@ ix_find(const pg_policy_set_t *ps, const char *attr, const char *val,
 }
 
 /*
- * The condition that must hold for c to hold and that the index can
- * answer: eq, in or group, itself or inside (nested) "all". NULL when
- * there is none (the policy is always a candidate).
+ * A condition that must hold for c to hold and that the index can
+ * answer, itself or inside (nested) "all": with prefix 0 an eq, in or
+ * group; with prefix 1 a prefix. NULL when there is none.
  */
 static const cond_t *
-key_cond(const cond_t *c)
+key_cond_kind(const cond_t *c, int prefix)
 {
     size_t i;
 
-    if (c->kind == C_EQ || c->kind == C_IN || c->kind == C_GROUP) {
+    if (!prefix &&
+        (c->kind == C_EQ || c->kind == C_IN || c->kind == C_GROUP)) {
+        return c;
+    }
+    if (prefix && c->kind == C_PREFIX) {
         return c;
     }
     if (c->kind == C_ALL) {
         for (i = 0; i < c->nkids; i++) {
-            const cond_t *k = key_cond(c->kids[i]);
+            const cond_t *k = key_cond_kind(c->kids[i], prefix);
             if (k != NULL) {
                 return k;
             }
@@ -1480,18 +1717,50 @@ key_cond(const cond_t *c)
     return NULL;
 }
 
-/* Add policy pi to the posting list of (attr, val). */
-static pg_status_t
-ix_add(pg_policy_set_t *ps, const char *attr, const char *val, uint32_t pi)
+/*
+ * The index key of a "who": an equality (eq/in/group) when there is
+ * one, else a prefix; NULL when there is neither (the policy is always
+ * a candidate).
+ */
+static const cond_t *
+key_cond(const cond_t *c)
 {
-    size_t m = ps->nslots - 1, k, j;
-    struct ix_ent *e;
-    uint32_t s;
+    const cond_t *k = key_cond_kind(c, 0);
 
-    k = ix_hash(attr, val, strlen(val)) & m;
+    return k != NULL ? k : key_cond_kind(c, 1);
+}
+
+/* Add aid to the distinct list a[0..*n) unless present. */
+static size_t
+aid_list_add(uint32_t *a, size_t *n, uint32_t aid)
+{
+    size_t j;
+
+    for (j = 0; j < *n; j++) {
+        if (a[j] == aid) {
+            return j;
+        }
+    }
+    a[(*n)++] = aid;
+    return j;
+}
+
+/* Add policy pi to the posting list of (aid, prefix, val). */
+static pg_status_t
+ix_add(pg_policy_set_t *ps, uint32_t aid, int prefix, const char *val,
+       uint32_t pi)
+{
+    size_t m = ps->nslots - 1, k, vlen = strlen(val), i;
+    uint32_t h = key_hash_init(aid, prefix), s;
+    struct ix_ent *e;
+
+    for (i = 0; i < vlen; i++) {
+        h = key_hash_step(h, (unsigned char)val[i]);
+    }
+    k = h & m;
     while ((s = ps->slots[k]) != 0) {
         e = &ps->ix[s - 1];
-        if (strcmp(e->attr, attr) == 0 && strcmp(e->val, val) == 0) {
+        if (e->aid == aid && e->prefix == prefix && strcmp(e->val, val) == 0) {
             break;
         }
         k = (k + 1) & m;
@@ -1499,16 +1768,18 @@ ix_add(pg_policy_set_t *ps, const char *attr, const char *val, uint32_t pi)
     if (s == 0) {
         e = &ps->ix[ps->nix++];
         memset(e, 0, sizeof(*e));
-        e->attr = attr;
+        e->aid = aid;
+        e->prefix = prefix;
         e->val = val;
+        e->vlen = vlen;
         ps->slots[k] = (uint32_t)ps->nix;
-        for (j = 0; j < ps->nixattrs; j++) {
-            if (strcmp(ps->ixattrs[j], attr) == 0) {
-                break;
+        if (prefix) {
+            size_t j = aid_list_add(ps->pxattrs, &ps->npxattrs, aid);
+            if (vlen > ps->pxmax[j]) {
+                ps->pxmax[j] = vlen;
             }
-        }
-        if (j == ps->nixattrs) {
-            ps->ixattrs[ps->nixattrs++] = attr;
+        } else {
+            (void)aid_list_add(ps->ixattrs, &ps->nixattrs, aid);
         }
     } else {
         e = &ps->ix[s - 1];
@@ -1527,6 +1798,183 @@ ix_add(pg_policy_set_t *ps, const char *attr, const char *val, uint32_t pi)
     }
     e->list[e->n++] = pi;
     return PG_OK;
+}
+
+/* The aid of attribute name[0..n), or UINT32_MAX. No allocation. */
+static uint32_t
+attr_find(const pg_policy_set_t *ps, const char *name, size_t n)
+{
+    size_t m = ps->naslots - 1, k;
+    uint32_t s;
+
+    if (ps->naslots == 0) {
+        return UINT32_MAX;
+    }
+    k = mem_hash(name, n) & m;
+    while ((s = ps->aslots[k]) != 0) {
+        const char *a = ps->anames[s - 1];
+        if (strncmp(a, name, n) == 0 && a[n] == '\0') {
+            return s - 1;
+        }
+        k = (k + 1) & m;
+    }
+    return UINT32_MAX;
+}
+
+/* The aid of name, added when new (the table is sized beforehand). */
+static uint32_t
+attr_add(pg_policy_set_t *ps, const char *name)
+{
+    size_t n = strlen(name), m = ps->naslots - 1, k;
+    uint32_t a = attr_find(ps, name, n);
+
+    if (a != UINT32_MAX) {
+        return a;
+    }
+    k = mem_hash(name, n) & m;
+    while (ps->aslots[k] != 0) {
+        k = (k + 1) & m;
+    }
+    ps->anames[ps->nattrs] = name;
+    ps->aslots[k] = (uint32_t)++ps->nattrs;
+    return (uint32_t)(ps->nattrs - 1);
+}
+
+/*
+ * Walk a condition tree: with ps NULL count attribute operands into *cnt,
+ * else give each attribute operand (and group test) its aid.
+ */
+static void
+cond_attrs(pg_policy_set_t *ps, cond_t *c, size_t *cnt)
+{
+    size_t i;
+
+    if (c == NULL) {
+        return;
+    }
+    for (i = 0; i < c->nkids; i++) {
+        cond_attrs(ps, c->kids[i], cnt);
+    }
+    if (c->attr == NULL && c->kind != C_GROUP) {
+        return;
+    }
+    if (ps == NULL) {
+        (*cnt)++;
+    } else {
+        c->aid = c->kind == C_GROUP ? ps->groups_aid : attr_add(ps, c->attr);
+    }
+}
+
+/* Give c's regex conditions (and its children's) their memo slot. */
+static void
+memo_walk(pg_policy_set_t *ps, cond_t *c, cond_t **tab, size_t m)
+{
+    size_t i, k;
+
+    if (c == NULL) {
+        return;
+    }
+    for (i = 0; i < c->nkids; i++) {
+        memo_walk(ps, c->kids[i], tab, m);
+    }
+    if (c->kind != C_REGEX) {
+        return;
+    }
+    k = (mem_hash(c->str, strlen(c->str)) ^ c->aid) & m;
+    while (tab[k] != NULL) {
+        if (tab[k]->aid == c->aid && strcmp(tab[k]->str, c->str) == 0) {
+            c->memo = tab[k]->memo;
+            return;
+        }
+        k = (k + 1) & m;
+    }
+    tab[k] = c;
+    c->memo = (uint32_t)++ps->nmemo;
+}
+
+/*
+ * Share one result slot among regex conditions with the same attribute
+ * and source (cnt bounds their number). Load time only.
+ */
+static pg_status_t
+memo_regexes(pg_policy_set_t *ps, size_t cnt)
+{
+    size_t i, j, ns = 16;
+    cond_t **tab;
+
+    while (ns < 2 * cnt + 16) {
+        ns *= 2;
+    }
+    tab = calloc(ns, sizeof(*tab));
+    if (tab == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < ps->n; i++) {
+        memo_walk(ps, ps->p[i].who, tab, ns - 1);
+        for (j = 0; j < ps->p[i].nex; j++) {
+            memo_walk(ps, ps->p[i].ex[j].who, tab, ns - 1);
+        }
+    }
+    free(tab);
+    return PG_OK;
+}
+
+/*
+ * Intern every attribute name the conditions test (and "groups") into
+ * small integers: a decision looks each identity attribute up once and
+ * conditions read their value by index. Load time only.
+ */
+static pg_status_t
+intern_attrs(pg_policy_set_t *ps)
+{
+    size_t i, j, cnt = 1, ns = 16;
+
+    for (i = 0; i < ps->n; i++) {
+        cond_attrs(NULL, ps->p[i].who, &cnt);
+        for (j = 0; j < ps->p[i].nex; j++) {
+            cond_attrs(NULL, ps->p[i].ex[j].who, &cnt);
+        }
+    }
+    while (ns < 2 * cnt + 16) {
+        ns *= 2;
+    }
+    ps->anames = calloc(cnt + 1, sizeof(*ps->anames));
+    ps->aslots = calloc(ns, sizeof(*ps->aslots));
+    if (ps->anames == NULL || ps->aslots == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    ps->naslots = ns;
+    ps->groups_aid = attr_add(ps, "groups");
+    for (i = 0; i < ps->n; i++) {
+        cond_attrs(ps, ps->p[i].who, NULL);
+        for (j = 0; j < ps->p[i].nex; j++) {
+            cond_attrs(ps, ps->p[i].ex[j].who, NULL);
+        }
+    }
+    return memo_regexes(ps, cnt);
+}
+
+/*
+ * vals[aid] = attrs' value of every interned attribute (NULL when
+ * absent). One pass over attrs' members; no allocation. A member name
+ * with an embedded NUL never matches (as with json_object_get()).
+ */
+static void
+attr_fill(const pg_policy_set_t *ps, const json_t *attrs,
+          const json_t **vals)
+{
+    void *it = json_object_iter((json_t *)attrs);
+
+    memset(vals, 0, (ps->nattrs + 1) * sizeof(*vals));
+    while (it != NULL) {
+        const char *key = json_object_iter_key(it);
+        size_t kl = json_object_iter_key_len(it);
+        uint32_t a = attr_find(ps, key, kl);
+        if (a != UINT32_MAX && memchr(key, '\0', kl) == NULL) {
+            vals[a] = json_object_iter_value(it);
+        }
+        it = json_object_iter_next((json_t *)attrs, it);
+    }
 }
 
 /* Interning table entry (load time only). */
@@ -1589,6 +2037,8 @@ intern_grants(itab_t *tab, size_t m, pg_policy_set_t *ps, grant_t *g,
         if (g[i].tcanon == NULL) {
             g[i].tcanon = g[i].target;
             ps->tnames[ps->ntnames++] = g[i].target;
+        }
+        for (g[i].tix = 0; ps->tnames[g[i].tix] != g[i].tcanon; g[i].tix++) {
         }
         for (j = 0; j < g[i].nents; j++) {
             g[i].ents[j].eid = intern(tab, m, ps, g[i].target,
@@ -1748,9 +2198,11 @@ build_sod_index(pg_policy_set_t *ps)
 
 /*
  * Compile the who-index: every policy whose "who" needs an eq/in/group
- * test is listed under each (attribute, value) that can satisfy it; the
+ * test is listed under each (attribute, value) that can satisfy it; else
+ * one that needs a prefix test is listed under (attribute, prefix); the
  * others go to the "always" bitmap. pg_policy_decide_fast() then only
- * evaluates policies that can match. Load time only.
+ * evaluates policies that can match. Needs interned attributes. Load
+ * time only.
  */
 static pg_status_t
 build_index(pg_policy_set_t *ps)
@@ -1776,8 +2228,10 @@ build_index(pg_policy_set_t *ps)
     ps->slots = calloc(ns, sizeof(*ps->slots));
     ps->ix = calloc(keys + 1, sizeof(*ps->ix));
     ps->ixattrs = calloc(keys + 1, sizeof(*ps->ixattrs));
+    ps->pxattrs = calloc(keys + 1, sizeof(*ps->pxattrs));
+    ps->pxmax = calloc(keys + 1, sizeof(*ps->pxmax));
     if (ps->always == NULL || ps->slots == NULL || ps->ix == NULL ||
-        ps->ixattrs == NULL) {
+        ps->ixattrs == NULL || ps->pxattrs == NULL || ps->pxmax == NULL) {
         return PG_ERR_NOMEM;
     }
     ps->nslots = ns;
@@ -1786,15 +2240,116 @@ build_index(pg_policy_set_t *ps)
         if (ps->p[i].k == K_SOD) {
             continue;   /* found through sod_roff/sod_eoff instead */
         }
+        ps->p[i].key = k;
         if (k == NULL) {
             ps->always[i / 64] |= (uint64_t)1 << (i % 64);
         } else if (k->kind == C_IN) {
             for (j = 0; k->list[j] != NULL; j++) {
-                TRY(ix_add(ps, k->attr, k->list[j], (uint32_t)i));
+                TRY(ix_add(ps, k->aid, 0, k->list[j], (uint32_t)i));
             }
         } else {
-            TRY(ix_add(ps, k->kind == C_GROUP ? "groups" : k->attr, k->str,
+            TRY(ix_add(ps, k->aid, k->kind == C_PREFIX, k->str,
                        (uint32_t)i));
+        }
+    }
+    return PG_OK;
+}
+
+/* 1 when entitlement eid is an element of some SoD conflict. */
+static int
+sod_eid(const pg_policy_set_t *ps, uint32_t eid)
+{
+    return (ps->sodeids[eid / 64] >> (eid % 64)) & 1u;
+}
+
+/*
+ * For the fast path, which reports one target: which entitlements take
+ * part in SoD conflicts, which roles grant one, and which roles have a
+ * grant in each target. Needs interned ids and targets. Load time only.
+ */
+static pg_status_t
+build_relevance(pg_policy_set_t *ps)
+{
+    size_t i, j, k, t;
+
+    ps->pkind = calloc(ps->n + 1, 1);
+    ps->pwho = calloc(ps->n + 1, sizeof(*ps->pwho));
+    ps->pkey = calloc(ps->n + 1, sizeof(*ps->pkey));
+    ps->tacct = calloc(ps->ntnames + 1, sizeof(*ps->tacct));
+    if (ps->pkind == NULL || ps->tacct == NULL || ps->pwho == NULL ||
+        ps->pkey == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < ps->nacct; i++) {
+        for (t = 0; t < ps->ntnames; t++) {
+            if (strcmp(ps->tnames[t], pg_acct_target(ps->acct[i])) == 0) {
+                ps->tacct[t] = ps->acct[i];
+            }
+        }
+    }
+    for (i = 0; i < ps->n; i++) {
+        ps->pkind[i] = (unsigned char)ps->p[i].k;
+        ps->pwho[i] = ps->p[i].who;
+        ps->pkey[i] = ps->p[i].key;
+    }
+    ps->sodeids = calloc(ps->neids / 64 + 2, sizeof(*ps->sodeids));
+    ps->sodroles = calloc(ps->rwords + 1, sizeof(*ps->sodroles));
+    ps->troles = calloc(ps->ntnames * ps->rwords + 1, sizeof(*ps->troles));
+    if (ps->sodeids == NULL || ps->sodroles == NULL || ps->troles == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < ps->n; i++) {
+        for (j = 0; j < ps->p[i].nitems; j++) {
+            const sod_item_t *it = &ps->p[i].items[j];
+            if (!it->is_role) {
+                ps->sodeids[it->eid / 64] |= (uint64_t)1 << (it->eid % 64);
+            }
+        }
+    }
+    for (i = 0, k = 0; i < ps->nr; i++) {
+        for (j = 0; j < ps->r[i].ngrants; j++) {
+            k += ps->r[i].grants[j].nents > 0 ? ps->r[i].grants[j].nents : 1;
+        }
+    }
+    ps->rg = calloc(k + 1, sizeof(*ps->rg));
+    ps->rg_off = calloc(ps->nr + 2, sizeof(*ps->rg_off));
+    if (ps->rg == NULL || ps->rg_off == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0, k = 0; i < ps->nr; i++) {
+        ps->rg_off[i] = (uint32_t)k;
+        for (j = 0; j < ps->r[i].ngrants; j++) {
+            const grant_t *g = &ps->r[i].grants[j];
+            size_t e;
+            if (g->nents == 0) {
+                ps->rg[k].tix = (uint32_t)g->tix;
+                k++;
+            }
+            for (e = 0; e < g->nents; e++) {
+                ps->rg[k].e = &g->ents[e];
+                ps->rg[k].eid = g->ents[e].eid;
+                ps->rg[k].tix = (uint32_t)g->tix;
+                ps->rg[k].sod = (unsigned char)sod_eid(ps, g->ents[e].eid);
+                ps->rg[k].jit = g->ents[e].jit_lifetime > 0;
+                k++;
+            }
+        }
+    }
+    ps->rg_off[ps->nr] = (uint32_t)k;
+    for (i = 0; i < ps->nr; i++) {
+        const role_t *r = &ps->r[i];
+        uint64_t bit = (uint64_t)1 << (i % 64);
+        for (j = 0; j < r->ngrants; j++) {
+            for (t = 0; t < ps->ntnames; t++) {
+                if (ps->tnames[t] == r->grants[j].tcanon) {
+                    ps->troles[t * ps->rwords + i / 64] |= bit;
+                }
+            }
+            for (k = 0; k < r->grants[j].nents; k++) {
+                if (sod_eid(ps, r->grants[j].ents[k].eid)) {
+                    ps->sodroles[i / 64] |= bit;
+                }
+            }
         }
     }
     return PG_OK;
@@ -1917,6 +2472,56 @@ resolve_all(pg_policy_set_t *ps, pg_err_t *err)
     return st;
 }
 
+/*
+ * Compile account rule o (at path, from file) into ps; one rule per
+ * target across all files. Messages lack the file.
+ */
+static pg_status_t
+add_account(pg_policy_set_t *ps, const json_t *o, const char *path,
+            const char *file, const struct pg_config *cfg, pg_err_t *err)
+{
+    pg_acct_rule_t *r = NULL;
+    size_t i;
+    pg_status_t st;
+
+    if (ps->nacct >= MAX_POLICIES) {
+        pg_err_set(err, "%s: more than %u account rules", path, MAX_POLICIES);
+        return PG_ERR_CONFIG;
+    }
+    if (ps->nacct == ps->acctcap) {
+        size_t nc = ps->acctcap == 0 ? 8 : ps->acctcap * 2;
+        pg_acct_rule_t **na = realloc(ps->acct, nc * sizeof(*na));
+        char **nf;
+        if (na == NULL) {
+            return PG_ERR_NOMEM;
+        }
+        ps->acct = na;
+        nf = realloc(ps->acct_file, nc * sizeof(*nf));
+        if (nf == NULL) {
+            return PG_ERR_NOMEM;
+        }
+        ps->acct_file = nf;
+        ps->acctcap = nc;
+    }
+    TRY(pg_acct_parse(o, path, cfg, &r, err));
+    for (i = 0; i < ps->nacct; i++) {
+        if (strcmp(pg_acct_target(ps->acct[i]), pg_acct_target(r)) == 0) {
+            pg_err_set(err, "%s.target: a second account rule for target "
+                       "\"%s\" (first defined in %s)", path,
+                       pg_acct_target(r), ps->acct_file[i]);
+            pg_acct_free(r);
+            return PG_ERR_CONFIG;
+        }
+    }
+    ps->acct_file[ps->nacct] = strdup(file);
+    if (ps->acct_file[ps->nacct] == NULL) {
+        pg_acct_free(r);
+        return PG_ERR_NOMEM;
+    }
+    ps->acct[ps->nacct++] = r;
+    return PG_OK;
+}
+
 /* Prefix err->msg with "<file>: ". */
 static void
 prefix_file(pg_err_t *err, const char *file)
@@ -1951,7 +2556,8 @@ static pg_status_t
 load_file(pg_policy_set_t *ps, const char *file, const struct pg_config *cfg,
           pg_err_t *err)
 {
-    static const char *const keys[] = {"policies", "roles", NULL};
+    static const char *const keys[] = {"policies", "roles", "accounts",
+                                       NULL};
     char pp[64];
     json_error_t jerr;
     pg_err_t ferr;
@@ -1985,10 +2591,23 @@ load_file(pg_policy_set_t *ps, const char *file, const struct pg_config *cfg,
             st = parse_role(ps, json_array_get(a, i), pp, file, cfg, err);
         }
     }
+    a = json_object_get(root, "accounts");
+    if (st == PG_OK && a != NULL) {
+        if (!json_is_array(a)) {
+            pg_err_set(err, "$.accounts: must be an array");
+            st = PG_ERR_CONFIG;
+        }
+        for (i = 0; st == PG_OK && i < json_array_size(a); i++) {
+            int r = snprintf(pp, sizeof(pp), "$.accounts[%zu]", i);
+            (void)r;
+            st = add_account(ps, json_array_get(a, i), pp, file, cfg, err);
+        }
+    }
     if (st == PG_OK) {
         a = json_object_get(root, "policies");
-        if (a == NULL && json_object_get(root, "roles") != NULL) {
-            /* a roles-only file */
+        if (a == NULL && (json_object_get(root, "roles") != NULL ||
+                          json_object_get(root, "accounts") != NULL)) {
+            /* a file of roles and/or account rules only */
         } else if (a == NULL) {
             pg_err_set(err, "$.policies: missing required field");
             st = PG_ERR_CONFIG;
@@ -2057,6 +2676,9 @@ pg_policy_load(char *const *files, const struct pg_config *cfg,
         st = resolve_all(ps, err);
     }
     if (st == PG_OK) {
+        st = intern_attrs(ps);
+    }
+    if (st == PG_OK) {
         st = build_index(ps);
     }
     if (st == PG_OK) {
@@ -2067,6 +2689,9 @@ pg_policy_load(char *const *files, const struct pg_config *cfg,
     }
     if (st == PG_OK) {
         st = build_sod_index(ps);
+    }
+    if (st == PG_OK) {
+        st = build_relevance(ps);
     }
     if (st != PG_OK) {
         if (st == PG_ERR_NOMEM) {
@@ -2192,9 +2817,9 @@ why_copy(why_t *dst, const why_t *src)
     }
 }
 
-/* The operator's test against one string value. */
+/* The operator's test against one string value s of len bytes. */
 static int
-str_test(const cond_t *c, const char *s)
+str_test(const cond_t *c, const char *s, size_t len)
 {
     size_t i;
 
@@ -2202,8 +2827,12 @@ str_test(const cond_t *c, const char *s)
     case C_EQ:
         return strcmp(s, c->str) == 0;
     case C_PREFIX:
-        return strncmp(s, c->str, strlen(c->str)) == 0;
+        return len >= c->slen && memcmp(s, c->str, c->slen) == 0;
     case C_REGEX:
+        /* every match contains c->lit: skip regexec when it is absent */
+        if (c->lit != NULL && memmem(s, len, c->lit, c->litlen) == NULL) {
+            return 0;
+        }
         return regexec(&c->re, s, 0, NULL, 0) == 0;
     case C_IN:
         for (i = 0; c->list[i] != NULL; i++) {
@@ -2225,11 +2854,12 @@ value_test(const cond_t *c, const json_t *v)
     json_t *e;
 
     if (json_is_string(v)) {
-        return str_test(c, json_string_value(v));
+        return str_test(c, json_string_value(v), json_string_length(v));
     }
     if (json_is_array(v)) {
         json_array_foreach(v, i, e) {
-            if (json_is_string(e) && str_test(c, json_string_value(e))) {
+            if (json_is_string(e) &&
+                str_test(c, json_string_value(e), json_string_length(e))) {
                 return 1;
             }
         }
@@ -2253,11 +2883,10 @@ value_present(const json_t *v)
     return 1;
 }
 
-/* 1 when g is in attrs.groups (array of strings, or one string). */
+/* 1 when g is in gs, attrs.groups (array of strings, or one string). */
 static int
-in_group(const json_t *attrs, const char *g)
+in_group(const json_t *gs, const char *g)
 {
-    const json_t *gs = json_object_get(attrs, "groups");
     size_t i;
     json_t *e;
 
@@ -2278,7 +2907,15 @@ in_group(const json_t *attrs, const char *g)
 /* What a condition is evaluated against. */
 typedef struct ctx {
     const json_t *attrs;
+    const json_t **vals;   /* per interned attribute: attrs' value or NULL */
+    const json_t *groups;  /* attrs.groups or NULL */
     long today;            /* days since 1970-01-01 (UTC) */
+    const struct cond *known;  /* fast path: a condition known to hold
+                                  (the index key that found the policy) */
+    uint32_t *memo_gen;    /* fast path: per regex slot, the decision its
+                              result is from (NULL: no memo) */
+    unsigned char *memo_val;
+    uint32_t gen;          /* this decision's number */
 } ctx_t;
 
 /* Append "YYYY-MM-DD" for days since 1970-01-01. */
@@ -2441,6 +3078,9 @@ eval(const cond_t *c, const ctx_t *x, why_t *w)
     size_t i;
     int r;
 
+    if (c == x->known) {
+        return 1;   /* only set without explanation (w is NULL) */
+    }
     switch (c->kind) {
     case C_ALL:
         if (c->nkids == 0) {
@@ -2495,21 +3135,35 @@ eval(const cond_t *c, const ctx_t *x, why_t *w)
         return !r;
     }
     case C_GROUP:
-        r = in_group(x->attrs, c->str);
+        r = in_group(x->groups, c->str);
         why_str(w, r ? "member of group " : "not a member of group ");
         why_quoted(w, c->str);
         return r;
     case C_EXISTS:
-        v = json_object_get(x->attrs, c->attr);
+        v = x->vals[c->aid];
         r = value_present(v);
         why_str(w, c->attr);
         why_str(w, r ? " exists" : " is missing or empty");
         return c->exists ? r : !r;
+    case C_REGEX:
+        v = x->vals[c->aid];
+        if (x->memo_gen != NULL && c->memo != 0) {
+            uint32_t k = c->memo - 1;
+            if (x->memo_gen[k] != x->gen) {
+                x->memo_val[k] = (unsigned char)(v != NULL &&
+                                                 value_test(c, v));
+                x->memo_gen[k] = x->gen;
+            }
+            r = x->memo_val[k];
+        } else {
+            r = v != NULL && value_test(c, v);
+        }
+        why_leaf(w, c, v, r, x->today);
+        return r;
     case C_EQ:
     case C_IN:
     case C_PREFIX:
-    case C_REGEX:
-        v = json_object_get(x->attrs, c->attr);
+        v = x->vals[c->aid];
         r = v != NULL && value_test(c, v);
         why_leaf(w, c, v, r, x->today);
         return r;
@@ -2517,7 +3171,7 @@ eval(const cond_t *c, const ctx_t *x, why_t *w)
     case C_LE:
     case C_GT:
     case C_GE:
-        v = json_object_get(x->attrs, c->attr);
+        v = x->vals[c->aid];
         r = v != NULL && cmp_value(c, v, x->today);
         why_leaf(w, c, v, r, x->today);
         return r;
@@ -2526,6 +3180,9 @@ eval(const cond_t *c, const ctx_t *x, why_t *w)
 }
 
 /* ---- the decision ---------------------------------------------------- */
+
+struct eval_state;
+static int eval_who(struct eval_state *es, const policy_t *p, why_t *w);
 
 typedef enum { S_GRANTED, S_PENDING, S_DENIED } istate_t;
 
@@ -2548,16 +3205,20 @@ typedef struct eval_state {
     ctx_t x;
     const char *target;        /* NULL: every target */
     const char *tcanon;        /* canonical target, NULL if no grant has it */
+    size_t tidx;               /* its index in ps->tnames, or SIZE_MAX */
+    unsigned char *tacc;       /* full path: per tnames index, the identity
+                                  gets an account there */
     time_t now;
     item_t *it;
     size_t n, cap;
     unsigned char *held;       /* per role: business role assigned */
     const char **held_src;     /* per role: who assigned it */
     unsigned char *rdenied;    /* per role: removed by SoD prevent */
-    unsigned char *eff;        /* per role: effective after expansion */
     size_t *via;               /* per role: business role it came through */
     uint32_t *slot_of;         /* per eid: item index + 1, 0 none */
-    uint64_t *effbits;         /* eff[] as a bitmap (rwords words) */
+    uint64_t *effbits;         /* per role: effective after expansion
+                                  (rwords words; see EFF) */
+    uint64_t *heldbits;        /* held[] as a bitmap (rwords words) */
     uint64_t *sodbits;         /* fast path: SoD candidates (nwords) */
     uint32_t *sodcand;         /* fast path: SoD candidates, ascending */
     size_t nsodcand;
@@ -2571,6 +3232,49 @@ typedef struct eval_state {
 } eval_state_t;
 
 static const char SRC_ATTR[] = "attribute:roles";
+
+/* 1 when role i is effective (after the last expand_all). */
+#define EFF(es, i) (((es)->effbits[(i) / 64] >> ((i) % 64)) & 1u)
+
+/*
+ * Evaluate p's who. On the fast path p came from the who-index, so its
+ * key condition holds and is not tested again; the full path evaluates
+ * (and explains) everything.
+ */
+static int
+eval_who(eval_state_t *es, const policy_t *p, why_t *w)
+{
+    int r;
+
+    if (es->cand == NULL || w != NULL) {
+        return eval(p->who, &es->x, w);
+    }
+    es->x.known = p->key;
+    r = eval(p->who, &es->x, NULL);
+    es->x.known = NULL;
+    return r;
+}
+
+/*
+ * Fast path: evaluate the who of the i-th candidate from the compact
+ * per-policy arrays (no policy_t access), skipping its index key; the
+ * who of a later candidate is prefetched.
+ */
+static int
+eval_hot(eval_state_t *es, size_t i)
+{
+    const pg_policy_set_t *ps = es->ps;
+    size_t pi = es->cand[i];
+    int r;
+
+    if (i + 4 < es->ncand) {
+        __builtin_prefetch(ps->pwho[es->cand[i + 4]]);
+    }
+    es->x.known = ps->pkey[pi];
+    r = eval(ps->pwho[pi], &es->x, NULL);
+    es->x.known = NULL;
+    return r;
+}
 
 /* Number of policies to consider (candidates on the fast path). */
 static size_t
@@ -2657,12 +3361,18 @@ grant_all(eval_state_t *es, const grant_t *g, size_t n, const char *source,
     *in_target = 0;
     for (i = 0; i < n; i++) {
         int here = es->tcanon != NULL && g[i].tcanon == es->tcanon;
+        if (es->tacc != NULL) {
+            es->tacc[g[i].tix] = 1;
+        }
         if (here) {
             *in_target = 1;
             es->d->has_account = 1;
         }
         for (j = 0; j < g[i].nents; j++) {
             const ent_t *e = &g[i].ents[j];
+            if (es->quiet && !here && !sod_eid(es->ps, e->eid)) {
+                continue;   /* fast path: never reported, never in SoD */
+            }
             if (e->jit_lifetime > 0 && !here) {
                 why_str(w, "; jit ");
                 why_quoted(w, e->value);
@@ -2696,6 +3406,31 @@ grant_all(eval_state_t *es, const grant_t *g, size_t n, const char *source,
     return PG_OK;
 }
 
+/*
+ * 1 when the identity attribute "approved" (an array of {"target", "type",
+ * "value"} objects: the grants approvers accepted, see src/gate/admin.c)
+ * holds e of target. A missing or malformed attribute approves nothing.
+ */
+static int
+approved_item(const json_t *attrs, const char *target, const ent_t *e)
+{
+    const json_t *a = json_object_get(attrs, "approved");
+    const json_t *o;
+    size_t i;
+
+    json_array_foreach(a, i, o) {
+        const char *t = json_string_value(json_object_get(o, "target"));
+        const char *ty = json_string_value(json_object_get(o, "type"));
+        const char *v = json_string_value(json_object_get(o, "value"));
+
+        if (t != NULL && ty != NULL && v != NULL && strcmp(t, target) == 0
+            && strcmp(ty, e->type) == 0 && strcmp(v, e->value) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Role assignment: explicit "roles" attribute, then role policies. */
 static pg_status_t
 assign_roles(eval_state_t *es)
@@ -2726,18 +3461,24 @@ assign_roles(eval_state_t *es)
             continue;
         }
         if (!es->held[r - ps->r]) {
-            es->held[r - ps->r] = 1;
+            size_t k = (size_t)(r - ps->r);
+            es->held[k] = 1;
+            es->heldbits[k / 64] |= (uint64_t)1 << (k % 64);
             es->held_src[r - ps->r] = SRC_ATTR;
         }
     }
     for (i = 0; i < ncand(es); i++) {
-        const policy_t *p = &ps->p[cand(es, i)];
+        const policy_t *p;
         why_t wb, *w = why_init(!es->quiet, &wb);
         int m;
-        if (p->k != K_ROLE) {
-            continue;
+        if (ps->pkind[cand(es, i)] != K_ROLE) {
+            continue;   /* a compact array: no policy_t cache miss */
         }
-        m = eval(p->who, &es->x, w);
+        if (es->quiet && !eval_hot(es, i)) {
+            continue;   /* fast path: no match, nothing to record */
+        }
+        p = &ps->p[cand(es, i)];
+        m = es->quiet || eval_who(es, p, w);
         if (m) {
             why_str(w, "; assigns business role");
             why_str(w, p->nroles > 1 ? "s " : " ");
@@ -2749,6 +3490,7 @@ assign_roles(eval_state_t *es)
                 why_quoted(w, ps->r[k].id);
                 if (!es->held[k]) {
                     es->held[k] = 1;
+                    es->heldbits[k / 64] |= (uint64_t)1 << (k % 64);
                     es->held_src[k] = p->id;
                 }
             }
@@ -2760,7 +3502,7 @@ assign_roles(eval_state_t *es)
 }
 
 /*
- * Recompute eff[], effbits and via[] from the held, not denied business
+ * Recompute effbits and via[] from the held, not denied business
  * roles: the union of their include closures; a role's via is the first
  * (lowest index) business role that reaches it.
  */
@@ -2768,23 +3510,27 @@ static void
 expand_all(eval_state_t *es)
 {
     const pg_policy_set_t *ps = es->ps;
-    size_t b, w;
+    size_t b, w, hw;
 
-    memset(es->eff, 0, ps->nr);
     memset(es->effbits, 0, ps->rwords * sizeof(*es->effbits));
-    for (b = 0; b < ps->nr; b++) {
-        const uint64_t *row = &ps->reach[b * ps->rwords];
-        if (!es->held[b] || es->rdenied[b]) {
-            continue;
-        }
-        for (w = 0; w < ps->rwords; w++) {
-            uint64_t nb = row[w] & ~es->effbits[w];
-            es->effbits[w] |= nb;
-            while (nb != 0) {
-                size_t t = w * 64 + (size_t)__builtin_ctzll(nb);
-                es->eff[t] = 1;
-                es->via[t] = b;
-                nb &= nb - 1;
+    for (hw = 0; hw < ps->rwords; hw++) {
+        uint64_t hb = es->heldbits[hw];
+        while (hb != 0) {
+            const uint64_t *row;
+            b = hw * 64 + (size_t)__builtin_ctzll(hb);
+            hb &= hb - 1;
+            if (es->rdenied[b]) {
+                continue;
+            }
+            row = &ps->reach[b * ps->rwords];
+            for (w = 0; w < ps->rwords; w++) {
+                uint64_t nb = row[w] & ~es->effbits[w];
+                es->effbits[w] |= nb;
+                while (nb != 0) {
+                    size_t t = w * 64 + (size_t)__builtin_ctzll(nb);
+                    es->via[t] = b;
+                    nb &= nb - 1;
+                }
             }
         }
     }
@@ -2915,6 +3661,15 @@ sod_outcome(eval_state_t *es, const policy_t *p, why_t *w,
     return add_finding(es, p, *result, ex, expired);
 }
 
+/* Order uint32_t values (qsort callback). */
+static int
+u32_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
 /*
  * Fast path: the SoD rules whose first element is held (effective roles
  * when roles is set, else current items), ascending, into es->sodcand.
@@ -2924,37 +3679,41 @@ static void
 sod_candidates(eval_state_t *es, int roles)
 {
     const pg_policy_set_t *ps = es->ps;
-    size_t i, k, w;
+    size_t i, k, w, n = 0;
 
-    memset(es->sodbits, 0, ps->nwords * sizeof(*es->sodbits));
+    /* each rule is listed under exactly one element, and every role and
+     * every item is visited once: the list has no duplicates */
     if (roles) {
-        for (i = 0; i < ps->nr; i++) {
-            if (!es->eff[i]) {
-                continue;
-            }
-            for (k = ps->sod_roff[i]; k < ps->sod_roff[i + 1]; k++) {
-                uint32_t p = ps->sod_rlist[k];
-                es->sodbits[p / 64] |= (uint64_t)1 << (p % 64);
+        for (w = 0; w < ps->rwords; w++) {
+            uint64_t eb = es->effbits[w];
+            while (eb != 0) {
+                i = w * 64 + (size_t)__builtin_ctzll(eb);
+                eb &= eb - 1;
+                for (k = ps->sod_roff[i]; k < ps->sod_roff[i + 1]; k++) {
+                    es->sodcand[n++] = ps->sod_rlist[k];
+                }
             }
         }
     } else {
         for (i = 0; i < es->n; i++) {
             uint32_t e = es->it[i].e->eid;
             for (k = ps->sod_eoff[e]; k < ps->sod_eoff[e + 1]; k++) {
-                uint32_t p = ps->sod_elist[k];
-                es->sodbits[p / 64] |= (uint64_t)1 << (p % 64);
+                es->sodcand[n++] = ps->sod_elist[k];
             }
         }
     }
-    es->nsodcand = 0;
-    for (w = 0; w < ps->nwords; w++) {
-        uint64_t b = es->sodbits[w];
-        while (b != 0) {
-            es->sodcand[es->nsodcand++] =
-                (uint32_t)(w * 64 + (size_t)__builtin_ctzll(b));
-            b &= b - 1;
+    if (n > 64) {
+        qsort(es->sodcand, n, sizeof(*es->sodcand), u32_cmp);
+    } else {
+        for (i = 1; i < n; i++) {   /* insertion sort: load order */
+            uint32_t v = es->sodcand[i];
+            for (k = i; k > 0 && es->sodcand[k - 1] > v; k--) {
+                es->sodcand[k] = es->sodcand[k - 1];
+            }
+            es->sodcand[k] = v;
         }
     }
+    es->nsodcand = n;
 }
 
 /* Number of SoD rules to consider (all candidates on the full path). */
@@ -2997,15 +3756,22 @@ sod_roles(eval_state_t *es)
             expand_all(es);
             dirty = 0;
         }
-        if (es->quiet && !es->eff[p->items[0].role.idx]) {
-            continue;   /* cannot be held: nothing to report or enforce */
+        if (es->quiet) {
+            /* nothing to report or enforce unless the whole combination
+             * is held: test that before who (a cheaper test) */
+            for (j = 0; j < p->nitems && all; j++) {
+                all = EFF(es, p->items[j].role.idx);
+            }
+            if (!all) {
+                continue;
+            }
         }
         if (!eval(p->who, &es->x, w)) {
             TRY(explain(es, "policy", p->id, "sod", "no_match", WHYB(w)));
             continue;
         }
         for (j = 0; j < p->nitems && all; j++) {
-            all = es->eff[p->items[j].role.idx];
+            all = EFF(es, p->items[j].role.idx);
         }
         if (all) {
             TRY(sod_outcome(es, p, w, &result, &enforce));
@@ -3014,6 +3780,10 @@ sod_roles(eval_state_t *es)
         }
         for (j = 0; enforce && j < p->nitems; j++) {
             for (b = 0; b < ps->nr; b++) {
+                if ((b % 64) == 0 && es->heldbits[b / 64] == 0) {
+                    b += 63;   /* no held role in this word */
+                    continue;
+                }
                 if (es->held[b] && !es->rdenied[b] &&
                     reaches(ps, b, p->items[j].role.idx)) {
                     es->rdenied[b] = 1;
@@ -3095,14 +3865,18 @@ approvals(eval_state_t *es)
     pg_status_t st;
 
     for (i = 0; i < ncand(es); i++) {
-        const policy_t *p = &ps->p[cand(es, i)];
+        const policy_t *p;
         why_t wb, *w = why_init(!es->quiet, &wb);
         int m;
         const json_t *mgr = NULL;
-        if (p->k != K_APPROVAL) {
-            continue;
+        if (ps->pkind[cand(es, i)] != K_APPROVAL) {
+            continue;   /* a compact array: no policy_t cache miss */
         }
-        m = eval(p->who, &es->x, w);
+        if (es->quiet && !eval_hot(es, i)) {
+            continue;   /* fast path: no match, nothing to record */
+        }
+        p = &ps->p[cand(es, i)];
+        m = es->quiet || eval_who(es, p, w);
         if (m && p->ak == A_MANAGER) {
             mgr = json_object_get(es->x.attrs, p->appr);
             if (!json_is_string(mgr) || json_string_length(mgr) == 0) {
@@ -3115,7 +3889,12 @@ approvals(eval_state_t *es)
         for (g = 0; m && g < p->ngrants; g++) {
             for (j = 0; j < p->grants[g].nents; j++) {
                 const ent_t *e = &p->grants[g].ents[j];
-                item_t *t = item_find(es, e->eid);
+                item_t *t;
+                if (es->quiet && p->grants[g].tcanon != es->tcanon &&
+                    !sod_eid(ps, e->eid)) {
+                    continue;   /* fast path: never reported */
+                }
+                t = item_find(es, e->eid);
                 if (t != NULL) {
                     why_str(w, "; ");
                     why_quoted(w, e->value);
@@ -3129,7 +3908,18 @@ approvals(eval_state_t *es)
                 }
                 t->source = p->id;
                 t->appr = p;
-                if (p->ak == A_MANAGER && mgr == NULL) {
+                if (approved_item(es->x.attrs, p->grants[g].target, e)) {
+                    /* an approver accepted this request: granted (SoD
+                     * rules, applied later, still see it) */
+                    t->state = S_GRANTED;
+                    if (es->tcanon != NULL
+                        && p->grants[g].tcanon == es->tcanon) {
+                        es->d->has_account = 1;
+                    }
+                    why_str(w, "; ");
+                    why_quoted(w, e->value);
+                    why_str(w, " approved");
+                } else if (p->ak == A_MANAGER && mgr == NULL) {
                     t->state = S_DENIED;
                     t->denier = p;
                     t->reason = "no approver: manager attribute missing";
@@ -3253,12 +4043,12 @@ emit(eval_state_t *es)
     for (i = 0; i < es->ps->nr; i++) {
         json_t *o;
         const role_t *r = &es->ps->r[i];
-        if (!es->eff[i] && !(es->held[i] && es->rdenied[i])) {
+        if (!EFF(es, i) && !(es->held[i] && es->rdenied[i])) {
             continue;
         }
         o = json_pack("{s:s, s:s, s:s, s:s}", "role", r->id, "type",
                       r->business ? "business" : "technical", "state",
-                      es->eff[i] ? "held" : "denied", "via",
+                      EFF(es, i) ? "held" : "denied", "via",
                       es->held[i] ? es->held_src[i] : es->ps->r[es->via[i]].id);
         if (o == NULL || json_array_append_new(d->roles, o) != 0) {
             return PG_ERR_NOMEM;
@@ -3290,13 +4080,17 @@ birthrights(eval_state_t *es)
     pg_status_t st;
 
     for (i = 0; i < ncand(es); i++) {
-        const policy_t *p = &ps->p[cand(es, i)];
+        const policy_t *p;
         why_t wb, *w = why_init(!es->quiet, &wb);
         int match, granted = 0;
-        if (p->k != K_BIRTHRIGHT) {
-            continue;
+        if (ps->pkind[cand(es, i)] != K_BIRTHRIGHT) {
+            continue;   /* a compact array: no policy_t cache miss */
         }
-        match = eval(p->who, &es->x, w);
+        if (es->quiet && !eval_hot(es, i)) {
+            continue;   /* fast path: no match, nothing to record */
+        }
+        p = &ps->p[cand(es, i)];
+        match = es->quiet || eval_who(es, p, w);
         if (match) {
             TRY(grant_all(es, p->grants, p->ngrants, p->id, NULL, NULL, w,
                           &granted));
@@ -3313,6 +4107,69 @@ birthrights(eval_state_t *es)
     return PG_OK;
 }
 
+/*
+ * Word w of the roles whose grants can matter: every role on the full
+ * path; on the fast path the roles with a grant in the target decided or
+ * with an entitlement that some SoD rule lists (the others only add
+ * items to other targets, which are never reported).
+ */
+static uint64_t
+relevant(const eval_state_t *es, size_t w)
+{
+    const pg_policy_set_t *ps = es->ps;
+
+    if (!es->quiet) {
+        return ~(uint64_t)0;
+    }
+    return ps->sodroles[w] |
+           (es->tidx != SIZE_MAX ? ps->troles[es->tidx * ps->rwords + w] : 0);
+}
+
+/*
+ * Fast path: grant_all() for effective role i from the compact grant list
+ * (no role_t, grant_t or ent_t access): only items of the target and
+ * items an SoD rule names are built; a grant in the target gives the
+ * account.
+ */
+static pg_status_t
+role_grants_fast(eval_state_t *es, size_t i)
+{
+    const pg_policy_set_t *ps = es->ps;
+    size_t k;
+    item_t *t;
+
+    for (k = ps->rg_off[i]; k < ps->rg_off[i + 1]; k++) {
+        const struct rgent *g = &ps->rg[k];
+        int here = g->tix == es->tidx;
+        if (here) {
+            es->d->has_account = 1;
+        }
+        if (g->e == NULL || (!here && (!g->sod || g->jit))) {
+            continue;   /* account only, or never seen by this decision */
+        }
+        t = item_find(es, g->eid);
+        if (t != NULL) {
+            if (t->state == S_PENDING) {
+                t->state = S_GRANTED;
+                t->source = es->held_src[es->via[i]];
+                t->brole = &ps->r[es->via[i]];
+                t->trole = &ps->r[i];
+                t->appr = NULL;
+            }
+            continue;
+        }
+        t = item_add(es, ps->tnames[g->tix], g->e);
+        if (t == NULL) {
+            return PG_ERR_NOMEM;
+        }
+        t->state = S_GRANTED;
+        t->source = es->held_src[es->via[i]];
+        t->brole = &ps->r[es->via[i]];
+        t->trole = &ps->r[i];
+    }
+    return PG_OK;
+}
+
 /* Grants of the effective technical roles, with their explanation. */
 static pg_status_t
 role_grants(eval_state_t *es)
@@ -3321,6 +4178,20 @@ role_grants(eval_state_t *es)
     size_t i;
     pg_status_t st;
 
+    size_t wd;
+
+    if (es->quiet) {
+        /* the effective, relevant roles, ascending; nothing to explain */
+        for (wd = 0; wd < ps->rwords; wd++) {
+            uint64_t bits = es->effbits[wd] & relevant(es, wd);
+            while (bits != 0) {
+                TRY(role_grants_fast(es, wd * 64 +
+                                         (size_t)__builtin_ctzll(bits)));
+                bits &= bits - 1;
+            }
+        }
+        return PG_OK;
+    }
     for (i = 0; i < ps->nr; i++) {
         const role_t *r;
         const role_t *b;
@@ -3330,7 +4201,7 @@ role_grants(eval_state_t *es)
             i += 63;   /* no effective role in this word */
             continue;
         }
-        if (!es->eff[i]) {
+        if (!EFF(es, i)) {
             continue;
         }
         r = &ps->r[i];
@@ -3353,10 +4224,57 @@ role_grants(eval_state_t *es)
                     WHYB(w)));
     }
     for (i = 0; i < ps->nr; i++) {
+        if ((i % 64) == 0 && es->heldbits[i / 64] == 0) {
+            i += 63;   /* no held role in this word */
+            continue;
+        }
         if (es->held[i] && es->rdenied[i]) {
             TRY(explain(es, "role", ps->r[i].id, "business_role", "denied",
                         "removed by a segregation-of-duties rule"));
         }
+    }
+    return PG_OK;
+}
+
+/*
+ * Account rules: for the target decided (when it gets an account), or
+ * for every target with an account (target NULL), build the account into
+ * d->accounts and explain it. A refused account clears has_account.
+ */
+static pg_status_t
+accounts(eval_state_t *es)
+{
+    const pg_policy_set_t *ps = es->ps;
+    char why[WHY_MAX];
+    size_t i, t;
+    pg_status_t st;
+
+    for (i = 0; i < ps->nacct; i++) {
+        const pg_acct_rule_t *r = ps->acct[i];
+        const char *tn = pg_acct_target(r);
+        json_t *o = NULL;
+        int ok = 0, gets = 0;
+        if (es->target != NULL) {
+            gets = strcmp(es->target, tn) == 0 && es->d->has_account;
+        } else {
+            for (t = 0; t < ps->ntnames; t++) {
+                if (es->tacc[t] && ps->tacct[t] == r) {
+                    gets = 1;
+                }
+            }
+        }
+        if (!gets) {
+            continue;
+        }
+        TRY(pg_acct_build(r, es->x.attrs, &o, &ok, why, sizeof(why)));
+        if (json_object_set_new(es->d->accounts, tn, o) != 0) {
+            return PG_ERR_NOMEM;
+        }
+        if (!ok && es->target != NULL) {
+            es->d->has_account = 0;
+        }
+        TRY(explain(es, "account", tn, "account", ok ? "ok" : "refused",
+                    why));
     }
     return PG_OK;
 }
@@ -3398,27 +4316,36 @@ pg_policy_decide_at(const pg_policy_set_t *ps, const json_t *attrs,
     out->pending_approval = json_array();
     out->jit = json_array();
     out->roles = json_array();
+    out->accounts = json_object();
     nr = ps != NULL ? ps->nr : 0;
+    es.tacc = calloc((ps != NULL ? ps->ntnames : 0) + 1, 1);
     es.held = calloc(nr + 1, 1);
     es.rdenied = calloc(nr + 1, 1);
-    es.eff = calloc(nr + 1, 1);
     es.held_src = calloc(nr + 1, sizeof(*es.held_src));
     es.via = calloc(nr + 1, sizeof(*es.via));
     es.slot_of = calloc((ps != NULL ? ps->neids : 0) + 1,
                         sizeof(*es.slot_of));
     es.effbits = calloc((ps != NULL ? ps->rwords : 0) + 1,
                         sizeof(*es.effbits));
-    if (es.slot_of == NULL || es.effbits == NULL || out->entitlements == NULL || out->explanation == NULL ||
+    es.x.vals = calloc((ps != NULL ? ps->nattrs : 0) + 1,
+                       sizeof(*es.x.vals));
+    es.heldbits = calloc((ps != NULL ? ps->rwords : 0) + 1,
+                         sizeof(*es.heldbits));
+    if (es.tacc == NULL || out->accounts == NULL || es.heldbits == NULL ||
+        es.x.vals == NULL || es.slot_of == NULL || es.effbits == NULL ||
+        out->entitlements == NULL || out->explanation == NULL ||
         out->denied == NULL || out->sod_findings == NULL ||
         out->pending_approval == NULL || out->jit == NULL ||
         out->roles == NULL || es.held == NULL || es.rdenied == NULL ||
-        es.eff == NULL || es.held_src == NULL || es.via == NULL) {
+        es.held_src == NULL || es.via == NULL) {
         st = PG_ERR_NOMEM;
         goto done;
     }
     if (ps == NULL) {
         goto done;
     }
+    attr_fill(ps, attrs, es.x.vals);
+    es.x.groups = es.x.vals[ps->groups_aid];
     st = birthrights(&es);
     if (st == PG_OK) {
         st = assign_roles(&es);
@@ -3436,17 +4363,22 @@ pg_policy_decide_at(const pg_policy_set_t *ps, const json_t *attrs,
         st = sod_ents(&es);
     }
     if (st == PG_OK) {
+        st = accounts(&es);
+    }
+    if (st == PG_OK) {
         st = emit(&es);
     }
 done:
     free(es.it);
     free(es.held);
     free(es.rdenied);
-    free(es.eff);
     free(es.held_src);
     free(es.via);
     free(es.slot_of);
     free(es.effbits);
+    free((void *)es.x.vals);
+    free(es.heldbits);
+    free(es.tacc);
     if (st != PG_OK) {
         pg_decision_clear(out);
     }
@@ -3484,6 +4416,7 @@ pg_decision_clear(pg_decision_t *d)
     json_decref(d->pending_approval);
     json_decref(d->jit);
     json_decref(d->roles);
+    json_decref(d->accounts);
     memset(d, 0, sizeof(*d));
 }
 
@@ -3501,15 +4434,20 @@ pg_policy_role_count(const pg_policy_set_t *ps)
 struct pg_policy_scratch {
     const pg_policy_set_t *ps;
     item_t it[FAST_MAX_ITEMS];
-    unsigned char *held, *rdenied, *eff;
+    unsigned char *held, *rdenied;
     const char **held_src;
     size_t *via;
     uint64_t *bits;
     uint32_t *cand;
     uint32_t *slot_of;
     uint64_t *effbits;
+    uint64_t *heldbits;
     uint64_t *sodbits;
     uint32_t *sodcand;
+    const json_t **vals;       /* per interned attribute */
+    uint32_t *memo_gen;        /* per regex slot (see ctx_t) */
+    unsigned char *memo_val;
+    uint32_t gen;
 };
 
 /* Release a scratch area. NULL is fine. */
@@ -3521,15 +4459,18 @@ pg_policy_scratch_free(pg_policy_scratch_t *sc)
     }
     free(sc->held);
     free(sc->rdenied);
-    free(sc->eff);
     free(sc->held_src);
     free(sc->via);
     free(sc->bits);
     free(sc->cand);
     free(sc->slot_of);
     free(sc->effbits);
+    free(sc->heldbits);
     free(sc->sodbits);
     free(sc->sodcand);
+    free(sc->vals);
+    free(sc->memo_gen);
+    free(sc->memo_val);
     free(sc);
 }
 
@@ -3555,7 +4496,6 @@ pg_policy_scratch_new(const pg_policy_set_t *ps, pg_policy_scratch_t **out)
     sc->ps = ps;
     sc->held = calloc(nr, 1);
     sc->rdenied = calloc(nr, 1);
-    sc->eff = calloc(nr, 1);
     sc->held_src = calloc(nr, sizeof(*sc->held_src));
     sc->via = calloc(nr, sizeof(*sc->via));
     sc->bits = calloc(ps->nwords, sizeof(*sc->bits));
@@ -3564,7 +4504,12 @@ pg_policy_scratch_new(const pg_policy_set_t *ps, pg_policy_scratch_t **out)
     sc->effbits = calloc(ps->rwords + 1, sizeof(*sc->effbits));
     sc->sodbits = calloc(ps->nwords, sizeof(*sc->sodbits));
     sc->sodcand = calloc(ps->n + 1, sizeof(*sc->sodcand));
-    if (sc->sodbits == NULL || sc->sodcand == NULL || sc->slot_of == NULL || sc->effbits == NULL || sc->held == NULL || sc->rdenied == NULL || sc->eff == NULL ||
+    sc->vals = calloc(ps->nattrs + 1, sizeof(*sc->vals));
+    sc->heldbits = calloc(ps->rwords + 1, sizeof(*sc->heldbits));
+    sc->memo_gen = calloc(ps->nmemo + 1, sizeof(*sc->memo_gen));
+    sc->memo_val = calloc(ps->nmemo + 1, 1);
+    if (sc->memo_gen == NULL || sc->memo_val == NULL ||
+        sc->heldbits == NULL || sc->vals == NULL || sc->sodbits == NULL || sc->sodcand == NULL || sc->slot_of == NULL || sc->effbits == NULL || sc->held == NULL || sc->rdenied == NULL ||
         sc->held_src == NULL || sc->via == NULL || sc->bits == NULL ||
         sc->cand == NULL) {
         pg_policy_scratch_free(sc);
@@ -3574,41 +4519,82 @@ pg_policy_scratch_new(const pg_policy_set_t *ps, pg_policy_scratch_t **out)
     return PG_OK;
 }
 
-/* Set the bits of the policies listed for (attr, string value v). */
+/* Set in bits the policies of posting list e (NULL is fine). */
 static void
-mark(const pg_policy_set_t *ps, uint64_t *bits, const char *attr,
-     const json_t *v)
+mark_list(uint64_t *bits, const struct ix_ent *e)
 {
-    const struct ix_ent *e;
     size_t i;
 
-    if (!json_is_string(v)) {
-        return;
-    }
-    e = ix_find(ps, attr, json_string_value(v), json_string_length(v));
     for (i = 0; e != NULL && i < e->n; i++) {
         bits[e->list[i] / 64] |= (uint64_t)1 << (e->list[i] % 64);
     }
 }
 
-/* The candidate policies for attrs, ascending, into sc->cand. */
+/*
+ * Set the bits of the policies listed for (aid, string value v): its
+ * equality key, or with prefix set every prefix key of it up to max
+ * bytes. Values compare as C strings (up to an embedded NUL), as the
+ * evaluator does.
+ */
+static void
+mark(const pg_policy_set_t *ps, uint64_t *bits, uint32_t aid, int prefix,
+     size_t max, const json_t *v)
+{
+    const char *s;
+    size_t len, i;
+    uint32_t h;
+
+    if (!json_is_string(v)) {
+        return;
+    }
+    s = json_string_value(v);
+    len = strnlen(s, json_string_length(v));
+    h = key_hash_init(aid, prefix);
+    if (!prefix) {
+        for (i = 0; i < len; i++) {
+            h = key_hash_step(h, (unsigned char)s[i]);
+        }
+        mark_list(bits, ix_find(ps, h, aid, 0, s, len));
+        return;
+    }
+    for (i = 0; i < len && i < max; i++) {
+        h = key_hash_step(h, (unsigned char)s[i]);
+        mark_list(bits, ix_find(ps, h, aid, 1, s, i + 1));
+    }
+}
+
+/* mark() over a value or every element of an array value. */
+static void
+mark_value(const pg_policy_set_t *ps, uint64_t *bits, uint32_t aid,
+           int prefix, size_t max, const json_t *v)
+{
+    size_t j;
+    const json_t *e;
+
+    if (json_is_array(v)) {
+        json_array_foreach(v, j, e) {
+            mark(ps, bits, aid, prefix, max, e);
+        }
+    } else {
+        mark(ps, bits, aid, prefix, max, v);
+    }
+}
+
+/* The candidate policies for vals, ascending, into sc->cand. */
 static size_t
 candidates(const pg_policy_set_t *ps, pg_policy_scratch_t *sc,
-           const json_t *attrs)
+           const json_t **vals)
 {
-    size_t i, j, n = 0;
-    const json_t *v, *e;
+    size_t i, n = 0;
 
     memcpy(sc->bits, ps->always, ps->nwords * sizeof(*sc->bits));
     for (i = 0; i < ps->nixattrs; i++) {
-        v = json_object_get(attrs, ps->ixattrs[i]);
-        if (json_is_array(v)) {
-            json_array_foreach(v, j, e) {
-                mark(ps, sc->bits, ps->ixattrs[i], e);
-            }
-        } else {
-            mark(ps, sc->bits, ps->ixattrs[i], v);
-        }
+        mark_value(ps, sc->bits, ps->ixattrs[i], 0, 0,
+                   vals[ps->ixattrs[i]]);
+    }
+    for (i = 0; i < ps->npxattrs; i++) {
+        mark_value(ps, sc->bits, ps->pxattrs[i], 1, ps->pxmax[i],
+                   vals[ps->pxattrs[i]]);
     }
     for (i = 0; i < ps->nwords; i++) {
         uint64_t w = sc->bits[i];
@@ -3642,13 +4628,27 @@ pg_policy_decide_fast(const pg_policy_set_t *ps, pg_policy_scratch_t *sc,
     }
     memset(&dummy, 0, sizeof(dummy));
     memset(&es, 0, sizeof(es));
-    memset(sc->held, 0, ps->nr);
-    memset(sc->rdenied, 0, ps->nr);
+    for (i = 0; i < ps->rwords; i++) {
+        uint64_t hb = sc->heldbits[i];   /* the previous decision's roles */
+        while (hb != 0) {
+            size_t b = i * 64 + (size_t)__builtin_ctzll(hb);
+            sc->held[b] = 0;
+            sc->rdenied[b] = 0;
+            hb &= hb - 1;
+        }
+        sc->heldbits[i] = 0;
+    }
     es.ps = ps;
     es.x.attrs = attrs;
     es.x.today = (long)(now >= 0 ? now / 86400 : (now - 86399) / 86400);
     es.target = target;
     es.tcanon = target_canon(ps, target);
+    es.tidx = SIZE_MAX;
+    for (i = 0; es.tcanon != NULL && i < ps->ntnames; i++) {
+        if (ps->tnames[i] == es.tcanon) {
+            es.tidx = i;
+        }
+    }
     es.now = now;
     es.d = &dummy;
     es.quiet = 1;
@@ -3657,14 +4657,24 @@ pg_policy_decide_fast(const pg_policy_set_t *ps, pg_policy_scratch_t *sc,
     es.cap_fixed = 1;
     es.held = sc->held;
     es.rdenied = sc->rdenied;
-    es.eff = sc->eff;
     es.held_src = sc->held_src;
     es.via = sc->via;
     es.slot_of = sc->slot_of;
     es.effbits = sc->effbits;
+    es.heldbits = sc->heldbits;
     es.sodbits = sc->sodbits;
     es.sodcand = sc->sodcand;
-    es.ncand = candidates(ps, sc, attrs);
+    attr_fill(ps, attrs, sc->vals);
+    es.x.vals = sc->vals;
+    if (++sc->gen == 0) {   /* wrapped: forget every memo */
+        memset(sc->memo_gen, 0, (ps->nmemo + 1) * sizeof(*sc->memo_gen));
+        sc->gen = 1;
+    }
+    es.x.memo_gen = sc->memo_gen;
+    es.x.memo_val = sc->memo_val;
+    es.x.gen = sc->gen;
+    es.x.groups = sc->vals[ps->groups_aid];
+    es.ncand = candidates(ps, sc, sc->vals);
     es.cand = sc->cand;
     st = birthrights(&es);
     if (st == PG_OK) {
@@ -3716,6 +4726,12 @@ pg_policy_decide_fast(const pg_policy_set_t *ps, pg_policy_scratch_t *sc,
                                                      : 0;
     }
     out->has_account = dummy.has_account;
+    if (out->has_account && es.tidx != SIZE_MAX && ps->tacct[es.tidx] != NULL) {
+        char why[8];
+        /* a required attribute or the username cannot be built */
+        out->has_account = pg_acct_check(ps->tacct[es.tidx], attrs, why,
+                                         sizeof(why));
+    }
     out->nfindings = es.nfindings;
     return PG_OK;
 }

@@ -1533,6 +1533,349 @@ test_fast_index_shapes(void **state)
     pg_policy_free(ps);
 }
 
+/* ---- differential test: indexed fast path vs exhaustive evaluation ---- */
+
+static unsigned long long g_rng;
+
+/* xorshift64*: deterministic, seeded per run (the seed is printed). */
+static unsigned
+rnd(unsigned n)
+{
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    return (unsigned)((g_rng * 2685821657736338717ull) >> 33) % n;
+}
+
+static const char *const D_ATTRS[] = {"dept", "title", "cc", "email",
+                                      "grade", "start"};
+
+/* A string value of attribute a (small domains, so rules match often). */
+static json_t *
+rnd_str(unsigned a)
+{
+    char b[32];
+    int r;
+
+    switch (a) {
+    case 0:
+        r = snprintf(b, sizeof(b), "d%u", rnd(6));
+        break;
+    case 1:
+        r = snprintf(b, sizeof(b), "t%u", rnd(5));
+        break;
+    case 2:
+        /* also values equal to a prefix key ("cc-", "cc-1") */
+        r = rnd(4) == 0 ? snprintf(b, sizeof(b), "cc-%.*s", (int)rnd(2), "1")
+                        : snprintf(b, sizeof(b), "cc-%u%u", rnd(3), rnd(3));
+        break;
+    default:
+        r = snprintf(b, sizeof(b), "u%u@corp%u.example", rnd(4), rnd(2));
+        break;
+    }
+    assert_true(r > 0 && (size_t)r < sizeof(b));
+    return json_string(b);
+}
+
+/* A random condition of depth at most d. */
+static json_t *
+rnd_cond(unsigned d)
+{
+    unsigned k = rnd(d > 0 ? 11 : 8), a = rnd(4), i, n;
+    json_t *c, *arr;
+    char g[16];
+    int r;
+
+    switch (k) {
+    case 0:
+        return json_pack("{s:s, s:o}", "attr", D_ATTRS[a], "eq", rnd_str(a));
+    case 1:
+        arr = json_array();
+        n = 1 + rnd(3);
+        for (i = 0; i < n; i++) {
+            json_array_append_new(arr, rnd_str(a));
+        }
+        return json_pack("{s:s, s:o}", "attr", D_ATTRS[a], "in", arr);
+    case 2:
+        r = snprintf(g, sizeof(g), "g%u", rnd(5));
+        assert_true(r > 0);
+        return json_pack("{s:s}", "group", g);
+    case 3:
+        return json_pack("{s:s, s:s}", "attr", "cc", "prefix",
+                         rnd(2) ? "cc-1" : "cc-");
+    case 4:
+        return json_pack("{s:s, s:s}", "attr", "email", "regex",
+                         rnd(2) ? "^u[0-2]@corp1\\.example$"
+                                : "u3@(corp0|corp1)");
+    case 5:
+        return json_pack("{s:s, s:i}", "attr", "grade",
+                         rnd(2) ? "ge" : "lt", (int)rnd(10));
+    case 6:
+        return json_pack("{s:s, s:s}", "attr", "start", "le", "today");
+    case 7:
+        return json_pack("{s:s, s:b}", "attr", D_ATTRS[a], "exists",
+                         (int)rnd(2));
+    case 8:
+        return json_pack("{s:o}", "not", rnd_cond(d - 1));
+    default:
+        arr = json_array();
+        n = (k == 10 ? 1 : 0) + rnd(3);
+        for (i = 0; i < n; i++) {
+            json_array_append_new(arr, rnd_cond(d - 1));
+        }
+        c = json_pack("{s:o}", k == 9 ? "all" : "any", arr);
+        if (k == 10 && n == 0) {
+            json_decref(c);
+            return rnd_cond(0);
+        }
+        return c;
+    }
+}
+
+/* A grant of 1-2 entitlements in one of 3 targets. */
+static json_t *
+rnd_grants(void)
+{
+    json_t *ents = json_array();
+    unsigned i, n = 1 + rnd(2);
+    char t[16], v[16];
+    int r;
+
+    r = snprintf(t, sizeof(t), "app%u", rnd(3));
+    assert_true(r > 0);
+    for (i = 0; i < n; i++) {
+        r = snprintf(v, sizeof(v), "e%u", rnd(12));
+        assert_true(r > 0);
+        if (rnd(6) == 0) {
+            json_array_append_new(ents, json_pack(
+                "{s:s, s:s, s:{s:s, s:i}}", "type", "group", "value", v,
+                "jit", "scope", "app", "lifetime_s", 3600));
+        } else {
+            json_array_append_new(ents, json_pack("{s:s, s:s}", "type",
+                                                  "group", "value", v));
+        }
+    }
+    return json_pack("[{s:s, s:o}]", "target", t, "entitlements", ents);
+}
+
+/* A random policy set: 12 technical and 8 business roles, n policies. */
+static json_t *
+rnd_set(unsigned n)
+{
+    json_t *roles = json_array(), *pols = json_array(), *accts;
+    char id[32], a[32], b[32];
+    unsigned i;
+    int r;
+
+    for (i = 0; i < 12; i++) {
+        json_t *inc = json_array();
+        r = snprintf(id, sizeof(id), "T%u", i);
+        assert_true(r > 0);
+        if (i + 1 < 12 && rnd(2)) {
+            r = snprintf(a, sizeof(a), "T%u", i + 1 + rnd(11 - i));
+            json_array_append_new(inc, json_string(a));
+        }
+        json_array_append_new(roles, json_pack(
+            "{s:s, s:s, s:o, s:o}", "id", id, "type", "technical",
+            "includes", inc, "grants", rnd_grants()));
+    }
+    for (i = 0; i < 8; i++) {
+        json_t *inc = json_array();
+        r = snprintf(id, sizeof(id), "B%u", i);
+        r = snprintf(a, sizeof(a), "T%u", rnd(12));
+        json_array_append_new(inc, json_string(a));
+        if (i + 1 < 8 && rnd(2)) {
+            r = snprintf(b, sizeof(b), "B%u", i + 1 + rnd(7 - i));
+            json_array_append_new(inc, json_string(b));
+        }
+        assert_true(r > 0);
+        json_array_append_new(roles, json_pack(
+            "{s:s, s:s, s:o}", "id", id, "type", "business", "includes",
+            inc));
+    }
+    for (i = 0; i < n; i++) {
+        unsigned k = rnd(10);
+        r = snprintf(id, sizeof(id), "p%u", i);
+        assert_true(r > 0);
+        if (k < 5) {
+            json_array_append_new(pols, json_pack(
+                "{s:s, s:s, s:o, s:o}", "id", id, "kind", "birthright",
+                "who", rnd_cond(3), "grants", rnd_grants()));
+        } else if (k < 7) {
+            r = snprintf(a, sizeof(a), "B%u", rnd(8));
+            json_array_append_new(pols, json_pack(
+                "{s:s, s:s, s:o, s:[s]}", "id", id, "kind", "role", "who",
+                rnd_cond(3), "roles", a));
+        } else if (k < 8) {
+            json_t *ap = rnd(2) ? json_pack("{s:s}", "manager_attr", "mgr")
+                                : json_pack("{s:s}", "group", "approvers");
+            json_array_append_new(pols, json_pack(
+                "{s:s, s:s, s:o, s:o, s:o}", "id", id, "kind", "approval",
+                "who", rnd_cond(2), "grants", rnd_grants(), "approvers", ap));
+        } else if (k < 9) {
+            r = snprintf(a, sizeof(a), "%c%u", rnd(2) ? 'B' : 'T', rnd(8));
+            r = snprintf(b, sizeof(b), "T%u", rnd(12));
+            assert_true(r > 0);
+            json_array_append_new(pols, json_pack(
+                "{s:s, s:s, s:[{s:s}, {s:s}], s:s}", "id", id, "kind", "sod",
+                "conflict", "role", a, "role", b, "action",
+                rnd(2) ? "prevent" : "detect"));
+        } else {
+            r = snprintf(a, sizeof(a), "e%u", rnd(12));
+            r = snprintf(b, sizeof(b), "e%u", rnd(12));
+            assert_true(r > 0);
+            json_array_append_new(pols, json_pack(
+                "{s:s, s:s, s:o, s:[{s:s, s:s, s:s}, {s:s, s:s, s:s}], "
+                "s:s}", "id", id, "kind", "sod", "who", rnd_cond(1),
+                "conflict", "target", rnd(2) ? "app0" : "app1", "type",
+                "group", "value", a, "target", "app2", "type", "group",
+                "value", b, "action", rnd(2) ? "prevent" : "detect"));
+        }
+    }
+    accts = json_pack("[{s:s, s:[s], s:{s:{s:s}}}]", "target", "app1",
+                      "required", "mail", "attributes", "mail", "attr",
+                      "email");
+    return json_pack("{s:o, s:o, s:o}", "roles", roles, "policies", pols,
+                     "accounts", accts);
+}
+
+/* A random identity over the attributes the rules test. */
+static json_t *
+rnd_ident(void)
+{
+    json_t *o = json_object(), *g = json_array();
+    unsigned a, i, n;
+    char b[16];
+    int r;
+
+    for (a = 0; a < 4; a++) {
+        if (rnd(5) == 0) {
+            continue;   /* missing */
+        }
+        if (rnd(6) == 0) {
+            json_t *arr = json_array();
+            json_array_append_new(arr, rnd_str(a));
+            json_array_append_new(arr, rnd_str(a));
+            json_object_set_new(o, D_ATTRS[a], arr);
+        } else {
+            json_object_set_new(o, D_ATTRS[a], rnd_str(a));
+        }
+    }
+    if (rnd(4) != 0) {
+        json_object_set_new(o, "grade", rnd(3) ? json_integer(rnd(10))
+                                               : json_string("5"));
+    }
+    if (rnd(2)) {
+        json_object_set_new(o, "start", json_string(rnd(2) ? "2026-01-01"
+                                                           : "2027-06-01"));
+    }
+    n = rnd(4);
+    for (i = 0; i < n; i++) {
+        r = snprintf(b, sizeof(b), "g%u", rnd(6));
+        assert_true(r > 0);
+        json_array_append_new(g, json_string(b));
+    }
+    json_object_set_new(o, "groups", g);
+    if (rnd(3) == 0) {
+        r = snprintf(b, sizeof(b), "B%u", rnd(9));   /* B8 is undefined */
+        json_object_set_new(o, "roles", json_pack("[s]", b));
+    }
+    if (rnd(2)) {
+        json_object_set_new(o, "mgr", json_string("boss"));
+    }
+    return o;
+}
+
+/*
+ * Differential test: over randomized policy sets and identities, the
+ * indexed, allocation-free path (who-index, prefix keys, regex literal
+ * prefilter, skipped key conditions, role relevance per target) decides
+ * exactly as the full path, which evaluates every policy. An index bug
+ * shows up as a difference in items (and their order), has_account or the
+ * number of SoD findings.
+ */
+static void
+test_fast_differential(void **state)
+{
+    static const char *const targets[] = {"app0", "app1", "app2", "none"};
+    char path[PATH_MAX];
+    unsigned set, id, t;
+    unsigned long long seed = (unsigned long long)time(NULL);
+    size_t checked = 0, granted = 0;
+
+    (void)state;
+    if (getenv("PG_DIFF_SEED") != NULL) {
+        seed = strtoull(getenv("PG_DIFF_SEED"), NULL, 10);
+    }
+    print_message("differential seed %llu (PG_DIFF_SEED)\n", seed);
+    g_rng = seed * 2654435761ull + 1;
+    for (set = 0; set < 12; set++) {
+        json_t *doc = rnd_set(40 + rnd(120));
+        pg_policy_set_t *ps = NULL;
+        pg_policy_scratch_t *sc = NULL;
+        pg_err_t err;
+        char *files[2] = {path, NULL};
+
+        fmt(path, sizeof(path), "%s/diff.json", g_tmp);
+        assert_int_equal(json_dump_file(doc, path, JSON_COMPACT), 0);
+        json_decref(doc);
+        if (pg_policy_load(files, NULL, &ps, &err) != PG_OK) {
+            fail_msg("seed %llu set %u: %s", seed, set, err.msg);
+        }
+        assert_int_equal(pg_policy_scratch_new(ps, &sc), PG_OK);
+        for (id = 0; id < 60; id++) {
+            json_t *attrs = rnd_ident();
+            for (t = 0; t < 4; t++) {
+                static const pg_item_state_t sts[] = {PG_ITEM_GRANTED,
+                                                      PG_ITEM_PENDING,
+                                                      PG_ITEM_DENIED};
+                pg_item_t items[128];
+                pg_fast_decision_t fd;
+                pg_decision_t d;
+                const json_t *arrs[3];
+                time_t now = day("2026-11-27");
+                size_t k;
+                assert_int_equal(pg_policy_decide_at(ps, attrs, targets[t],
+                                                     now, &d), PG_OK);
+                assert_int_equal(pg_policy_decide_fast(ps, sc, attrs,
+                                                       targets[t], now,
+                                                       items, 128, &fd),
+                                 PG_OK);
+                arrs[0] = d.entitlements;
+                arrs[1] = d.pending_approval;
+                arrs[2] = d.denied;
+                for (k = 0; k < 3; k++) {
+                    json_t *a = json_array(), *b = json_list(arrs[k]);
+                    fast_list(items, fd.nitems, sts[k], a);
+                    if (!json_equal(a, b) || fd.has_account != d.has_account
+                        || fd.nfindings != json_array_size(d.sod_findings)) {
+                        char *x = json_dumps(a, JSON_COMPACT);
+                        char *y = json_dumps(b, JSON_COMPACT);
+                        char *z = json_dumps(attrs, JSON_COMPACT);
+                        fail_msg("seed %llu set %u target %s identity %s:\n"
+                                 " fast %s (account %d, findings %zu)\n"
+                                 " full %s (account %d, findings %zu)",
+                                 seed, set, targets[t], z, x, fd.has_account,
+                                 fd.nfindings, y, d.has_account,
+                                 json_array_size(d.sod_findings));
+                    }
+                    json_decref(a);
+                    json_decref(b);
+                }
+                granted += json_array_size(d.entitlements);
+                checked++;
+                pg_decision_clear(&d);
+            }
+            json_decref(attrs);
+        }
+        pg_policy_scratch_free(sc);
+        pg_policy_free(ps);
+    }
+    assert_int_equal(checked, 12 * 60 * 4);
+    /* the random sets do grant things (the comparison is not vacuous) */
+    assert_true(granted > checked / 2);
+}
+
 int
 main(void)
 {
@@ -1558,6 +1901,7 @@ main(void)
         cmocka_unit_test(test_decide_at_arguments),
         cmocka_unit_test(test_fast_path_agrees),
         cmocka_unit_test(test_fast_index_shapes),
+        cmocka_unit_test(test_fast_differential),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
