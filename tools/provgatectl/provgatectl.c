@@ -173,11 +173,13 @@ cmd_explain(int argc, char **argv)
     if (pg_policy_decide_at(ps, attrs, app, now, &d) != PG_OK) {
         fputs("decision failed (out of memory)\n", stderr);
     } else {
-        out = json_pack("{s:s?, s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O}",
+        out = json_pack("{s:s?, s:b, s:O, s:O, s:O, s:O, s:O, s:O, s:O?, "
+                        "s:O}",
                         "app", app, "has_account", d.has_account,
                         "entitlements", d.entitlements, "denied", d.denied,
                         "pending_approval", d.pending_approval, "jit", d.jit,
                         "sod_findings", d.sod_findings, "roles", d.roles,
+                        "accounts", d.accounts,
                         "explanation", d.explanation);
         dump = out != NULL ? json_dumps(out, JSON_INDENT(2) |
                                         JSON_PRESERVE_ORDER) : NULL;
