@@ -440,9 +440,13 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
     const char *iid, *app;
     json_t *attrs, *ents;
 
-    if (g->host->exiting != NULL && g->host->exiting(g->host->ctx)) {
-        /* shutting down: do not start new work; leave the entry pending
-         * (the job is finished without touching Redis at pg_ob_free) */
+    if (g->host->exiting != NULL && g->host->exiting(g->host->ctx)
+        && g->ob_waiters == NULL) {
+        /* shutting down with nobody here waiting for an outcome: do not
+         * start new work; leave the entry pending (the job is finished
+         * without touching Redis at pg_ob_free). While logins of this
+         * worker still wait, the worker lives on for them anyway, and the
+         * operation they wait for may be this one. */
         j = calloc(1, sizeof(*j));
         if (j != NULL) {
             j->g = g;

@@ -543,10 +543,10 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     assert.ok(e.audit().some((x) => x.reason === 'identity_store_unavailable'));
     await restartRedis(e.redis);
     let ok;
-    for (let i = 0; i < 20; i++) {
+    for (let i = 0; i < 40; i++) {
       ok = await b.request('GET', `${e.base}/app/r`);
       if (ok.status === 200) break;
-      await sleep(150);
+      await sleep(250);
     }
     assert.equal(ok.status, 200, 'the session survived the Redis restart');
   });
