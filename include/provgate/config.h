@@ -112,6 +112,10 @@ typedef struct pg_target_cfg {
     unsigned wait_ms;          /* login waits this long for the outbox op;
                                   default 2 * timeout_ms + 1000 */
     int proceed_when_slow;     /* "on_slow": "block" (0, default) | "proceed" */
+    unsigned rate_capacity;    /* "rate_limit": {"capacity"}: burst of
+                                  operations; 0 = no limit (default) */
+    unsigned rate_per_s;       /* "rate_limit": {"per_s"}: operations per
+                                  second, shared by every process (outbox) */
     /* PG_TARGET_CONNECTOR only: */
     char *type_name;           /* "rest", "ldap", "sql", "csv", "manual" */
     json_t *connector;         /* the type's own settings (validated by its
