@@ -620,6 +620,18 @@ pg_op_deny(pg_op_t *op, int status, const char *type, const char *reason,
     pg_op_fail(op, status, reason, message, id);
 }
 
+/* Monotonic clock in microseconds; 0 if the clock cannot be read. */
+uint64_t
+pg_mono_us(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0;
+    }
+    return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
 /* ---- waits ----------------------------------------------------------- */
 
 static void

@@ -165,6 +165,9 @@ struct pg_gate_op {
     int                     verify_offloaded; /* it ran on a host thread */
     struct pg_saml_job     *job;            /* SAML verification in flight */
     uint64_t                started_ms;
+    uint64_t                prov_start_us;  /* pg_provision_start (monotonic
+                                               us), 0 before; audited as
+                                               login.success provision_us */
 
     /* outbox delivery (outbox_login.c) */
     pg_outbox_req_t        *obreq;          /* enqueue in flight */
@@ -194,6 +197,9 @@ struct pg_gate_op {
 };
 
 /* ---- gate.c ---------------------------------------------------------- */
+/* Monotonic clock in microseconds (for durations in audit records). */
+uint64_t pg_mono_us(void);
+
 /* known_sid: the session id the caller already unsealed ("" for a cookie
  * that did not unseal), or NULL to parse the session cookie here. */
 pg_op_t *pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req,

@@ -760,6 +760,7 @@ pg_prov_decide(pg_op_t *op, pg_status_t st)
 void
 pg_provision_start(pg_op_t *op)
 {
+    op->prov_start_us = pg_mono_us();
     if (op->target == NULL) {
         pg_op_deny(op, 403, "policy.decision", "unknown_app",
                    "This application is not configured.", NULL);
