@@ -1280,6 +1280,47 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     return PG_OK;
 }
 
+/*
+ * A SCIM target's "discovery" (boolean, default false) and optional
+ * "dialect" object {"force_put", "no_etag", "no_extensions" (booleans,
+ * default false), "member_remove": "filter" (default) | "value"}.
+ */
+static pg_status_t
+parse_scim_dialect(pg_target_cfg_t *t, const json_t *o, const char *tp,
+                   pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "force_put", "no_etag", "no_extensions", "member_remove", NULL
+    };
+    const json_t *d = json_object_get(o, "dialect");
+    char p[256], *mr = NULL;
+    pg_status_t st;
+
+    TRY(pg_cfg_bool(o, tp, "discovery", 0, &t->scim_discovery, err));
+    if (d == NULL) {
+        return PG_OK;
+    }
+    pg_cfg_join(p, sizeof(p), tp, "dialect");
+    if (!json_is_object(d)) {
+        pg_err_set(err, "%s: must be an object", p);
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_keys(d, p, keys, err));
+    TRY(pg_cfg_bool(d, p, "force_put", 0, &t->scim_force_put, err));
+    TRY(pg_cfg_bool(d, p, "no_etag", 0, &t->scim_no_etag, err));
+    TRY(pg_cfg_bool(d, p, "no_extensions", 0, &t->scim_no_extensions, err));
+    TRY(pg_cfg_str(d, p, "member_remove", 0, "filter", &mr, err));
+    t->scim_member_remove_value = strcmp(mr, "value") == 0;
+    if (!t->scim_member_remove_value && strcmp(mr, "filter") != 0) {
+        pg_err_set(err, "%s.member_remove: must be \"filter\" or \"value\"",
+                   p);
+        free(mr);
+        return PG_ERR_CONFIG;
+    }
+    free(mr);
+    return PG_OK;
+}
+
 /* One "type": "scim" target object at path p into t. */
 static pg_status_t
 parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1289,7 +1330,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
-        "wait_ms", "on_slow", "rate_limit", NULL
+        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1338,6 +1379,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     }
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
+    TRY(parse_scim_dialect(t, o, p, err));
     TRY(parse_delivery(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
     for (i = 0; i < t->nattrs; i++) {

@@ -768,6 +768,13 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
     }
     g->cfg = cfg;
     g->host = host;
+    if (cfg->ntargets > 0) {
+        g->scim_caps = calloc(cfg->ntargets, sizeof(*g->scim_caps));
+        if (g->scim_caps == NULL) {
+            free(g);
+            return PG_ERR_NOMEM;
+        }
+    }
 
     st = pg_redis_new(host, &cfg->redis, &g->redis);
     if (st != PG_OK) {
@@ -847,6 +854,7 @@ pg_gate_free(pg_gate_t *g)
     pg_http_free(g->http);
     pg_redis_free(g->redis);
     free(g->state_cookie_prefix);
+    free(g->scim_caps);
     free(g);
 }
 

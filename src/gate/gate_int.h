@@ -87,6 +87,9 @@ struct pg_gate {
     const char             *header_names[6];
     pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
+    pg_scim_caps_t         *scim_caps;      /* per target (cfg order): the
+                                               /ServiceProviderConfig read
+                                               once by this process */
 
     /* the provisioning outbox (outbox_login.c) */
     pg_redis_t             *ob_redis;       /* consumer: XREADGROUP BLOCK */
