@@ -243,6 +243,15 @@ static const bad_case_t bad_cases[] = {
     {{"outbox/backoff_base_ms", "5000", "outbox/backoff_max_ms", "1000"}, 0, 0,
      "$.outbox.backoff_base_ms: must not exceed backoff_max_ms (1000)"},
     {{"outbox/consume", "1"}, 0, 0, "$.outbox.consume: must be true or false"},
+    /* SCIM discovery and dialect */
+    {{"targets/app/discovery", "\"yes\""}, 0, 0,
+     "$.targets.app.discovery: must be true or false"},
+    {{"targets/app/dialect", "[]"}, 0, 0,
+     "$.targets.app.dialect: must be an object"},
+    {{"targets/app/dialect", "{\"put\": true}"}, 0, 0,
+     "$.targets.app.dialect.put: unknown field"},
+    {{"targets/app/dialect", "{\"member_remove\": \"path\"}"}, 0, 0,
+     "$.targets.app.dialect.member_remove: must be \"filter\" or \"value\""},
     /* per-target rate limit */
     {{"targets/app/rate_limit", "5"}, 0, 0,
      "$.targets.app.rate_limit: must be an object {\"capacity\", \"per_s\"}"},
@@ -812,6 +821,11 @@ test_full_config(void **state)
     assert_null(t->tls.client_cert);
     assert_string_equal(t->username_attr, "userName");
     assert_int_equal(t->create_missing_groups, 1);
+    assert_int_equal(t->scim_discovery, 1);
+    assert_int_equal(t->scim_force_put, 0);
+    assert_int_equal(t->scim_no_etag, 1);
+    assert_int_equal(t->scim_member_remove_value, 1);
+    assert_int_equal(t->scim_no_extensions, 0);
     assert_int_equal(t->rate_capacity, 20);
     assert_int_equal(t->rate_per_s, 10);
     assert_int_equal(t->nattrs, 7);
@@ -905,6 +919,9 @@ test_minimal_defaults(void **state)
         assert_int_equal(cfg->targets[0].via_outbox, 1);
         assert_int_equal(cfg->targets[0].proceed_when_slow, 0);
         assert_int_equal(cfg->targets[0].rate_capacity, 0);   /* no limit */
+        assert_int_equal(cfg->targets[0].scim_discovery, 0);
+        assert_int_equal(cfg->targets[0].scim_force_put, 0);
+        assert_int_equal(cfg->targets[0].scim_member_remove_value, 0);
         assert_int_equal(cfg->targets[0].rate_per_s, 0);
         assert_int_equal(cfg->targets[0].wait_ms,
                          2 * cfg->targets[0].timeout_ms + 1000);
