@@ -213,6 +213,13 @@ try {
   const who = {
     gateway: e.nginx.workerPids(), redis: [e.redis.proc.pid], target: target.workerPids(),
   };
+  const redisCalls = async () => {
+    const info = String(await e.redisCmd('INFO', 'commandstats'));
+    const calls = {};
+    for (const m of info.matchAll(/cmdstat_([a-z|]+):calls=(\d+)/g)) calls[m[1]] = Number(m[2]);
+    return calls;
+  };
+  const calls0 = await redisCalls();
   const cpu0 = Object.fromEntries(Object.entries(who).map(([k, v]) => [k, cpuMs(v)]));
   const t0 = Date.now();
   await pipe(text);
@@ -226,6 +233,10 @@ try {
   const wall = (Date.now() - t0) / 1000;
   const cpu = Object.fromEntries(Object.entries(who).map(([k, v]) => [k, (cpuMs(v) - cpu0[k]) / Math.max(1, OPS)]));
   const cpuTotal = cpu.gateway + cpu.redis + cpu.target;
+  const calls1 = await redisCalls();
+  const perOp = Object.entries(calls1).map(([k, v]) => [k, (v - (calls0[k] || 0)) / OPS])
+    .filter(([, v]) => v >= 0.05).sort((a, b) => b[1] - a[1]);
+  const perOpTotal = perOp.reduce((a, [, v]) => a + v, 0);
   const first = await e.redisCmd('XRANGE', 'pg:outbox:events', '-', '+', 'COUNT', '1');
   const last = await e.redisCmd('XREVRANGE', 'pg:outbox:events', '+', '-', 'COUNT', '1');
   const idMs = (x) => Number(String(x[0][0]).split('-')[0]);
@@ -248,6 +259,7 @@ try {
   const row = (name, o, d) => {
     console.log(`  ${name.padEnd(24)} direct p50 ${f(d.p50)} p95 ${f(d.p95)} ms | outbox p50 ${f(o.p50)} p95 ${f(o.p95)} ms | ratio p50 ${f(o.p50 / d.p50)} p95 ${f(o.p95 / d.p95)} | added p50 ${f(o.p50 - d.p50)} p95 ${f(o.p95 - d.p95)} ms`);
   };
+  console.log(`  Redis commands per op    ${perOpTotal.toFixed(1)}  (${perOp.map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}; includes the pipe's XADD)`);
   console.log(`  first logins (${LOGINS} people per mode, interleaved, one at a time; the target answers at once):`);
   row('provisioning (gateway)', obs, dis);
   row('callback request', obc, dic);
