@@ -439,6 +439,7 @@ struct pg_scim_op {
     char *gid;                 /* id of groups[gi] */
     json_t *group_res;         /* groups[gi] as read (for a PUT), or NULL */
     int group_retried;         /* 409 on POST /Groups handled once */
+    int group_reread;          /* 412 on a group PUT handled once */
 
     /* Options (pg_scim_request.opts / pg_scim_op_request.opts). */
     pg_scim_options_t opts;    /* copy; opts.caps borrowed */
@@ -1394,6 +1395,7 @@ next_group(pg_scim_op_t *op)
     op->gid = NULL;
     json_decref(op->group_res);
     op->group_res = NULL;
+    op->group_reread = 0;
     op->gi++;
     step_groups(op);
 }
@@ -1662,6 +1664,16 @@ on_group_members(pg_scim_op_t *op, const pg_http_response_t *resp)
 static void
 on_group_patch(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
+    if (resp->status == 412 && !op->group_reread && op->gid != NULL) {
+        /* the group changed since it was read (another member added):
+         * read all of it again and PUT once more */
+        op->group_reread = 1;
+        json_decref(op->group_res);
+        op->group_res = NULL;
+        (void)scim_next(op, S_GROUP_MEMBERS, "GET",
+                        path_with("/Groups/", op->gid, ""), NULL);
+        return;
+    }
     if (resp->status != 200 && resp->status != 204) {
         scim_status_error(op, resp);
         return;
