@@ -30,7 +30,7 @@ ASAN_MODULE_SO := $(BUILD)/asan-module/ngx_http_provgate_module.so
 
 PHONY_TOOLS := tools
 .PHONY: all lib module unit asan deps $(PHONY_TOOLS) demo demo-stop demo-status check check-unit \
-        check-integration check-asan check-fuzz bench clean fuzz
+        check-integration check-asan check-fuzz bench bench-outbox clean fuzz
 
 all: lib unit module tools
 
@@ -136,6 +136,10 @@ demo-stop:
 
 bench: deps all tools
 	tools/bench.sh
+
+# only the outbox part of `make bench` (tools/bench_outbox.mjs)
+bench-outbox: deps all tools
+	PROVGATE_MODULE=$(abspath $(MODULE_SO)) node tools/bench_outbox.mjs
 
 clean:
 	rm -rf $(BUILD)

@@ -7,4 +7,5 @@ cd "$top"
 echo "policy evaluation (10,000 policies, 1,000 roles):"
 "$top/build/bench_policy" 200000 100
 PROVGATE_MODULE="$top/build/ngx_http_provgate_module.so" node tools/bench_saml.mjs
+PROVGATE_MODULE="$top/build/ngx_http_provgate_module.so" node tools/bench_outbox.mjs
 PROVGATE_MODULE="$top/build/ngx_http_provgate_module.so" exec node tools/bench.mjs

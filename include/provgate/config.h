@@ -112,6 +112,19 @@ typedef struct pg_target_cfg {
     unsigned wait_ms;          /* login waits this long for the outbox op;
                                   default 2 * timeout_ms + 1000 */
     int proceed_when_slow;     /* "on_slow": "block" (0, default) | "proceed" */
+    unsigned rate_capacity;    /* "rate_limit": {"capacity"}: burst of
+                                  operations; 0 = no limit (default) */
+    unsigned rate_per_s;       /* "rate_limit": {"per_s"}: operations per
+                                  second, shared by every process (outbox) */
+    /* PG_TARGET_SCIM only: discovery and dialect (docs/connectors.md) */
+    int scim_discovery;        /* "discovery": read /ServiceProviderConfig
+                                  once per process and follow it (PATCH or
+                                  PUT, If-Match); default 0 (off) */
+    int scim_force_put;        /* "dialect": {"force_put"}: never PATCH */
+    int scim_no_etag;          /* "dialect": {"no_etag"}: never If-Match */
+    int scim_member_remove_value; /* "dialect": {"member_remove"}:
+                                  "value" (1) | "filter" (0, default) */
+    int scim_no_extensions;    /* "dialect": {"no_extensions"} */
     /* PG_TARGET_CONNECTOR only: */
     char *type_name;           /* "rest", "ldap", "sql", "csv", "manual" */
     json_t *connector;         /* the type's own settings (validated by its

@@ -989,7 +989,51 @@ parse_attrs(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
-/* "delivery", "wait_ms" and "on_slow" of a target (docs/outbox.md). */
+/*
+ * A target's optional "rate_limit": {"capacity": N, "per_s": M}: a token
+ * bucket per target in Redis, shared by every process, taken once per
+ * outbox operation before it calls the target (docs/outbox.md). Both
+ * members are required when the object is given; capacity 1..100000,
+ * per_s 1..100000. Absent: t->rate_capacity = t->rate_per_s = 0 (off).
+ */
+static pg_status_t
+parse_rate_limit(pg_target_cfg_t *t, const json_t *o, const char *tp,
+                 pg_err_t *err)
+{
+    static const char *const keys[] = { "capacity", "per_s", NULL };
+    char p[256];
+    pg_status_t st;
+
+    t->rate_capacity = 0;
+    t->rate_per_s = 0;
+    if (o == NULL) {
+        return PG_OK;
+    }
+    pg_cfg_join(p, sizeof(p), tp, "rate_limit");
+    if (!json_is_object(o)) {
+        pg_err_set(err, "%s: must be an object {\"capacity\", \"per_s\"}",
+                   p);
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_keys(o, p, keys, err));
+    if (json_object_get(o, "capacity") == NULL
+        || json_object_get(o, "per_s") == NULL) {
+        pg_err_set(err, "%s.%s: required", p,
+                   json_object_get(o, "capacity") == NULL ? "capacity"
+                                                          : "per_s");
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_uint(o, p, "capacity", 0, 1, 100000, &t->rate_capacity, err));
+    TRY(pg_cfg_uint(o, p, "per_s", 0, 1, 100000, &t->rate_per_s, err));
+    if (!t->via_outbox) {
+        pg_err_set(err, "%s: only applies to \"delivery\": \"outbox\"", p);
+        return PG_ERR_CONFIG;
+    }
+    return PG_OK;
+}
+
+/* "delivery", "wait_ms", "on_slow" and "rate_limit" of a target
+ * (docs/outbox.md). */
 static pg_status_t
 parse_delivery(pg_target_cfg_t *t, const json_t *o, const char *p,
                pg_err_t *err)
@@ -1014,8 +1058,9 @@ parse_delivery(pg_target_cfg_t *t, const json_t *o, const char *p,
         return PG_ERR_CONFIG;
     }
     free(v);
-    return pg_cfg_uint(o, p, "wait_ms", 2 * t->timeout_ms + 1000, 0, 600000,
-                       &t->wait_ms, err);
+    TRY(pg_cfg_uint(o, p, "wait_ms", 2 * t->timeout_ms + 1000, 0, 600000,
+                    &t->wait_ms, err));
+    return parse_rate_limit(t, json_object_get(o, "rate_limit"), p, err);
 }
 
 /* The "outbox" section (optional). */
@@ -1182,7 +1227,7 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
 {
     static const char *const keys[] = {
         "type", "connector", "attributes", "key", "leave", "delivery",
-        "wait_ms", "on_slow", "timeout_ms", NULL
+        "wait_ms", "on_slow", "timeout_ms", "rate_limit", NULL
     };
     json_t *c = json_object_get(o, "connector");
     char *leave = NULL;
@@ -1235,6 +1280,47 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     return PG_OK;
 }
 
+/*
+ * A SCIM target's "discovery" (boolean, default false) and optional
+ * "dialect" object {"force_put", "no_etag", "no_extensions" (booleans,
+ * default false), "member_remove": "filter" (default) | "value"}.
+ */
+static pg_status_t
+parse_scim_dialect(pg_target_cfg_t *t, const json_t *o, const char *tp,
+                   pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "force_put", "no_etag", "no_extensions", "member_remove", NULL
+    };
+    const json_t *d = json_object_get(o, "dialect");
+    char p[256], *mr = NULL;
+    pg_status_t st;
+
+    TRY(pg_cfg_bool(o, tp, "discovery", 0, &t->scim_discovery, err));
+    if (d == NULL) {
+        return PG_OK;
+    }
+    pg_cfg_join(p, sizeof(p), tp, "dialect");
+    if (!json_is_object(d)) {
+        pg_err_set(err, "%s: must be an object", p);
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_keys(d, p, keys, err));
+    TRY(pg_cfg_bool(d, p, "force_put", 0, &t->scim_force_put, err));
+    TRY(pg_cfg_bool(d, p, "no_etag", 0, &t->scim_no_etag, err));
+    TRY(pg_cfg_bool(d, p, "no_extensions", 0, &t->scim_no_extensions, err));
+    TRY(pg_cfg_str(d, p, "member_remove", 0, "filter", &mr, err));
+    t->scim_member_remove_value = strcmp(mr, "value") == 0;
+    if (!t->scim_member_remove_value && strcmp(mr, "filter") != 0) {
+        pg_err_set(err, "%s.member_remove: must be \"filter\" or \"value\"",
+                   p);
+        free(mr);
+        return PG_ERR_CONFIG;
+    }
+    free(mr);
+    return PG_OK;
+}
+
 /* One "type": "scim" target object at path p into t. */
 static pg_status_t
 parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1244,7 +1330,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
-        "wait_ms", "on_slow", NULL
+        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1293,6 +1379,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     }
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
+    TRY(parse_scim_dialect(t, o, p, err));
     TRY(parse_delivery(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
     for (i = 0; i < t->nattrs; i++) {

@@ -620,6 +620,18 @@ pg_op_deny(pg_op_t *op, int status, const char *type, const char *reason,
     pg_op_fail(op, status, reason, message, id);
 }
 
+/* Monotonic clock in microseconds; 0 if the clock cannot be read. */
+uint64_t
+pg_mono_us(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        return 0;
+    }
+    return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
 /* ---- waits ----------------------------------------------------------- */
 
 static void
@@ -756,6 +768,13 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
     }
     g->cfg = cfg;
     g->host = host;
+    if (cfg->ntargets > 0) {
+        g->scim_caps = calloc(cfg->ntargets, sizeof(*g->scim_caps));
+        if (g->scim_caps == NULL) {
+            free(g);
+            return PG_ERR_NOMEM;
+        }
+    }
 
     st = pg_redis_new(host, &cfg->redis, &g->redis);
     if (st != PG_OK) {
@@ -835,6 +854,7 @@ pg_gate_free(pg_gate_t *g)
     pg_http_free(g->http);
     pg_redis_free(g->redis);
     free(g->state_cookie_prefix);
+    free(g->scim_caps);
     free(g);
 }
 

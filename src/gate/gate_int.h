@@ -87,6 +87,9 @@ struct pg_gate {
     const char             *header_names[6];
     pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
+    pg_scim_caps_t         *scim_caps;      /* per target (cfg order): the
+                                               /ServiceProviderConfig read
+                                               once by this process */
 
     /* the provisioning outbox (outbox_login.c) */
     pg_redis_t             *ob_redis;       /* consumer: XREADGROUP BLOCK */
@@ -165,6 +168,9 @@ struct pg_gate_op {
     int                     verify_offloaded; /* it ran on a host thread */
     struct pg_saml_job     *job;            /* SAML verification in flight */
     uint64_t                started_ms;
+    uint64_t                prov_start_us;  /* pg_provision_start (monotonic
+                                               us), 0 before; audited as
+                                               login.success provision_us */
 
     /* outbox delivery (outbox_login.c) */
     pg_outbox_req_t        *obreq;          /* enqueue in flight */
@@ -194,6 +200,9 @@ struct pg_gate_op {
 };
 
 /* ---- gate.c ---------------------------------------------------------- */
+/* Monotonic clock in microseconds (for durations in audit records). */
+uint64_t pg_mono_us(void);
+
 /* known_sid: the session id the caller already unsealed ("" for a cookie
  * that did not unseal), or NULL to parse the session cookie here. */
 pg_op_t *pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req,

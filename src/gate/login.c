@@ -195,6 +195,12 @@ pg_cb_session_indexed(pg_op_t *op, pg_status_t st)
         json_object_set_new(f, "saml_verify_offloaded",
                             json_boolean(op->verify_offloaded));
     }
+    if (f != NULL && op->prov_start_us > 0) {
+        /* policy decision + provisioning (direct, or the outbox wait) */
+        json_object_set_new(f, "provision_us",
+                            json_integer((json_int_t) (pg_mono_us()
+                                                       - op->prov_start_us)));
+    }
     pg_op_audit(op, "login.success", "success", "ok", f, NULL);
     pg_op_finish(op, res);
 }

@@ -59,6 +59,7 @@ typedef struct pg_ob_job {
     pg_outbox_job_t        *job;
     pg_op_t                *op;             /* NULL once it finished */
     struct pg_ob_job       *next;
+    uint64_t                rate_since;     /* first token request (ms) */
 } pg_ob_job_t;
 
 static void pg_ob_check(pg_op_t *op, pg_status_t st);
@@ -428,6 +429,78 @@ pg_ob_job_applied(pg_op_t *op, pg_status_t st)
     pg_op_finish(op, pg_result_new(PG_RES_ALLOW, 200));
 }
 
+/* ---- per-target rate limit ------------------------------------------ */
+
+#define PG_OB_RATE_WAIT_MAX_MS 5000 /* longest single wait for a token */
+
+static void pg_ob_rate_take(pg_op_t *op, pg_status_t st);
+
+/*
+ * The bucket answered. Allowed: apply the operation. Not allowed: sleep
+ * wait_ms (at least 1, at most PG_OB_RATE_WAIT_MAX_MS) on the op's timer
+ * and ask again; the outbox entry stays pending and its attempt count is
+ * unchanged. The job (and with it the consumer's batch) is held while it
+ * waits, at most outbox.claim_idle_ms / 2 in all, so that no other
+ * consumer reclaims the entry meanwhile; past that, and on a Redis error,
+ * the op finishes with a 503 and the outbox retries it with its backoff
+ * (that counts as an attempt).
+ */
+static void
+pg_ob_rate_taken(void *arg, pg_status_t st, const pg_outbox_rate_t *res)
+{
+    pg_op_t *op = arg;
+    pg_ob_job_t *j = op->arg;
+    const pg_host_t *h = op->g->host;
+    uint64_t now, wait, held_max;
+
+    op->obreq = NULL;
+    if (st != PG_OK || res == NULL) {
+        pg_op_deny(op, 503, "provision.account", "rate_limiter_unavailable",
+                   "The rate limiter of the target could not be read.",
+                   json_pack("{s:s, s:s}", "target", op->app, "detail",
+                             pg_status_str(st)));
+        return;
+    }
+    if (res->allowed) {
+        pg_provision_apply(op);
+        return;
+    }
+    now = h->now_ms(h->ctx);
+    held_max = op->g->cfg->outbox.claim_idle_ms / 2;
+    wait = res->wait_ms < 1 ? 1 : res->wait_ms;
+    if (wait > PG_OB_RATE_WAIT_MAX_MS) {
+        wait = PG_OB_RATE_WAIT_MAX_MS;
+    }
+    if (now + wait - j->rate_since > held_max) {
+        pg_op_deny(op, 503, "provision.account", "rate_limited",
+                   "The target's rate limit is exhausted.",
+                   json_pack("{s:s, s:I}", "target", op->app, "wait_ms",
+                             (json_int_t) res->wait_ms));
+        return;
+    }
+    if (pg_op_sleep(op, pg_ob_rate_take, wait) != PG_OK) {
+        pg_op_finish(op, NULL);
+    }
+}
+
+/* Take one token of the target's bucket (shared by every process). */
+static void
+pg_ob_rate_take(pg_op_t *op, pg_status_t st)
+{
+    const pg_target_cfg_t *t = op->target;
+
+    (void) st;
+    st = pg_outbox_rate_take(op->g->redis, t->name, t->rate_capacity,
+                             t->rate_per_s, 1, pg_ob_rate_taken, op,
+                             &op->obreq);
+    if (st != PG_OK) {
+        op->obreq = NULL;
+        pg_op_deny(op, 503, "provision.account", "rate_limiter_unavailable",
+                   "The rate limiter of the target could not be asked.",
+                   NULL);
+    }
+}
+
 /* One delivered operation: rebuild the decision and apply it. */
 static void
 pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
@@ -511,6 +584,11 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
     if (e->reclaimed || e->attempt > 0) {
         pg_log(g->host, PG_LOG_INFO, "outbox: applying %s again (attempt %u%s)",
                e->idem, e->attempt + 1, e->reclaimed ? ", reclaimed" : "");
+    }
+    if (j->op->target != NULL && j->op->target->rate_capacity > 0) {
+        j->rate_since = g->host->now_ms(g->host->ctx);
+        pg_ob_rate_take(j->op, PG_OK);
+        return;
     }
     pg_provision_apply(j->op);
 }

@@ -140,11 +140,43 @@ pg_prov_revoked(void *arg, const pg_scim_result_t *r)
     pg_prov_revoke_next(op);
 }
 
+/*
+ * The SCIM options of op's target into *o: discovery (the process's caps
+ * cache of that target) and dialect switches. NULL when the target sets
+ * none of them: the client then keeps its original behaviour (no
+ * discovery, PATCH, no If-Match). o is owned by the caller and only needs
+ * to live for the pg_scim_* call (it is copied; the caps are borrowed
+ * from the gate, which outlives every op).
+ */
+static const pg_scim_options_t *
+pg_prov_scim_opts(pg_op_t *op, pg_scim_options_t *o)
+{
+    const pg_target_cfg_t *t = op->target;
+    size_t i = (size_t) (t - op->g->cfg->targets);
+
+    if (!t->scim_discovery && !t->scim_force_put && !t->scim_no_etag
+        && !t->scim_member_remove_value && !t->scim_no_extensions) {
+        return NULL;
+    }
+    memset(o, 0, sizeof(*o));
+    o->host = op->g->host;
+    if (t->scim_discovery && op->g->scim_caps != NULL
+        && i < op->g->cfg->ntargets) {
+        o->caps = &op->g->scim_caps[i];
+    }
+    o->dialect.force_put = t->scim_force_put;
+    o->dialect.no_etag = t->scim_no_etag;
+    o->dialect.member_remove_value = t->scim_member_remove_value;
+    o->dialect.no_extensions = t->scim_no_extensions;
+    return o;
+}
+
 static void
 pg_prov_group_found(void *arg, const pg_scim_result_t *r)
 {
     pg_op_t *op = arg;
     pg_scim_op_request_t req;
+    pg_scim_options_t sopts;
     const char *gid = NULL;
 
     op->sop = NULL;
@@ -164,6 +196,7 @@ pg_prov_group_found(void *arg, const pg_scim_result_t *r)
     req.id = gid;
     req.member_id = op->scim.account_id;
     req.on_call = pg_prov_scim_call;
+    req.opts = pg_prov_scim_opts(op, &sopts);
     if (pg_scim_run(op->g->http, &req, pg_prov_revoked, op, &op->sop)
         != PG_OK) {
         op->sop = NULL;
@@ -182,6 +215,7 @@ static void
 pg_prov_revoke_next(pg_op_t *op)
 {
     pg_scim_op_request_t req;
+    pg_scim_options_t sopts;
     const char *name;
 
     if (op->revoke == NULL) {
@@ -214,6 +248,7 @@ pg_prov_revoke_next(pg_op_t *op)
     req.filter_value = name;
     req.max_results = 10;
     req.on_call = pg_prov_scim_call;
+    req.opts = pg_prov_scim_opts(op, &sopts);
     if (pg_scim_run(op->g->http, &req, pg_prov_group_found, op, &op->sop)
         != PG_OK) {
         op->sop = NULL;
@@ -515,6 +550,7 @@ static void
 pg_prov_scim_deprovision(pg_op_t *op)
 {
     pg_scim_op_request_t req;
+    pg_scim_options_t sopts;
 
     if (op->known_account == NULL) {
         /* never provisioned there: nothing to do */
@@ -530,6 +566,7 @@ pg_prov_scim_deprovision(pg_op_t *op)
     req.target = op->target;
     req.id = op->known_account;
     req.on_call = pg_prov_scim_call;
+    req.opts = pg_prov_scim_opts(op, &sopts);
     if (pg_scim_run(op->g->http, &req, pg_prov_scim_deprov_done, op,
                     &op->sop) != PG_OK) {
         op->sop = NULL;
@@ -544,6 +581,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
 {
     const redisReply *reply = pg_op_reply();
     pg_scim_request_t req;
+    pg_scim_options_t sopts;
     pg_err_t err = { "" };
     json_t *desired = NULL, *e, *f;
     const char **groups;
@@ -603,6 +641,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
     req.known_id = op->known_account;
     req.groups = groups;
     req.on_call = pg_prov_scim_call;
+    req.opts = pg_prov_scim_opts(op, &sopts);
     st = pg_scim_ensure(op->g->http, &req, pg_prov_scim_done, op, &op->sop);
     json_decref(desired);
     free(groups);
@@ -760,6 +799,7 @@ pg_prov_decide(pg_op_t *op, pg_status_t st)
 void
 pg_provision_start(pg_op_t *op)
 {
+    op->prov_start_us = pg_mono_us();
     if (op->target == NULL) {
         pg_op_deny(op, 403, "policy.decision", "unknown_app",
                    "This application is not configured.", NULL);

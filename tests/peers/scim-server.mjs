@@ -26,6 +26,7 @@ const opt = options({
   token: {},
   groups: { default: 'staff,engineering,admins' },
   'base-path': { default: '/scim/v2' },
+  dialect: { default: 'standard' },
   'exit-on-stdin-close': { type: 'boolean', default: false },
   quiet: { type: 'boolean', default: false },
 }, 'SCIM');
@@ -34,6 +35,14 @@ const port = portOption(opt.port);
 if (!opt.data) fail('--data FILE is required');
 if (!opt.token) fail('--token is required (bearer token clients must present)');
 const BASE = opt['base-path'].replace(/\/$/, '');
+// --dialect: "standard" (default: PATCH and ETags, as SCIMMY does them) or
+// "legacy", a second SCIM dialect for discovery tests: its
+// /ServiceProviderConfig says PATCH and ETags are not supported, every
+// PATCH answers 501, responses carry no ETag header and If-Match is not
+// honoured; changes are made with PUT of the whole resource.
+// /_admin/config can still switch PATCH and ETags on.
+if (!['standard', 'legacy'].includes(opt.dialect)) fail('--dialect must be standard or legacy');
+const LEGACY = opt.dialect === 'legacy';
 const ENTERPRISE = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User';
 
 // ---------------------------------------------------------------------------
@@ -443,7 +452,8 @@ app.use((req, res, next) => {
 
 // PATCH switched off through /_admin/config: 501 like a server without it.
 app.use((req, res, next) => {
-  if (req.method === 'PATCH' && spcOverride.patch === false) {
+  const patchOff = spcOverride.patch !== undefined ? spcOverride.patch === false : LEGACY;
+  if (req.method === 'PATCH' && patchOff) {
     res.status(501).type('application/scim+json').send(JSON.stringify({
       schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
       status: '501',
@@ -483,6 +493,7 @@ app.use((req, res, next) => {
 // ETag: mirror meta.version of a single resource in the response header,
 // and honour If-Match on writes (412 on mismatch).
 app.use(BASE, (req, res, next) => {
+  if (LEGACY && spcOverride.etag !== true) { next(); return; }
   const m = /^\/(Users|Groups)\/([^/]+)$/.exec(req.path);
   const ifMatch = req.headers['if-match'];
   if (m && ifMatch && ifMatch !== '*' && ['PUT', 'PATCH', 'DELETE'].includes(req.method)) {
@@ -524,6 +535,8 @@ app.use(BASE, new SCIMMYRouters({
   },
   baseUri: (req) => `http://${req.headers.host}`,
 }));
+// the legacy dialect's capabilities (after the router, which sets its own)
+if (LEGACY) applySpc({ patch: false, etag: false });
 
 app.use((req, res) => {
   res.status(404).json({ error: 'not found' });

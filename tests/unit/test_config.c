@@ -243,6 +243,28 @@ static const bad_case_t bad_cases[] = {
     {{"outbox/backoff_base_ms", "5000", "outbox/backoff_max_ms", "1000"}, 0, 0,
      "$.outbox.backoff_base_ms: must not exceed backoff_max_ms (1000)"},
     {{"outbox/consume", "1"}, 0, 0, "$.outbox.consume: must be true or false"},
+    /* SCIM discovery and dialect */
+    {{"targets/app/discovery", "\"yes\""}, 0, 0,
+     "$.targets.app.discovery: must be true or false"},
+    {{"targets/app/dialect", "[]"}, 0, 0,
+     "$.targets.app.dialect: must be an object"},
+    {{"targets/app/dialect", "{\"put\": true}"}, 0, 0,
+     "$.targets.app.dialect.put: unknown field"},
+    {{"targets/app/dialect", "{\"member_remove\": \"path\"}"}, 0, 0,
+     "$.targets.app.dialect.member_remove: must be \"filter\" or \"value\""},
+    /* per-target rate limit */
+    {{"targets/app/rate_limit", "5"}, 0, 0,
+     "$.targets.app.rate_limit: must be an object {\"capacity\", \"per_s\"}"},
+    {{"targets/app/rate_limit", "{\"capacity\": 5}"}, 0, 0,
+     "$.targets.app.rate_limit.per_s: required"},
+    {{"targets/app/rate_limit", "{\"capacity\": 0, \"per_s\": 5}"}, 0, 0,
+     "$.targets.app.rate_limit.capacity: must be between 1 and 100000"},
+    {{"targets/app/rate_limit", "{\"capacity\": 5, \"per_s\": 5, "
+      "\"burst\": 1}"}, 0, 0,
+     "$.targets.app.rate_limit.burst: unknown field"},
+    {{"targets/app/rate_limit", "{\"capacity\": 5, \"per_s\": 5}",
+      "targets/app/delivery", "\"direct\""}, 0, 0,
+     "$.targets.app.rate_limit: only applies to \"delivery\": \"outbox\""},
     /* wrong types */
     {{"redis/host", "5"}, 0, 0, "$.redis.host: must be a string"},
     {{"redis/port", "\"6379\""}, 0, 0, "$.redis.port: must be an integer"},
@@ -799,6 +821,13 @@ test_full_config(void **state)
     assert_null(t->tls.client_cert);
     assert_string_equal(t->username_attr, "userName");
     assert_int_equal(t->create_missing_groups, 1);
+    assert_int_equal(t->scim_discovery, 1);
+    assert_int_equal(t->scim_force_put, 0);
+    assert_int_equal(t->scim_no_etag, 1);
+    assert_int_equal(t->scim_member_remove_value, 1);
+    assert_int_equal(t->scim_no_extensions, 0);
+    assert_int_equal(t->rate_capacity, 20);
+    assert_int_equal(t->rate_per_s, 10);
     assert_int_equal(t->nattrs, 7);
     for (i = 0; i < t->nattrs; i++) {
         const pg_attr_map_t *m = &t->attrs[i];
@@ -889,6 +918,11 @@ test_minimal_defaults(void **state)
     if (cfg->ntargets > 0) {
         assert_int_equal(cfg->targets[0].via_outbox, 1);
         assert_int_equal(cfg->targets[0].proceed_when_slow, 0);
+        assert_int_equal(cfg->targets[0].rate_capacity, 0);   /* no limit */
+        assert_int_equal(cfg->targets[0].scim_discovery, 0);
+        assert_int_equal(cfg->targets[0].scim_force_put, 0);
+        assert_int_equal(cfg->targets[0].scim_member_remove_value, 0);
+        assert_int_equal(cfg->targets[0].rate_per_s, 0);
         assert_int_equal(cfg->targets[0].wait_ms,
                          2 * cfg->targets[0].timeout_ms + 1000);
     }

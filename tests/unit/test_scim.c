@@ -2642,6 +2642,141 @@ test_dialect_no_extensions(void **state)
     json_decref(d);
 }
 
+/* Group membership on a target without PATCH (discovered): the ensure
+ * adds the member with a PUT of the group as read, keeping the members it
+ * had; no PATCH is sent. */
+static void
+test_group_add_by_put(void **state)
+{
+    const char *staff[] = { "staff", NULL };
+    const char *both[] = { "staff", "engineering", NULL };
+    pg_scim_request_t req;
+    json_t *d1, *d2, *st, *put, *r;
+    char olga[256], pete[256];
+    size_t i;
+    run_t run;
+
+    (void)state;
+    d1 = desired_for("olga", "Olga");
+    d2 = desired_for("pete", "Pete");
+    memset(&run, 0, sizeof(run));
+    run_ensure(&run, d1, NULL, staff);          /* PATCH add, as before */
+    assert_int_equal(run.st, PG_OK);
+    snprintf(olga, sizeof(olga), "%s", run.account_id);
+    assert_int_equal(peer_call("POST", "/_admin/config",
+                               "{\"patch\": false}", NULL), 200);
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    memset(&CAPS, 0, sizeof(CAPS));
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.desired = d2;
+    req.groups = both;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    memset(&run, 0, sizeof(run));
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &run, &run.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &run.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(run.st, PG_OK);
+    assert_int_equal(run.created, 1);
+    assert_int_equal(run.groups_added, 2);
+    assert_int_equal(CAPS.loaded, 1);
+    assert_int_equal(CAPS.patch, 0);
+    snprintf(pete, sizeof(pete), "%s", run.account_id);
+    st = peer_state();
+    assert_null(last_request(st, "PATCH"));
+    put = last_request(st, "PUT");
+    assert_non_null(put);
+    assert_non_null(strstr(json_string_value(json_object_get(put, "path")),
+                           "/Groups/"));
+    assert_null(json_object_get(json_object_get(put, "body"), "meta"));
+    assert_non_null(json_object_get(json_object_get(put, "body"),
+                                    "displayName"));
+    json_array_foreach(json_object_get(st, "requests"), i, r) {
+        const char *m = json_string_value(json_object_get(r, "method"));
+
+        assert_true(m == NULL || strcmp(m, "PATCH") != 0);
+    }
+    assert_true(state_group_has(st, "staff", olga));   /* kept */
+    assert_true(state_group_has(st, "staff", pete));
+    assert_true(state_group_has(st, "engineering", pete));
+    assert_false(state_group_has(st, "engineering", olga));
+    json_decref(st);
+    json_decref(d1);
+    json_decref(d2);
+}
+
+/* Group add by PUT with ETags: a 412 (another member was added since the
+ * group was read) re-reads the whole group once and PUTs again with its
+ * new version, keeping the other member. */
+static void
+test_group_put_412_rereads(void **state)
+{
+    const char *groups[] = { "staff", NULL };
+    json_t *d = desired_for("sam", "Sam"), *u = json_deep_copy(d);
+    char *user, list[4096], *log = NULL;
+    pg_scim_request_t req;
+    scripted_t s;
+    char base[128];
+    run_t r;
+
+    (void)state;
+    json_object_set_new(u, "id", json_string("u1"));
+    user = json_dumps(u, JSON_COMPACT);
+    snprintf(list, sizeof(list),
+             "{\"totalResults\":1,\"Resources\":[%s]}", user);
+    {
+        const canned_t a[] = {
+            { 200, "application/scim+json", list },
+            { 200, "application/scim+json",
+              "{\"totalResults\":1,\"Resources\":[{\"id\":\"g1\","
+              "\"displayName\":\"staff\",\"members\":[],"
+              "\"meta\":{\"version\":\"W/\\\"1\\\"\"}}]}" },
+            { 412, "application/scim+json", "{\"status\":\"412\"}" },
+            { 200, "application/scim+json",
+              "{\"id\":\"g1\",\"displayName\":\"staff\","
+              "\"members\":[{\"value\":\"other\"}],"
+              "\"meta\":{\"version\":\"W/\\\"2\\\"\"}}" },
+            { 200, "application/scim+json",
+              "{\"id\":\"g1\",\"displayName\":\"staff\"}" },
+        };
+
+        scripted_start(&s, a, 5);
+    }
+    scripted_base(&s, base, sizeof(base));
+    T.base_url = base;
+    memset(&CAPS, 0, sizeof(CAPS));
+    CAPS.loaded = 1;      /* as if discovered: ETags, no PATCH */
+    CAPS.etag = 1;
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    memset(&r, 0, sizeof(r));
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.desired = d;
+    req.groups = groups;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &r, &r.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
+    scripted_stop(&s, &log);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(r.groups_added, 1);
+    assert_int_equal(r.ncalls, 5);
+    assert_string_equal(r.calls[2], "PUT /Groups/g1 412");
+    assert_string_equal(r.calls[3], "GET /Groups/g1 200");
+    assert_string_equal(r.calls[4], "PUT /Groups/g1 200");
+    assert_true(log_has_header(log, "If-Match: W/\"1\""));
+    assert_true(log_has_header(log, "If-Match: W/\"2\""));
+    free(log);
+    free(user);
+    json_decref(u);
+    json_decref(d);
+}
+
 /* MODIFY without PATCH support: the operations are applied locally to the
  * resource read and the result is PUT. */
 static void
@@ -2755,6 +2890,8 @@ main(void)
         cmocka_unit_test_setup(test_oauth_client_credentials, test_setup),
         cmocka_unit_test_setup(test_dialect_no_extensions, test_setup),
         cmocka_unit_test_setup(test_put_fallback_applies_ops, test_setup),
+        cmocka_unit_test_setup(test_group_add_by_put, test_setup),
+        cmocka_unit_test_setup(test_group_put_412_rereads, test_setup),
     };
 
     return cmocka_run_group_tests_name("scim", tests, group_setup,

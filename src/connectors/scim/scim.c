@@ -437,7 +437,9 @@ struct pg_scim_op {
 
     size_t gi;                 /* current group index */
     char *gid;                 /* id of groups[gi] */
+    json_t *group_res;         /* groups[gi] as read (for a PUT), or NULL */
     int group_retried;         /* 409 on POST /Groups handled once */
+    int group_reread;          /* 412 on a group PUT handled once */
 
     /* Options (pg_scim_request.opts / pg_scim_op_request.opts). */
     pg_scim_options_t opts;    /* copy; opts.caps borrowed */
@@ -528,6 +530,7 @@ scim_op_free(pg_scim_op_t *op)
     free(op->base);
     free(op->path);
     free(op->gid);
+    json_decref(op->group_res);
     free(op->res.account_id);
     json_decref(op->body);
     free(op->ifm_header);
@@ -1278,7 +1281,66 @@ step_groups(pg_scim_op_t *op)
                                 op->groups[op->gi]), NULL);
 }
 
-/* Add the account to group op->gid with a PATCH "add" on members. */
+/*
+ * The PUT body that adds member_id to group g (borrowed; the group as read,
+ * possibly only {id, members} or NULL): a copy of g without "meta", with
+ * the Group schema and displayName (name) when g lacks them, and
+ * {"value": member_id} appended to its members. New reference or NULL
+ * (out of memory).
+ */
+static json_t *
+group_put_body(const json_t *g, const char *name, const char *member_id)
+{
+    json_t *b = g != NULL ? json_deep_copy(g) : json_object();
+    json_t *members = NULL, *m;
+    const char *k;
+    void *tmp;
+
+    if (b == NULL || !json_is_object(b)) {
+        json_decref(b);
+        return NULL;
+    }
+    json_object_foreach_safe(b, tmp, k, m) {
+        if (strcasecmp(k, "meta") == 0) {
+            json_object_del(b, k);
+        } else if (strcasecmp(k, "members") == 0) {
+            if (json_is_array(m)) {
+                members = m;
+            } else {
+                json_object_del(b, k);
+            }
+        }
+    }
+    if (scim_get_ci(b, "schemas") == NULL
+        && json_object_set_new(b, "schemas",
+                               json_pack("[s]", SCIM_GROUP_SCHEMA)) != 0) {
+        json_decref(b);
+        return NULL;
+    }
+    if (scim_get_ci(b, "displayName") == NULL
+        && json_object_set_new(b, "displayName", json_string(name)) != 0) {
+        json_decref(b);
+        return NULL;
+    }
+    if (members == NULL) {
+        members = json_array();
+        if (json_object_set_new(b, "members", members) != 0) {
+            json_decref(b);
+            return NULL;
+        }
+    }
+    if (json_array_append_new(members, json_pack("{s:s}", "value",
+                                                 member_id)) != 0) {
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
+/* Add the account to group op->gid with a PATCH "add" on members, or,
+ * when PATCH is not to be used (discovery said unsupported, or
+ * dialect.force_put), with a PUT of the group as read (op->group_res) plus
+ * the member, If-Match its meta.version when ETags are in use. */
 static void
 step_group_patch(pg_scim_op_t *op)
 {
@@ -1291,9 +1353,38 @@ step_group_patch(pg_scim_op_t *op)
         scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
         return;
     }
+    if (!use_patch(op)) {
+        const char *ver = NULL;
+        json_t *put;
+
+        json_decref(patch);
+        if (use_etag(op)) {
+            ver = json_string_value(scim_get_path(op->group_res,
+                                                  "meta.version"));
+        }
+        put = group_put_body(op->group_res, op->groups[op->gi],
+                             op->res.account_id);
+        if (put == NULL) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                      "out of memory");
+            return;
+        }
+        (void)scim_next_v(op, S_GROUP_PATCH, "PUT",
+                          path_with("/Groups/", op->gid, ""), put, ver);
+        json_decref(put);
+        return;
+    }
     (void)scim_next(op, S_GROUP_PATCH, "PATCH",
                     path_with("/Groups/", op->gid, ""), patch);
     json_decref(patch);
+}
+
+/* Keep group g (borrowed) as read for a later PUT. */
+static void
+keep_group(pg_scim_op_t *op, json_t *g)
+{
+    json_decref(op->group_res);
+    op->group_res = json_incref(g);
 }
 
 /* Group op->gi done: next one. */
@@ -1302,6 +1393,9 @@ next_group(pg_scim_op_t *op)
 {
     free(op->gid);
     op->gid = NULL;
+    json_decref(op->group_res);
+    op->group_res = NULL;
+    op->group_reread = 0;
     op->gi++;
     step_groups(op);
 }
@@ -1465,10 +1559,12 @@ on_group_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
             next_group(op);
         } else if (scim_get_ci(first, "members") == NULL) {
             /* Empty, or members not returned by default: ask for them. */
+            keep_group(op, first);
             (void)scim_next(op, S_GROUP_MEMBERS, "GET",
                             path_with("/Groups/", op->gid,
                                       "?attributes=members"), NULL);
         } else {
+            keep_group(op, first);
             step_group_patch(op);
         }
     } else if (op->group_retried) {
@@ -1517,6 +1613,7 @@ on_group_create(pg_scim_op_t *op, const pg_http_response_t *resp)
                   "POST /Groups: group without a usable id");
     } else if (!group_has_member(r, op->res.account_id)) {
         /* Created, but the server dropped the member: add it. */
+        keep_group(op, r);
         op->gid = strdup(resource_id(r));
         if (op->gid == NULL) {
             scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
@@ -1546,6 +1643,19 @@ on_group_members(pg_scim_op_t *op, const pg_http_response_t *resp)
     if (group_has_member(r, op->res.account_id)) {
         next_group(op);
     } else {
+        if (op->group_res != NULL && scim_get_ci(r, "members") != NULL) {
+            /* the listing's copy with the members just read */
+            json_t *g = json_deep_copy(op->group_res);
+
+            if (g != NULL
+                && json_object_set(g, "members",
+                                   scim_get_ci(r, "members")) == 0) {
+                keep_group(op, g);
+            }
+            json_decref(g);
+        } else if (op->group_res == NULL) {
+            keep_group(op, r);
+        }
         step_group_patch(op);
     }
     json_decref(r);
@@ -1554,6 +1664,16 @@ on_group_members(pg_scim_op_t *op, const pg_http_response_t *resp)
 static void
 on_group_patch(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
+    if (resp->status == 412 && !op->group_reread && op->gid != NULL) {
+        /* the group changed since it was read (another member added):
+         * read all of it again and PUT once more */
+        op->group_reread = 1;
+        json_decref(op->group_res);
+        op->group_res = NULL;
+        (void)scim_next(op, S_GROUP_MEMBERS, "GET",
+                        path_with("/Groups/", op->gid, ""), NULL);
+        return;
+    }
     if (resp->status != 200 && resp->status != 204) {
         scim_status_error(op, resp);
         return;

@@ -216,7 +216,8 @@ export function httpBlock(e, extra = '', extraHttp = '') {
 }
 
 /**
- * Start everything. opts: {workers, users, policies, cfgOver(e) -> object}.
+ * Start everything. opts: {workers, users, policies, cfgOver(e) -> object,
+ * scimDialect ("standard" | "legacy", see tests/peers/scim-server.mjs)}.
  * Returns an env object with helpers; stop() tears it all down.
  */
 export async function startEnv(t, opts = {}) {
@@ -245,7 +246,7 @@ export async function startEnv(t, opts = {}) {
   fs.mkdirSync(path.join(e.dir, 'op'), { recursive: true });
   await e.startOp();
   e.rogue = await startRogueOp({ clientId: 'rogue-client', clientSecret: 'rogue-secret-0123456789abcdef', t });
-  e.scim = await startScim({ t, dataFile: path.join(e.dir, 'scim.json') });
+  e.scim = await startScim({ t, dataFile: path.join(e.dir, 'scim.json'), dialect: opts.scimDialect || 'standard' });
   e.echo = await startEcho({ t });
 
   e.cfgDir = path.join(e.dir, 'provgate');

@@ -542,6 +542,7 @@ export async function startRogueOp({
  */
 export async function startScim({
   port, token = 'scim-test-token', dataFile, groups = ['staff', 'engineering', 'admins'], t, logFile,
+  dialect = 'standard',
 } = {}) {
   const h = {
     port: port || await freePort(),
@@ -554,6 +555,7 @@ export async function startScim({
   const launch = async () => {
     h.proc = await startPeer('scim-server.mjs', [
       '--port', String(h.port), '--data', h.dataFile, '--token', token, '--groups', groups.join(','),
+      '--dialect', dialect,
     ], { t, logFile, name: `scim:${h.port}` });
   };
   const admin = async (method, p, body) => {
