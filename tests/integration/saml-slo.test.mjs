@@ -317,3 +317,36 @@ describe('SAML Single Logout through the gateway', () => {
     await assertSignedOut(cookie);
   });
 });
+
+describe('SAML Single Logout with several workers (session caches)', () => {
+  let e;
+  let idp;
+  after(async () => {
+    const reports = e ? sanitizerReports(e.prefix) : [];
+    await cleanupAll();
+    assert.deepEqual(reports, [], reports.join('\n'));
+  });
+
+  test('an IdP-initiated logout reaches every worker\'s session cache at once', async () => {
+    ({ e, idp } = await startSamlEnv({ slo: true, workers: 2 }));
+    const { b, acs } = await toAcs(e);
+    assert.equal((await b.request('POST', acs.action, { form: acs.fields })).status, 302);
+    const cookie = b.getCookie(`${e.base}/sapp/`, COOKIE);
+    // warm the caches of both workers (new connection per request)
+    for (let i = 0; i < 12; i++) {
+      assert.equal((await b.request('GET', `${e.base}/sapp/hello`)).status, 200);
+    }
+    const r0 = await jsonRequest('GET', `${idp.url}/_admin/logout-request?user=sam`);
+    assert.equal(r0.status, 200, r0.text);
+    const r = await e.browser().request('GET', r0.json.url);
+    assert.equal(r.status, 302, r.body.slice(0, 300));
+    await sleep(100); // the feed's latency is milliseconds
+    // well within session.cache_ms (5 s): no worker may still serve it
+    for (let i = 0; i < 12; i++) {
+      const fresh = e.browser();
+      fresh.setCookie(e.base, COOKIE, cookie);
+      const x = await fresh.request('GET', `${e.base}/sapp/hello`);
+      assert.equal(x.status, 302, `request ${i} was still allowed`);
+    }
+  });
+});

@@ -39,14 +39,15 @@ export const SAML_USERS = {
 
 /* Start the gateway (SAML provider "corp" on /sapp/) and the IdP peer.
  * slo: Single Logout configured (slo_url /saml/slo, provgate_saml_slo,
- * provgate_logout at /saml/logout) and published in the IdP metadata. */
-export async function startSamlEnv({ slo = false } = {}) {
+ * provgate_logout at /saml/logout) and published in the IdP metadata;
+ * workers: nginx worker processes. */
+export async function startSamlEnv({ slo = false, workers = 1 } = {}) {
   const idpPort = await freePort();
   const dir = tempDir('pg-saml-login-');
   const mdFile = path.join(dir, 'idp-metadata.xml');
   fs.writeFileSync(mdFile, idpMetadata(idpPort, { slo }));
   const e = await startEnv(undefined, {
-    workers: 1,
+    workers,
     cfgOver: (env) => ({
       idps: {
         ...provgateConfig(env).idps,
