@@ -11,7 +11,8 @@ import {
   cleanupAll, parseForms, stopRedis, restartRedis, sleep, jsonRequest, nginxTest, tempDir,
 } from './lib/harness.mjs';
 import { sanitizerReports, nginxEnv } from './gw/env.mjs';
-import { startSamlEnv, toAcs, idpMetadata } from './gw/saml-env.mjs';
+import { startSamlEnv, toAcs, idpMetadata, FIX } from './gw/saml-env.mjs';
+import { peerRequire } from './lib/saml.mjs';
 
 const COOKIE = 'provgate_session';
 const reasonOf = (body) => (/id="reason">([^<]+)</.exec(body) || [])[1];
@@ -263,6 +264,57 @@ describe('SAML Single Logout through the gateway', () => {
     assert.equal(r.status, 400, r.body.slice(0, 300));
     assert.equal(reasonOf(r.body), 'unsigned');
     await assertStillSignedIn(cookie);
+  });
+
+  /* An IdP LogoutRequest for the HTTP-POST binding, signed (enveloped
+   * XML signature, IdP fixture key) by xml-crypto; edit() changes the
+   * signed XML afterwards. */
+  function postLogoutRequest(nameId, sessionIndex, id, edit = (x) => x) {
+    const { SignedXml } = peerRequire('xml-crypto');
+    const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    const xml = `<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="${id}" Version="2.0" IssueInstant="${now}" Destination="${e.base}/saml/slo"><saml:Issuer>${idp.entityId}</saml:Issuer><saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">${nameId}</saml:NameID><samlp:SessionIndex>${sessionIndex}</samlp:SessionIndex></samlp:LogoutRequest>`;
+    const sig = new SignedXml({
+      privateKey: fs.readFileSync(path.join(FIX, 'idp-key.pem')),
+      canonicalizationAlgorithm: 'http://www.w3.org/2001/10/xml-exc-c14n#',
+      signatureAlgorithm: 'http://www.w3.org/2001/04/xmldsig-more#rsa-sha256',
+    });
+    sig.addReference({
+      xpath: "/*[local-name(.)='LogoutRequest']",
+      transforms: ['http://www.w3.org/2000/09/xmldsig#enveloped-signature', 'http://www.w3.org/2001/10/xml-exc-c14n#'],
+      digestAlgorithm: 'http://www.w3.org/2001/04/xmlenc#sha256',
+    });
+    sig.computeSignature(xml, {
+      location: { reference: "/*[local-name(.)='LogoutRequest']/*[local-name(.)='Issuer']", action: 'after' },
+    });
+    return Buffer.from(edit(sig.getSignedXml())).toString('base64');
+  }
+
+  test('HTTP-POST binding: a signed LogoutRequest ends the session; one edited after signing does not', async () => {
+    const one = await signIn();
+    const slo = await idpAdmin('GET', '/_admin/slo');
+    const s = slo.sessions.find((x) => x.session_index === one.sessionIndex);
+    const tampered = postLogoutRequest(s.name_id, s.session_index, '_post-t1',
+      (x) => x.replace(`>${s.session_index}<`, '>_another-session<'));
+    const bad = await e.browser().request('POST', `${e.base}/saml/slo`, { form: { SAMLRequest: tampered } });
+    assert.equal(bad.status, 400, bad.body.slice(0, 300));
+    assert.equal(reasonOf(bad.body), 'bad_signature');
+    await assertStillSignedIn(one.cookie);
+
+    const good = postLogoutRequest(s.name_id, s.session_index, '_post-g1');
+    const r = await e.browser().request('POST', `${e.base}/saml/slo`, { form: { SAMLRequest: good, RelayState: 'rs-post' } });
+    assert.equal(r.status, 302, r.body.slice(0, 300));
+    const back = new URL(r.location);
+    assert.equal(`${back.origin}${back.pathname}`, `${idp.url}/slo`);
+    assert.ok(back.searchParams.get('SAMLResponse') && back.searchParams.get('Signature'));
+    assert.equal(back.searchParams.get('RelayState'), 'rs-post');
+    const xml = zlib.inflateRawSync(Buffer.from(back.searchParams.get('SAMLResponse'), 'base64')).toString();
+    assert.match(xml, /InResponseTo="_post-g1"/);
+    assert.match(xml, /urn:oasis:names:tc:SAML:2\.0:status:Success/);
+    await assertSignedOut(one.cookie);
+    // and the same POST again is a replay
+    const again = await e.browser().request('POST', `${e.base}/saml/slo`, { form: { SAMLRequest: good } });
+    assert.equal(again.status, 400);
+    assert.equal(reasonOf(again.body), 'replay');
   });
 
   test('garbage and empty SLO messages are refused, never parsed into a session change', async () => {
