@@ -269,10 +269,12 @@ describe('SAML Single Logout through the gateway', () => {
   /* An IdP LogoutRequest for the HTTP-POST binding, signed (enveloped
    * XML signature, IdP fixture key) by xml-crypto; edit() changes the
    * signed XML afterwards. */
-  function postLogoutRequest(nameId, sessionIndex, id, edit = (x) => x) {
+  function postLogoutRequest(nameId, sessionIndex, id, edit = (x) => x, {
+    destination = `${e.base}/saml/slo`, issuer = idp.entityId, ageMs = 0,
+  } = {}) {
     const { SignedXml } = peerRequire('xml-crypto');
-    const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
-    const xml = `<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="${id}" Version="2.0" IssueInstant="${now}" Destination="${e.base}/saml/slo"><saml:Issuer>${idp.entityId}</saml:Issuer><saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">${nameId}</saml:NameID><samlp:SessionIndex>${sessionIndex}</samlp:SessionIndex></samlp:LogoutRequest>`;
+    const now = new Date(Date.now() - ageMs).toISOString().replace(/\.\d+Z$/, 'Z');
+    const xml = `<samlp:LogoutRequest xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="${id}" Version="2.0" IssueInstant="${now}" Destination="${destination}"><saml:Issuer>${issuer}</saml:Issuer><saml:NameID Format="urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress">${nameId}</saml:NameID><samlp:SessionIndex>${sessionIndex}</samlp:SessionIndex></samlp:LogoutRequest>`;
     const sig = new SignedXml({
       privateKey: fs.readFileSync(path.join(FIX, 'idp-key.pem')),
       canonicalizationAlgorithm: 'http://www.w3.org/2001/10/xml-exc-c14n#',
@@ -316,6 +318,25 @@ describe('SAML Single Logout through the gateway', () => {
     assert.equal(again.status, 400);
     assert.equal(reasonOf(again.body), 'replay');
   });
+
+  for (const [what, opts, reason] of [
+    ['another Destination', (b) => ({ destination: `${b}/saml/slo-other` }), 'bad_destination'],
+    ['another Issuer', () => ({ issuer: 'urn:provgate:test:wrong-issuer' }), 'bad_issuer'],
+    ['an IssueInstant 20 minutes old', () => ({ ageMs: 20 * 60 * 1000 }), 'expired'],
+  ]) {
+    test(`IdP-initiated: a signed LogoutRequest with ${what} is refused (${reason})`, async () => {
+      const one = await signIn();
+      const slo = await idpAdmin('GET', '/_admin/slo');
+      const s = slo.sessions.find((x) => x.session_index === one.sessionIndex);
+      const msg = postLogoutRequest(s.name_id, s.session_index, `_post-${reason}`, undefined, opts(e.base));
+      const r = await e.browser().request('POST', `${e.base}/saml/slo`, { form: { SAMLRequest: msg } });
+      assert.equal(r.status, 400, r.body.slice(0, 300));
+      assert.equal(reasonOf(r.body), reason);
+      assert.ok(e.audit().some((x) => x.type === 'logout.failure' && x.reason === reason
+        && x.saml_slo === 'idp_initiated'));
+      await assertStillSignedIn(one.cookie);
+    });
+  }
 
   test('garbage and empty SLO messages are refused, never parsed into a session change', async () => {
     const b = e.browser();
