@@ -123,6 +123,8 @@ pg_slo_page(const pg_config_t *cfg, const char *title, const char *text)
 
 /* ---- SP-initiated: to the IdP ----------------------------------------- */
 
+/* The pending request id is stored (or not): send the browser to the IdP
+ * with op->res, or 503 when Redis could not keep it. */
 static void
 pg_slo_pending_saved(pg_op_t *op, pg_status_t st)
 {
@@ -145,6 +147,15 @@ pg_slo_pending_saved(pg_op_t *op, pg_status_t st)
     pg_op_finish(op, res);
 }
 
+/*
+ * SP-initiated Single Logout after the local logout (access.c). Uses
+ * op->session (the ended session's record: "idp", "saml") and op->iid.
+ * Returns 0 when this is not a SAML session of an IdP with SLO, or when
+ * our LogoutRequest cannot be built (audited; the caller shows its plain
+ * "signed out" page); 1 when it took over the op (which then finishes
+ * with the redirect, or a 503 page). The pending record
+ * pg:saml:logout:<id> holds {idp, iid, created}, never the NameID.
+ */
 int
 pg_saml_logout_redirect(pg_op_t *op)
 {
@@ -235,6 +246,7 @@ typedef struct pg_slo_job {
     pg_saml_logout_request_in_t req;
 } pg_slo_job_t;
 
+/* Free a job and everything it owns. */
 static void
 pg_slo_job_free(pg_slo_job_t *j)
 {
@@ -244,6 +256,7 @@ pg_slo_job_free(pg_slo_job_t *j)
     free(j);
 }
 
+/* The op goes away while its job runs: the job frees itself when done. */
 void
 pg_saml_slo_detach(pg_op_t *op)
 {
@@ -253,6 +266,8 @@ pg_saml_slo_detach(pg_op_t *op)
     }
 }
 
+/* Runs on a host thread (or inline): touches only the job's own data and
+ * the read-only SLO context. */
 static void
 pg_slo_job_run(void *arg)
 {
@@ -272,6 +287,9 @@ pg_slo_job_run(void *arg)
 
 /* ---- the SLO endpoint: the IdP's LogoutResponse ----------------------- */
 
+/* GETDEL of the pending request answered: found -> signed out (fully, or
+ * partially when op->state holds the IdP's failure status); missing ->
+ * unknown or replayed response. */
 static void
 pg_slo_response_consumed(pg_op_t *op, pg_status_t st)
 {
@@ -318,6 +336,8 @@ pg_slo_response_consumed(pg_op_t *op, pg_status_t st)
                                  "You have been signed out."));
 }
 
+/* A LogoutResponse was verified (j, still owned by the caller): refuse
+ * it, or consume its InResponseTo once. */
 static void
 pg_slo_response_verified(pg_op_t *op, pg_slo_job_t *j)
 {
@@ -430,6 +450,8 @@ pg_slo_answer(pg_op_t *op, const char *status, const char *sub_status)
     pg_op_finish(op, res);
 }
 
+/* The end-sessions script answered {sid, iid, ...}: audit each ended
+ * session, drop it from this process's cache, answer the IdP. */
 static void
 pg_slo_sessions_ended(pg_op_t *op, pg_status_t st)
 {
@@ -469,6 +491,9 @@ pg_slo_sessions_ended(pg_op_t *op, pg_status_t st)
     pg_slo_answer(op, NULL, NULL);
 }
 
+/* The replay cache answered: a replay is refused, a fresh request ends
+ * the NameID's sessions (op->session holds id, name_id, relay and the
+ * SessionIndex values copied from the verified request). */
 static void
 pg_slo_request_fresh(pg_op_t *op, pg_status_t st)
 {
@@ -524,6 +549,9 @@ pg_slo_request_fresh(pg_op_t *op, pg_status_t st)
     }
 }
 
+/* A LogoutRequest was verified (j, still owned by the caller): refuse it
+ * (audited with the reason), or enter its ID in the replay cache until
+ * replay_until. */
 static void
 pg_slo_request_verified(pg_op_t *op, pg_slo_job_t *j)
 {
