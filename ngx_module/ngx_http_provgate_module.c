@@ -16,6 +16,8 @@
  *   provgate_logout;                   loc       end the session
  *   provgate_saml_metadata <idp>;      loc       SAML SP metadata of <idp>
  *   provgate_saml_acs;                 loc       SAML Assertion Consumer Service
+ *   provgate_saml_slo <idp>;           loc       SAML Single Logout (the IdP's
+ *                                      slo_url: LogoutRequest/Response)
  *   provgate_admin;                    loc       admin API (access requests,
  *                                      dead letters; JSON)
  *   provgate_wait_timeout <time>;      http/srv/loc  longest a request may
@@ -44,6 +46,7 @@
 #define NGX_HTTP_PROVGATE_METADATA  3
 #define NGX_HTTP_PROVGATE_SAML_ACS  4
 #define NGX_HTTP_PROVGATE_ADMIN     5
+#define NGX_HTTP_PROVGATE_SAML_SLO  6
 
 #define NGX_HTTP_PROVGATE_MAX_HEADERS  8
 
@@ -62,7 +65,7 @@ typedef struct {
     ngx_str_t            app;           /* NUL-terminated; empty = none */
     ngx_uint_t           endpoint;      /* callback / logout */
     ngx_msec_t           wait_timeout;
-    ngx_str_t            saml_idp;      /* provgate_saml_metadata */
+    ngx_str_t            saml_idp;      /* provgate_saml_metadata/_slo */
 } ngx_http_provgate_loc_conf_t;
 
 
@@ -155,6 +158,13 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       ngx_http_provgate_saml_metadata,
       NGX_HTTP_LOC_CONF_OFFSET,
       NGX_HTTP_PROVGATE_METADATA,
+      NULL },
+
+    { ngx_string("provgate_saml_slo"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_provgate_saml_metadata,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      NGX_HTTP_PROVGATE_SAML_SLO,
       NULL },
 
     { ngx_string("provgate_wait_timeout"),
@@ -910,6 +920,9 @@ ngx_http_provgate_acs_body(ngx_http_request_t *r)
     ctx->content = 1;
     req.body = (char *) p;
     req.body_len = n;
+    if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_SLO) {
+        req.idp = (char *) plcf->saml_idp.data;
+    }
 
     if (ngx_http_provgate_gate == NULL) {
         ctx->res = pg_gate_error_page(503, "gateway_unavailable",
@@ -920,8 +933,15 @@ ngx_http_provgate_acs_body(ngx_http_request_t *r)
         return;
     }
 
-    st = pg_gate_saml_acs(ngx_http_provgate_gate, &req, ngx_http_provgate_done,
-                          ctx, &ctx->op, &ctx->res);
+    if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_SLO) {
+        st = pg_gate_saml_slo(ngx_http_provgate_gate, &req,
+                              ngx_http_provgate_done, ctx, &ctx->op,
+                              &ctx->res);
+    } else {
+        st = pg_gate_saml_acs(ngx_http_provgate_gate, &req,
+                              ngx_http_provgate_done, ctx, &ctx->op,
+                              &ctx->res);
+    }
     if (st != PG_OK) {
         ngx_http_finalize_request(r, NGX_HTTP_SERVICE_UNAVAILABLE);
         return;
@@ -951,7 +971,10 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_provgate_module);
 
-    if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_ACS) {
+    if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_ACS
+        || (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_SLO
+            && r->method == NGX_HTTP_POST))
+    {
         ngx_int_t  rc;
 
         if (r->method != NGX_HTTP_POST) {
@@ -998,6 +1021,11 @@ ngx_http_provgate_content_handler(ngx_http_request_t *r)
 
     if (plcf->endpoint == NGX_HTTP_PROVGATE_CALLBACK) {
         st = pg_gate_callback(ngx_http_provgate_gate, &req,
+                              ngx_http_provgate_done, ctx, &ctx->op,
+                              &ctx->res);
+    } else if (plcf->endpoint == NGX_HTTP_PROVGATE_SAML_SLO) {
+        req.idp = (char *) plcf->saml_idp.data;
+        st = pg_gate_saml_slo(ngx_http_provgate_gate, &req,
                               ngx_http_provgate_done, ctx, &ctx->op,
                               &ctx->res);
     } else if (plcf->endpoint == NGX_HTTP_PROVGATE_ADMIN) {
@@ -1276,7 +1304,15 @@ ngx_http_provgate_saml_metadata(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    plcf->endpoint = NGX_HTTP_PROVGATE_METADATA;
+    if (cmd->offset == NGX_HTTP_PROVGATE_SAML_SLO && idp->saml.slo == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "provgate: SAML identity provider \"%V\" has no "
+                           "\"slo_url\" in %V: Single Logout is not "
+                           "configured", &value[1], &pmcf->file);
+        return NGX_CONF_ERROR;
+    }
+
+    plcf->endpoint = cmd->offset;
     plcf->saml_idp = value[1];
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);

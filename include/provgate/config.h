@@ -51,6 +51,7 @@ typedef struct pg_oidc_idp_cfg {
 typedef enum { PG_IDP_OIDC = 1, PG_IDP_SAML = 2 } pg_idp_type_t;
 
 struct pg_saml_sp;             /* include/provgate/saml.h */
+struct pg_saml_slo;            /* include/provgate/saml_slo.h */
 
 /* One SAML 2.0 identity provider ("idps": {"<name>": {"type": "saml", ...}}).
  * The SP (keys, certificate, IdP metadata) is built at load, so that a bad
@@ -70,6 +71,9 @@ typedef struct pg_saml_idp_cfg {
     unsigned clock_skew_s;     /* default 60 */
     unsigned state_ttl_s;      /* default 300 */
     struct pg_saml_sp *sp;     /* owned */
+    struct pg_saml_slo *slo;   /* owned; Single Logout, built when slo_url
+                                  is set (the IdP metadata must then have a
+                                  Redirect SingleLogoutService) */
 } pg_saml_idp_cfg_t;
 
 typedef struct pg_idp_cfg {

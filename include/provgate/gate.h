@@ -107,6 +107,16 @@ PG_MUST_USE pg_status_t pg_gate_saml_acs(pg_gate_t *g, const pg_gate_req_t *req,
                                          pg_gate_op_t **op_out,
                                          pg_gate_result_t **sync_res);
 
+/* The SAML Single Logout endpoint (provgate_saml_slo <idp>; the IdP's
+ * slo_url): req->idp is that IdP; GET carries a Redirect-binding
+ * SAMLRequest/SAMLResponse in req->args (raw, as received), POST an
+ * HTTP-POST form in req->body. No session cookie is needed. See
+ * docs/saml-slo.md. */
+PG_MUST_USE pg_status_t pg_gate_saml_slo(pg_gate_t *g, const pg_gate_req_t *req,
+                                         pg_gate_cb cb, void *arg,
+                                         pg_gate_op_t **op_out,
+                                         pg_gate_result_t **sync_res);
+
 /* The admin API (provgate_admin): access requests (list, approve, deny)
  * and the outbox's dead letters (list, retry, discard); JSON in and out,
  * authenticated by the session cookie, authorised by config admin.role or

@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 #include "provgate/config.h"
+#include "provgate/saml_slo.h"
 #include "provgate/hrfeed.h"
 #include "provgate/saml.h"
 #include "provgate/policy.h"
@@ -727,6 +728,16 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
     if (st != PG_OK) {
         pg_err_set(err, "%s: %s", p, e2.msg);
         return PG_ERR_CONFIG;
+    }
+    if (c->slo_url != NULL) {
+        /* Single Logout: the IdP must have a Redirect SingleLogoutService
+         * and a signing key in its metadata, or the config is refused */
+        st = pg_saml_slo_new(c->sp, &sc, &c->slo, &e2);
+        if (st != PG_OK) {
+            pg_err_set(err, "%s/slo_url: Single Logout cannot be set up "
+                       "with %s: %s", p, c->idp_metadata_file, e2.msg);
+            return PG_ERR_CONFIG;
+        }
     }
     return PG_OK;
 }
@@ -1739,6 +1750,7 @@ pg_config_free(pg_config_t *cfg)
         free(o->claims_request);
         free(o->post_logout_redirect_uri);
         free_tls(&o->tls);
+        pg_saml_slo_free(d->saml.slo);
         pg_saml_sp_free(d->saml.sp);
         free(d->saml.sp_entity_id);
         free(d->saml.acs_url);

@@ -353,6 +353,9 @@ pg_logout_deleted(pg_op_t *op, pg_status_t st)
     pg_op_audit(op, "session.end", st == PG_OK ? "success" : "failure",
                 st == PG_OK ? "logout" : "identity_store_unavailable", f,
                 NULL);
+    if (pg_saml_logout_redirect(op)) {
+        return;     /* SAML SLO: on to the IdP with a LogoutRequest */
+    }
     pg_logout_finish(op);
 }
 

@@ -524,6 +524,8 @@ pg_op_free(pg_op_t *op)
     json_decref(op->admin_result);
     pg_prov_unlock(op);
     pg_saml_job_detach(op);
+    pg_saml_slo_detach(op);
+    json_decref(op->saml_subject);
     free(op->idp);
     free(op->app);
     free(op->uri);
@@ -922,6 +924,10 @@ pg_gate_run(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     case PG_FLOW_SAML_ACS:
         pg_saml_acs_start(op);
         break;
+    case PG_FLOW_SAML_SLO:
+        op->slo_post = req->method != NULL && strcmp(req->method, "POST") == 0;
+        pg_saml_slo_start(op);
+        break;
     default:
         pg_logout_start(op);
         break;
@@ -959,6 +965,13 @@ pg_gate_saml_acs(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
                  void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
 {
     return pg_gate_run(g, PG_FLOW_SAML_ACS, req, cb, arg, op_out, sync_res);
+}
+
+pg_status_t
+pg_gate_saml_slo(pg_gate_t *g, const pg_gate_req_t *req, pg_gate_cb cb,
+                 void *arg, pg_gate_op_t **op_out, pg_gate_result_t **sync_res)
+{
+    return pg_gate_run(g, PG_FLOW_SAML_SLO, req, cb, arg, op_out, sync_res);
 }
 
 pg_status_t

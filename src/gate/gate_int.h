@@ -103,7 +103,7 @@ struct pg_gate {
 };
 
 enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS,
-       PG_FLOW_OUTBOX, PG_FLOW_ADMIN };
+       PG_FLOW_OUTBOX, PG_FLOW_ADMIN, PG_FLOW_SAML_SLO };
 
 struct pg_gate_op {
     pg_gate_t              *g;
@@ -167,6 +167,10 @@ struct pg_gate_op {
     long                    verify_us;      /* SAML: time in pg_saml_acs_validate */
     int                     verify_offloaded; /* it ran on a host thread */
     struct pg_saml_job     *job;            /* SAML verification in flight */
+    json_t                 *saml_subject;   /* SAML login: {name_id, format,
+                                               session_index} for SLO */
+    struct pg_slo_job      *slo_job;        /* SLO verification in flight */
+    int                     slo_post;       /* SLO message by HTTP-POST */
     uint64_t                started_ms;
     uint64_t                prov_start_us;  /* pg_provision_start (monotonic
                                                us), 0 before; audited as
@@ -282,6 +286,20 @@ void pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d);
 void pg_saml_acs_start(pg_op_t *op);
 /* Detach an op from its SAML verification job (op is going away). */
 void pg_saml_job_detach(pg_op_t *op);
+
+/* ---- saml_slo.c ------------------------------------------------------ */
+/* The provgate_saml_slo endpoint: the IdP's LogoutResponse (end of an
+ * SP-initiated logout) or LogoutRequest (IdP-initiated), Redirect binding
+ * in op->args, HTTP-POST in op->body (op->slo_post). */
+void pg_saml_slo_start(pg_op_t *op);
+/* Detach an op from its SLO verification job (op is going away). */
+void pg_saml_slo_detach(pg_op_t *op);
+/* SP-initiated logout, after the local session was ended (access.c): when
+ * op->session is a SAML session of an IdP with SLO, redirect to the IdP
+ * with a signed LogoutRequest and return 1 (the op is finished); else 0. */
+int pg_saml_logout_redirect(pg_op_t *op);
+/* "<prefix>saml:nameid:<idp>:<sha256(name_id)>" (malloc'd) or NULL. */
+char *pg_saml_nameid_key(pg_gate_t *g, const char *idp, const char *name_id);
 
 /* login.c: continue a login whose op->claims/op->attrs are set. */
 void pg_login_claims_ready(pg_op_t *op);

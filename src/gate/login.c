@@ -238,7 +238,7 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
 {
     char sid[PG_TOKEN_LEN], sealed[512], ttl[32];
     char *json = NULL, *key = NULL, *cookie;
-    const char *argv[5];
+    const char *argv[5], *nid;
     size_t i;
     json_t *sess;
     pg_gate_result_t *res;
@@ -259,7 +259,9 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
                      "exp", (json_int_t) time(NULL) + cfg->session.ttl_s,
                      "id_token", op->id_token);
     if (sess == NULL || op->sid == NULL
-        || pg_session_add_app(op, sess) != PG_OK) {
+        || pg_session_add_app(op, sess) != PG_OK
+        || (op->saml_subject != NULL
+            && json_object_set(sess, "saml", op->saml_subject) != 0)) {
         json_decref(sess);
         pg_op_finish(op, NULL);
         return;
@@ -301,9 +303,34 @@ pg_cb_provisioned(pg_op_t *op, pg_status_t st)
     op->res = res;
 
     snprintf(ttl, sizeof(ttl), "%u", cfg->session.ttl_s);
-    argv[0] = "SET"; argv[1] = key; argv[2] = json; argv[3] = "EX";
-    argv[4] = ttl;
-    st = pg_op_redis(op, pg_cb_session_saved, 5, argv, NULL);
+    nid = json_string_value(json_object_get(op->saml_subject, "name_id"));
+    if (nid != NULL) {
+        /* SAML: the session and the NameID -> sessions index for
+         * IdP-initiated logout (saml_slo.c) in one atomic step; the index
+         * lives as long as the newest session in it */
+        char *ikey = pg_saml_nameid_key(op->g, op->idp, nid);
+        const char *ev[8];
+
+        if (ikey == NULL) {
+            free(json);
+            free(key);
+            pg_op_finish(op, NULL);
+            return;
+        }
+        ev[0] = "EVAL";
+        ev[1] = "redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) "
+                "redis.call('SADD', KEYS[2], ARGV[3]) "
+                "redis.call('EXPIRE', KEYS[2], ARGV[2]) "
+                "return redis.status_reply('OK')";
+        ev[2] = "2"; ev[3] = key; ev[4] = ikey; ev[5] = json; ev[6] = ttl;
+        ev[7] = op->sid;
+        st = pg_op_redis(op, pg_cb_session_saved, 8, ev, NULL);
+        free(ikey);
+    } else {
+        argv[0] = "SET"; argv[1] = key; argv[2] = json; argv[3] = "EX";
+        argv[4] = ttl;
+        st = pg_op_redis(op, pg_cb_session_saved, 5, argv, NULL);
+    }
     free(json);
     free(key);
     if (st != PG_OK) {

@@ -260,6 +260,20 @@ pg_saml_job_done(void *arg)
         return;
     }
     op->claims = pg_saml_claims(&j->a);
+    /* what Single Logout needs later, stored with the session */
+    op->saml_subject = json_object();
+    if (op->saml_subject != NULL) {
+        json_object_set_new(op->saml_subject, "name_id",
+                            json_string(j->a.name_id));
+        if (j->a.name_id_format != NULL) {
+            json_object_set_new(op->saml_subject, "format",
+                                json_string(j->a.name_id_format));
+        }
+        if (j->a.session_index != NULL) {
+            json_object_set_new(op->saml_subject, "session_index",
+                                json_string(j->a.session_index));
+        }
+    }
     left = j->a.not_on_or_after > j->now ? j->a.not_on_or_after - j->now : 0;
     left += j->saml->clock_skew_s + 1;
     st = pg_sha256_b64url(j->a.assertion_id, strlen(j->a.assertion_id), dig,

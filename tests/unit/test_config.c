@@ -558,6 +558,46 @@ test_saml_idp(void **state)
     assert_non_null(strstr(err.msg, "$.idps.corp.client_id: unknown field"));
 }
 
+/* slo_url builds the Single Logout context at load; an IdP metadata without
+ * an HTTP-Redirect SingleLogoutService fails the load with a clear message
+ * (nginx -t), and without slo_url there is no SLO context at all. */
+static void
+test_saml_slo(void **state)
+{
+    pg_config_t *cfg = NULL;
+    pg_err_t err = { "" };
+    const pg_idp_cfg_t *idp;
+
+    (void)state;
+    if (load_saml(910, "../saml_slo/idp-metadata.xml",
+                  ", \"slo_url\": \"https://gw.example/saml/slo\"", &cfg,
+                  &err) != PG_OK) {
+        fail_msg("saml slo config rejected: %s", err.msg);
+    }
+    idp = pg_config_idp(cfg, "corp");
+    assert_non_null(idp);
+    assert_non_null(idp->saml.slo);
+    assert_string_equal(idp->saml.slo_url, "https://gw.example/saml/slo");
+    pg_config_free(cfg);
+    cfg = NULL;
+
+    if (load_saml(911, "../saml_slo/idp-metadata.xml", "", &cfg, &err)
+        != PG_OK) {
+        fail_msg("saml config rejected: %s", err.msg);
+    }
+    assert_null(pg_config_idp(cfg, "corp")->saml.slo);
+    pg_config_free(cfg);
+    cfg = NULL;
+
+    err.msg[0] = '\0';
+    assert_int_equal(load_saml(912, "../saml_slo/idp-metadata-noslo.xml",
+                               ", \"slo_url\": \"https://gw.example/saml/slo\"",
+                               &cfg, &err), PG_ERR_CONFIG);
+    assert_null(cfg);
+    assert_non_null(strstr(err.msg, "$.idps.corp/slo_url: Single Logout"));
+    assert_non_null(strstr(err.msg, "idp-metadata-noslo.xml"));
+}
+
 static void
 test_base_config_is_valid(void **state)
 {
@@ -1215,6 +1255,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_config_is_valid),
         cmocka_unit_test(test_saml_idp),
+        cmocka_unit_test(test_saml_slo),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_missing_and_huge_files),

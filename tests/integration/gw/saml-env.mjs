@@ -8,8 +8,9 @@ import { startEnv, provgateConfig } from './env.mjs';
 
 export const FIX = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../unit/fixtures/saml');
 
-/* IdP metadata for the samlify peer that will run on port (fixture cert). */
-function idpMetadata(port) {
+/* IdP metadata for the samlify peer that will run on port (fixture cert);
+ * slo: with its HTTP-Redirect SingleLogoutService. */
+export function idpMetadata(port, { slo = false } = {}) {
   const cert = fs.readFileSync(path.join(FIX, 'idp-cert.pem'), 'utf8')
     .split('\n').filter((l) => l && !l.startsWith('-----')).join('');
   const base = `http://127.0.0.1:${port}`;
@@ -17,6 +18,7 @@ function idpMetadata(port) {
 <md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata" entityID="${base}/metadata">
   <md:IDPSSODescriptor WantAuthnRequestsSigned="false" protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
     <md:KeyDescriptor use="signing"><ds:KeyInfo xmlns:ds="http://www.w3.org/2000/09/xmldsig#"><ds:X509Data><ds:X509Certificate>${cert}</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>
+    ${slo ? `<md:SingleLogoutService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="${base}/slo"/>` : ''}
     <md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" Location="${base}/sso"/>
   </md:IDPSSODescriptor>
 </md:EntityDescriptor>
@@ -35,14 +37,17 @@ export const SAML_USERS = {
 };
 
 
-/* Start the gateway (SAML provider "corp" on /sapp/) and the IdP peer. */
-export async function startSamlEnv() {
+/* Start the gateway (SAML provider "corp" on /sapp/) and the IdP peer.
+ * slo: Single Logout configured (slo_url /saml/slo, provgate_saml_slo,
+ * provgate_logout at /saml/logout) and published in the IdP metadata;
+ * workers: nginx worker processes. */
+export async function startSamlEnv({ slo = false, workers = 1 } = {}) {
   const idpPort = await freePort();
   const dir = tempDir('pg-saml-login-');
   const mdFile = path.join(dir, 'idp-metadata.xml');
-  fs.writeFileSync(mdFile, idpMetadata(idpPort));
+  fs.writeFileSync(mdFile, idpMetadata(idpPort, { slo }));
   const e = await startEnv(undefined, {
-    workers: 1,
+    workers,
     cfgOver: (env) => ({
       idps: {
         ...provgateConfig(env).idps,
@@ -53,13 +58,16 @@ export async function startSamlEnv() {
           sp_key_file: path.join(FIX, 'sp-key.pem'),
           sp_cert_file: path.join(FIX, 'sp-cert.pem'),
           idp_metadata_file: mdFile,
+          ...(slo ? { slo_url: `${env.base}/saml/slo` } : {}),
         },
       },
     }),
     extraServer: `
         location = /saml/metadata { provgate_saml_metadata corp; }
         location = /saml/acs { provgate_saml_acs; }
-        location /sapp/ { provgate saml:corp; provgate_app demoapp; proxy_pass http://echo; }`,
+        location /sapp/ { provgate saml:corp; provgate_app demoapp; proxy_pass http://echo; }${slo ? `
+        location = /saml/slo { provgate_saml_slo corp; }
+        location = /saml/logout { provgate_logout; }` : ''}`,
   });
   const sp = await e.browser().request('GET', `${e.base}/saml/metadata`);
   assert.equal(sp.status, 200);
@@ -68,7 +76,7 @@ export async function startSamlEnv() {
     keyFile: path.join(FIX, 'idp-key.pem'), certFile: path.join(FIX, 'idp-cert.pem'),
     entityId: `http://127.0.0.1:${idpPort}/metadata`,
   });
-  return { e, idp };
+  return { e, idp, idpPort, dir };
 }
 
 /* Sign in at the IdP; returns the browser and the auto-submit form that
