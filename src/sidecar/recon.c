@@ -1060,7 +1060,9 @@ pg_recon_next_action(pg_recon_t *r)
     a = k >= 0 ? r->cur->rc.action[k] : PG_RECON_REPORT;
     json_object_set_new(f, "action", json_string(pg_recon_action_str(a)));
     ff = json_deep_copy(f);
-    pg_recon_audit(r, "recon.finding", "success", kind, ff);
+    /* the event's reason is the finding's; "kind" is a field */
+    pg_recon_audit(r, "recon.finding", "success",
+                   json_string_value(json_object_get(f, "reason")), ff);
     iid = json_string_value(json_object_get(f, "identity"));
     cand = json_string_value(json_object_get(f, "candidate"));
     ident = json_object_get(r->byiid, iid != NULL ? iid
