@@ -288,4 +288,24 @@ describe('reconciliation of a PostgreSQL target through the sidecar', () => {
     });
     assert.deepEqual(again.counts, { orphaned: 0, rogue: 2, missing: 0, drift: 0, sod: 2 });
   });
+
+  test('an incremental run lists only what changed since the last run', async () => {
+    await sleep(50);
+    pg.psql("UPDATE accounts SET department = 'hacked', updated_at = clock_timestamp() WHERE key = 'pia'");
+    const prev = await lastRun();
+    const r = await jsonRequest('POST', `http://127.0.0.1:${scPort}/reconcile?target=hrdb&mode=incremental`, {}, auth);
+    assert.equal(r.status, 202);
+    const rep = await until('incremental report', async () => {
+      const x = await lastRun();
+      return x && x.run !== prev.run ? x : null;
+    });
+    assert.equal(rep.status, 'ok', JSON.stringify(rep));
+    assert.equal(rep.mode, 'incremental');
+    assert.equal(rep.since_ms, Number(prev.run));
+    assert.equal(rep.accounts, 1, 'only pia was modified');
+    assert.deepEqual(rep.counts, { orphaned: 0, rogue: 0, missing: 0, drift: 1, sod: 0 });
+    assert.deepEqual(rep.findings[0].attrs, [{ attr: 'department', desired: 'sales', actual: 'hacked' }]);
+    assert.equal(rep.findings[0].action_outcome, 'enqueued');
+    await until('pia repaired', () => pg.psql("SELECT department FROM accounts WHERE key = 'pia'") === 'sales');
+  });
 });
