@@ -263,6 +263,18 @@ pg_recon_add(json_t *out, pg_recon_kind_t kind, const char *reason,
     return json_array_append_new(out, f) == 0 ? PG_OK : PG_ERR_NOMEM;
 }
 
+/* Append e to *arr, creating the array on first use (lazily: a linked
+ * account in sync allocates nothing). 0 on success. */
+static int
+pg_recon_push(json_t **arr, json_t *e)
+{
+    if (*arr == NULL && (*arr = json_array()) == NULL) {
+        json_decref(e);
+        return -1;
+    }
+    return json_array_append_new(*arr, e);
+}
+
 /* Drift, rogue entitlements and SoD of a linked, granted account. */
 static pg_status_t
 pg_recon_linked(json_t *out, const json_t *a, const json_t *ident)
@@ -273,48 +285,49 @@ pg_recon_linked(json_t *out, const json_t *a, const json_t *ident)
     const json_t *dgroups = json_object_get(des, "groups");
     const json_t *agroups = json_object_get(a, "groups");
     const json_t *ents = json_object_get(ident, "ents");
-    json_t *diffs = json_array(), *miss = json_array(), *extra = json_array();
+    json_t *diffs = NULL, *miss = NULL, *extra = NULL;
     json_t *v, *e, *sod;
     const char *k;
     size_t i, j;
+    int bad = 0;
     pg_status_t st = PG_OK;
 
-    if (diffs == NULL || miss == NULL || extra == NULL) {
-        st = PG_ERR_NOMEM;
-        goto done;
-    }
     json_object_foreach((json_t *) dattrs, k, v) {
         json_t *actual = json_object_get(aattrs, k);
 
         if (!pg_recon_same(v, actual)) {
-            json_array_append_new(diffs, json_pack("{s:s, s:O, s:O?}", "attr",
+            bad |= pg_recon_push(&diffs, json_pack("{s:s, s:O, s:O?}", "attr",
                                                    k, "desired", v, "actual",
                                                    actual));
         }
     }
     json_array_foreach(dgroups, i, e) {
         if (json_is_string(e) && !pg_recon_in(agroups, json_string_value(e))) {
-            json_array_append(miss, e);
+            bad |= pg_recon_push(&miss, json_incref(e));
         }
     }
     json_array_foreach(agroups, i, e) {
         if (json_is_string(e) && !pg_recon_in(dgroups, json_string_value(e))
             && !pg_recon_in(ents, json_string_value(e))) {
-            json_array_append(extra, e);
+            bad |= pg_recon_push(&extra, json_incref(e));
         }
+    }
+    if (bad) {
+        st = PG_ERR_NOMEM;
+        goto done;
     }
     if (json_is_false(json_object_get(a, "active"))) {
         st = pg_recon_add(out, PG_RECON_DRIFT, "disabled", a, ident, NULL);
     }
-    if (st == PG_OK && json_array_size(diffs) > 0) {
+    if (st == PG_OK && diffs != NULL) {
         st = pg_recon_add(out, PG_RECON_DRIFT, "attributes", a, ident,
                           json_pack("{s:O}", "attrs", diffs));
     }
-    if (st == PG_OK && json_array_size(miss) > 0) {
+    if (st == PG_OK && miss != NULL) {
         st = pg_recon_add(out, PG_RECON_DRIFT, "entitlements", a, ident,
                           json_pack("{s:O}", "missing_groups", miss));
     }
-    if (st == PG_OK && json_array_size(extra) > 0) {
+    if (st == PG_OK && extra != NULL) {
         st = pg_recon_add(out, PG_RECON_ROGUE, "entitlements", a, ident,
                           json_pack("{s:O}", "extra_groups", extra));
     }
