@@ -359,7 +359,8 @@ pg_status_t
 pg_recon_compare(const json_t *accounts, const json_t *identities, int full,
                  json_t **out)
 {
-    json_t *links = NULL, *keys = NULL, *res = NULL, *a, *ident, *ix;
+    json_t *links = NULL, *keys = NULL, *listed = NULL, *res = NULL, *a;
+    json_t *ident, *ix;
     unsigned char *seen = NULL;
     const char *s;
     size_t i, n;
@@ -372,11 +373,23 @@ pg_recon_compare(const json_t *accounts, const json_t *identities, int full,
     n = json_array_size(identities);
     links = json_object();
     keys = json_object();
+    listed = json_object();
     res = json_array();
     seen = calloc(n + 1, 1);
-    if (links == NULL || keys == NULL || res == NULL || seen == NULL) {
+    if (links == NULL || keys == NULL || listed == NULL || res == NULL
+        || seen == NULL) {
         st = PG_ERR_NOMEM;
         goto done;
+    }
+    /* every listed id and key */
+    json_array_foreach(accounts, i, a) {
+        if ((s = json_string_value(json_object_get(a, "id"))) != NULL
+            && s[0] != '\0') {
+            json_object_set(listed, s, json_true());
+        }
+        if ((s = json_string_value(json_object_get(a, "key"))) != NULL) {
+            json_object_set(listed, s, json_true());
+        }
     }
     /* indexes: recorded account -> identity, mapped key -> identity (an
      * active identity wins a key over a left one) */
@@ -434,7 +447,20 @@ pg_recon_compare(const json_t *accounts, const json_t *identities, int full,
 
             ident = json_array_get(identities, p);
             seen[p] = 1;
-            if (json_is_true(json_object_get(ident, "left"))) {
+            s = json_string_value(json_object_get(ident, "acct"));
+            if (s != NULL && s[0] != '\0' && json_object_get(listed, s) == NULL
+                && !json_is_true(json_object_get(ident, "left"))) {
+                /* provgate recorded an account for this identity in another
+                 * form than list() gives (e.g. LDAP: the DN at creation, the
+                 * entryUUID when listed) and no listed account carries it:
+                 * the mapped key decides, this is the identity's account */
+                st = json_is_object(json_object_get(ident, "desired"))
+                         ? pg_recon_linked(res, a, ident)
+                         : active ? pg_recon_add(res, PG_RECON_ORPHANED,
+                                                 "not_entitled", a, ident,
+                                                 NULL)
+                                  : PG_OK;
+            } else if (json_is_true(json_object_get(ident, "left"))) {
                 if (active) {
                     st = pg_recon_add(res, PG_RECON_ORPHANED,
                                       "identity_left", a, ident, NULL);
@@ -474,6 +500,7 @@ pg_recon_compare(const json_t *accounts, const json_t *identities, int full,
 done:
     json_decref(links);
     json_decref(keys);
+    json_decref(listed);
     free(seen);
     if (st != PG_OK) {
         json_decref(res);

@@ -4,7 +4,8 @@
 // attribute, an extra group, a re-enabled leaver, an unlinked account) are
 // found by POST /reconcile, reported (JSON and CSV files, GET /reconcile,
 // audit events), and repaired through the outbox by the configured actions
-// (revert, adopt, disable) after a SIGHUP reload.
+// (revert, adopt, disable) after a SIGHUP reload. Then the same against a
+// real OpenLDAP slapd (tests/integration/lib/slapd.mjs).
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -14,6 +15,9 @@ import {
   cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest,
 } from './lib/harness.mjs';
 import { startPostgres } from './lib/pg.mjs';
+import {
+  startSlapd, ROOTDN, ROOTPW, PEOPLE, GROUPS, DISABLED,
+} from './lib/slapd.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
 
 const BIN = process.env.PG_PROVGATED_BIN
@@ -313,5 +317,145 @@ describe('reconciliation of a PostgreSQL target through the sidecar', () => {
     assert.deepEqual(rep.findings[0].attrs, [{ attr: 'department', desired: 'sales', actual: 'hacked' }]);
     assert.equal(rep.findings[0].action_outcome, 'enqueued');
     await until('pia repaired', () => pg.psql("SELECT department FROM accounts WHERE key = 'pia'") === 'sales');
+  });
+});
+
+// The same against a real OpenLDAP slapd (LDAP connector, groups, disable by
+// moving to ou=disabled): a hand-made entry (rogue), a deleted entry
+// (missing), a changed mail and a removed membership (drift), repaired by
+// revert through the outbox.
+describe('reconciliation of an LDAP target (real slapd) through the sidecar', () => {
+  let e;
+  let ldap;
+  let sc;
+  let scPort;
+  let hrFile;
+
+  const ldapTarget = () => ({
+    type: 'ldap',
+    key: 'uid',
+    attributes: { uid: '${username}', cn: '${name}', sn: '${family_name}', mail: '${email}' },
+    reconcile: { orphaned: 'disable', rogue: 'adopt', missing: 'revert', drift: 'revert', sod: 'report' },
+    connector: {
+      url: ldap.url, bind_dn: ROOTDN, bind_password: ROOTPW, base_dn: PEOPLE, timeout_ms: 3000,
+      groups: { base_dn: GROUPS },
+      disable: { mode: 'move', disabled_ou: DISABLED },
+    },
+  });
+  const until = async (what, fn, ms = 15000) => {
+    const end = Date.now() + ms;
+    let v;
+    while (Date.now() < end) {
+      v = await fn();
+      if (v) return v;
+      await sleep(100);
+    }
+    assert.fail(`timed out waiting for ${what}`);
+    return v;
+  };
+  const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
+  const lastRun = async () => {
+    const r = await jsonRequest('GET', `http://127.0.0.1:${scPort}/reconcile?target=dir`);
+    return r.status === 200 ? r.json : null;
+  };
+  const reconcile = async () => {
+    const prev = await lastRun();
+    const r = await jsonRequest('POST', `http://127.0.0.1:${scPort}/reconcile?target=dir`, {}, auth);
+    assert.equal(r.status, 202, JSON.stringify(r.json));
+    return until('reconciliation report', async () => {
+      const x = await lastRun();
+      return x && x.status && (!prev || x.run !== prev.run) ? x : null;
+    });
+  };
+
+  before(async () => {
+    ldap = await startSlapd({ groups: ['staff', 'eng'] });
+    e = await startEnv(undefined, {
+      workers: 1,
+      policies: {
+        policies: [
+          ...DEFAULT_POLICIES.policies,
+          { id: 'dir-staff', kind: 'birthright', who: { attr: 'employee_type', eq: 'employee' },
+            grants: [{ target: 'dir', entitlements: [{ type: 'group', value: 'staff' }] }] },
+          { id: 'dir-eng', kind: 'birthright', who: { attr: 'department', eq: 'eng' },
+            grants: [{ target: 'dir', entitlements: [{ type: 'group', value: 'eng' }] }] },
+        ],
+      },
+      cfgOver: (env) => {
+        hrFile = path.join(env.dir, 'hr.csv');
+        return {
+          targets: { ...env.baseConfig().targets, dir: ldapTarget() },
+          hr_source: {
+            file: hrFile,
+            poll_s: 1,
+            feed: {
+              key_column: 'emp_id',
+              attributes: {
+                login: 'username', email: 'email', name: 'name', given: 'given_name', family: 'family_name',
+                dept: 'department', type: 'employee_type',
+              },
+              termination_column: 'end_date',
+              max_leave_pct: 100,
+              max_malformed_pct: 50,
+            },
+          },
+        };
+      },
+    });
+    fs.writeFileSync(path.join(e.dir, 'admin.token'), ADMIN_TOKEN);
+    scPort = await freePort();
+    sc = await startProcess(BIN, ['--config', e.cfgFile, '--listen', `127.0.0.1:${scPort}`, '--log-level', 'info',
+      '--admin-token-file', path.join(e.dir, 'admin.token')], { name: 'provgated' });
+    await waitForPort(scPort);
+  });
+  after(async () => {
+    if (sc) {
+      const { code, signal } = await sc.stop();
+      assert.equal(signal, null);
+      assert.equal(code, 0, sc.output.slice(-2000));
+      assert.doesNotMatch(sc.output, /Sanitizer|runtime error/);
+    }
+    if (e) {
+      await e.nginx.stop();
+      assert.deepEqual(sanitizerReports(e.prefix), []);
+    }
+    if (ldap) await ldap.stop();
+    await cleanupAll();
+  });
+
+  test('rogue, missing and drift found in slapd and reverted', async () => {
+    const tmp = `${hrFile}.tmp`;
+    fs.writeFileSync(tmp, `${[HEADER, row('2001', 'nora', 'eng'), row('2002', 'otto', 'sales')].join('\n')}\n`);
+    fs.renameSync(tmp, hrFile);
+    const noraDn = `uid=nora,${PEOPLE}`;
+    await until('accounts in LDAP', () => ldap.entry('nora') && ldap.entry('otto')
+      && ldap.members('eng').includes(noraDn));
+    const clean = await reconcile();
+    assert.equal(clean.status, 'ok', JSON.stringify(clean));
+    assert.equal(clean.accounts, 2);
+    assert.deepEqual(clean.counts, { orphaned: 0, rogue: 0, missing: 0, drift: 0, sod: 0 }, JSON.stringify(clean.findings));
+
+    ldap.ldif(`dn: uid=mallory,${PEOPLE}\nobjectClass: inetOrgPerson\nuid: mallory\ncn: M\nsn: M\n\n`);
+    ldap.del(`uid=otto,${PEOPLE}`);
+    ldap.modify(`dn: ${noraDn}\nchangetype: modify\nreplace: mail\nmail: nora@evil.example\n-\n\n`
+      + `dn: cn=eng,${GROUPS}\nchangetype: modify\ndelete: member\nmember: ${noraDn}\n-\n\n`);
+
+    const rep = await reconcile();
+    assert.equal(rep.status, 'ok', JSON.stringify(rep));
+    assert.deepEqual(rep.counts, { orphaned: 0, rogue: 1, missing: 1, drift: 2, sod: 0 }, JSON.stringify(rep.findings));
+    const by = (kind, reason) => rep.findings.find((f) => f.kind === kind && f.reason === reason);
+    assert.equal(by('rogue', 'no_identity').account, 'mallory');
+    assert.equal(by('rogue', 'no_identity').action_outcome, 'skipped');
+    assert.equal(by('missing', 'account_gone').account, 'otto');
+    assert.deepEqual(by('drift', 'attributes').attrs,
+      [{ attr: 'mail', desired: 'nora@example.com', actual: 'nora@evil.example' }]);
+    assert.deepEqual(by('drift', 'entitlements').missing_groups, ['eng']);
+    assert.equal(rep.actions.enqueued, 3);
+
+    await until('otto re-created', () => ldap.entry('otto'));
+    await until('nora repaired', () => ldap.entry('nora').mail[0] === 'nora@example.com'
+      && ldap.members('eng').includes(noraDn));
+    assert.ok(ldap.entry('mallory'), 'a rogue account without identity is never touched');
+    assert.ok(e.audit().some((x) => x.type === 'recon.finding' && x.kind === 'rogue' && x.account === 'mallory'));
   });
 });

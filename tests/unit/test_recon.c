@@ -264,6 +264,34 @@ test_link_by_key_when_id_unknown(void **state)
 }
 
 static void
+test_link_recorded_in_another_form(void **state)
+{
+    json_t *f, *x;
+
+    (void) state;
+    /* LDAP: the DN was recorded at creation, list() gives the entryUUID;
+     * no listed account carries the DN, so the mapped key links it */
+    f = cmp("[{\"key\":\"k\",\"id\":\"uuid-k\",\"attrs\":{\"mail\":\"bad\"}}]",
+            "[{\"iid\":\"i\",\"acct\":\"uid=k,ou=p\",\"key\":\"k\","
+            "\"desired\":{\"attrs\":{\"mail\":\"ok\"},\"groups\":[]}}]", 1);
+    x = only(f, "drift");
+    assert_string_equal(str(x, "identity"), "i");
+    assert_int_equal(json_array_size(f), 1);
+    json_decref(f);
+    /* but when the recorded account is listed, a second account with the
+     * identity's key is a rogue duplicate */
+    f = cmp("[{\"key\":\"k\",\"id\":\"uuid-k\"},{\"key\":\"old\","
+            "\"id\":\"uuid-old\"}]",
+            "[{\"iid\":\"i\",\"acct\":\"uuid-old\",\"key\":\"k\","
+            "\"desired\":{\"attrs\":{},\"groups\":[]}}]", 1);
+    x = only(f, "rogue");
+    assert_string_equal(str(x, "account"), "k");
+    assert_string_equal(str(x, "reason"), "unlinked");
+    assert_string_equal(str(x, "candidate"), "i");
+    json_decref(f);
+}
+
+static void
 test_sod_present_on_target(void **state)
 {
     json_t *f, *x;
@@ -385,6 +413,7 @@ main(void)
         cmocka_unit_test(test_entitlement_drift_and_recorded_groups),
         cmocka_unit_test(test_value_normalisation),
         cmocka_unit_test(test_link_by_key_when_id_unknown),
+        cmocka_unit_test(test_link_recorded_in_another_form),
         cmocka_unit_test(test_sod_present_on_target),
         cmocka_unit_test(test_bad_input_and_counts),
         cmocka_unit_test(test_cfg_parse),
