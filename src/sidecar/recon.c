@@ -955,9 +955,10 @@ pg_recon_finish(pg_recon_t *r, pg_status_t st, const char *why)
 
 static void pg_recon_next_action(pg_recon_t *r);
 
-/* Record the outcome of the current finding's action and go on. */
+/* Record the outcome of the current finding's action (audit recon.action)
+ * and move to the next finding. Does not start it. */
 static void
-pg_recon_acted(pg_recon_t *r, const char *outcome, const char *detail)
+pg_recon_record(pg_recon_t *r, const char *outcome, const char *detail)
 {
     json_t *f = json_array_get(r->findings, r->fi);
     json_t *af;
@@ -980,6 +981,13 @@ pg_recon_acted(pg_recon_t *r, const char *outcome, const char *detail)
                    : strcmp(outcome, "skipped") == 0 ? "deferred" : "success",
                    outcome, af);
     r->fi++;
+}
+
+/* An asynchronous action finished (from a callback): record, go on. */
+static void
+pg_recon_acted(pg_recon_t *r, const char *outcome, const char *detail)
+{
+    pg_recon_record(r, outcome, detail);
     pg_recon_next_action(r);
 }
 
@@ -1000,8 +1008,9 @@ pg_recon_enqueued(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
     pg_recon_acted(r, res->created ? "enqueued" : "already_pending", NULL);
 }
 
-/* Enqueue kind for identity ident (its attrs and granted entitlements). */
-static void
+/* Enqueue kind for identity ident (its attrs and granted entitlements).
+ * 0: started (the callback goes on); -1: failed now (recorded). */
+static int
 pg_recon_enqueue(pg_recon_t *r, const json_t *ident, const char *kind)
 {
     const char *iid = json_string_value(json_object_get(ident, "iid"));
@@ -1018,8 +1027,8 @@ pg_recon_enqueue(pg_recon_t *r, const json_t *ident, const char *kind)
     json_decref(empty);
     if (state == NULL) {
         r->n_fail++;
-        pg_recon_acted(r, "failed", "out of memory");
-        return;
+        pg_recon_record(r, "failed", "out of memory");
+        return -1;
     }
     memset(&o, 0, sizeof(o));
     o.identity = iid;
@@ -1034,8 +1043,10 @@ pg_recon_enqueue(pg_recon_t *r, const json_t *ident, const char *kind)
     if (st != PG_OK) {
         r->oreq = NULL;
         r->n_fail++;
-        pg_recon_acted(r, "failed", pg_status_str(st));
+        pg_recon_record(r, "failed", pg_status_str(st));
+        return -1;
     }
+    return 0;
 }
 
 static void
@@ -1053,8 +1064,9 @@ pg_recon_adopted(void *arg, pg_status_t st, const redisReply *reply)
     pg_recon_acted(r, "adopted", NULL);
 }
 
-/* Link the account of finding f to identity iid (HSET acct:<target>). */
-static void
+/* Link the account of finding f to identity iid (HSET acct:<target>).
+ * 0: started; -1: failed now (recorded). */
+static int
 pg_recon_adopt(pg_recon_t *r, const json_t *f, const char *iid)
 {
     const char *id = json_string_value(json_object_get(f, "account_id"));
@@ -1067,8 +1079,8 @@ pg_recon_adopt(pg_recon_t *r, const json_t *f, const char *iid)
     }
     if (asprintf(&key, "%sid:%s", r->cfg->redis.key_prefix, iid) < 0) {
         r->n_fail++;
-        pg_recon_acted(r, "failed", "out of memory");
-        return;
+        pg_recon_record(r, "failed", "out of memory");
+        return -1;
     }
     snprintf(field, sizeof(field), "acct:%s", r->cur->t->name);
     argv[0] = "HSET"; argv[1] = key; argv[2] = field; argv[3] = id;
@@ -1078,10 +1090,18 @@ pg_recon_adopt(pg_recon_t *r, const json_t *f, const char *iid)
     if (st != PG_OK) {
         r->rop = NULL;
         r->n_fail++;
-        pg_recon_acted(r, "failed", pg_status_str(st));
+        pg_recon_record(r, "failed", pg_status_str(st));
+        return -1;
     }
+    return 0;
 }
 
+/*
+ * Act on findings from r->fi on. Actions that complete at once (report,
+ * skipped, a synchronous failure) are handled in this loop, never by
+ * recursion, so a run with a million reported findings uses constant
+ * stack; an asynchronous action returns and its callback calls back in.
+ */
 static void
 pg_recon_next_action(pg_recon_t *r)
 {
@@ -1090,58 +1110,59 @@ pg_recon_next_action(pg_recon_t *r)
     pg_recon_action_t a;
     int k;
 
-    f = json_array_get(r->findings, r->fi);
-    if (f == NULL) {
-        pg_recon_finish(r, PG_OK, NULL);
-        return;
+    for (;;) {
+        f = json_array_get(r->findings, r->fi);
+        if (f == NULL) {
+            pg_recon_finish(r, PG_OK, NULL);
+            return;
+        }
+        kind = json_string_value(json_object_get(f, "kind"));
+        k = pg_recon_kind_of(kind);
+        a = k >= 0 ? r->cur->rc.action[k] : PG_RECON_REPORT;
+        json_object_set_new(f, "action", json_string(pg_recon_action_str(a)));
+        ff = json_deep_copy(f);
+        /* the event's reason is the finding's; "kind" is a field */
+        pg_recon_audit(r, "recon.finding", "success",
+                       json_string_value(json_object_get(f, "reason")), ff);
+        iid = json_string_value(json_object_get(f, "identity"));
+        cand = json_string_value(json_object_get(f, "candidate"));
+        ident = json_object_get(r->byiid, iid != NULL ? iid
+                                          : cand != NULL ? cand : "");
+        switch (a) {
+        case PG_RECON_REPORT:
+            r->n_rep++;
+            pg_recon_record(r, "reported", NULL);
+            continue;
+        case PG_RECON_ADOPT:
+            if (cand == NULL) {
+                r->n_skip++;
+                pg_recon_record(r, "skipped", "no correlating identity");
+                continue;
+            }
+            if (pg_recon_adopt(r, f, cand) == 0) {
+                return;
+            }
+            continue;
+        case PG_RECON_DISABLE:
+        case PG_RECON_REVERT:
+            if (ident == NULL) {
+                r->n_skip++;
+                pg_recon_record(r, "skipped", "no identity: provgate cannot "
+                                "address this account");
+                continue;
+            }
+            /* revert: the desired state of an orphaned account is "not
+             * active" */
+            if (pg_recon_enqueue(r, ident, a == PG_RECON_DISABLE
+                                               || k == PG_RECON_ORPHANED
+                                           ? "disable" : "ensure") == 0) {
+                return;
+            }
+            continue;
+        }
+        r->n_skip++;
+        pg_recon_record(r, "skipped", "unknown action");
     }
-    kind = json_string_value(json_object_get(f, "kind"));
-    k = pg_recon_kind_of(kind);
-    a = k >= 0 ? r->cur->rc.action[k] : PG_RECON_REPORT;
-    json_object_set_new(f, "action", json_string(pg_recon_action_str(a)));
-    ff = json_deep_copy(f);
-    /* the event's reason is the finding's; "kind" is a field */
-    pg_recon_audit(r, "recon.finding", "success",
-                   json_string_value(json_object_get(f, "reason")), ff);
-    iid = json_string_value(json_object_get(f, "identity"));
-    cand = json_string_value(json_object_get(f, "candidate"));
-    ident = json_object_get(r->byiid, iid != NULL ? iid
-                                      : cand != NULL ? cand : "");
-    switch (a) {
-    case PG_RECON_REPORT:
-        r->n_rep++;
-        pg_recon_acted(r, "reported", NULL);
-        return;
-    case PG_RECON_ADOPT:
-        if (cand == NULL) {
-            r->n_skip++;
-            pg_recon_acted(r, "skipped", "no correlating identity");
-            return;
-        }
-        pg_recon_adopt(r, f, cand);
-        return;
-    case PG_RECON_DISABLE:
-        if (ident == NULL) {
-            r->n_skip++;
-            pg_recon_acted(r, "skipped", "no identity to disable through");
-            return;
-        }
-        pg_recon_enqueue(r, ident, "disable");
-        return;
-    case PG_RECON_REVERT:
-        if (ident == NULL) {
-            r->n_skip++;
-            pg_recon_acted(r, "skipped", "no identity: the desired state is "
-                           "unknown");
-            return;
-        }
-        /* the desired state of an orphaned account is "not active" */
-        pg_recon_enqueue(r, ident, k == PG_RECON_ORPHANED ? "disable"
-                                                          : "ensure");
-        return;
-    }
-    r->n_skip++;
-    pg_recon_acted(r, "skipped", "unknown action");
 }
 
 /* ---- list and compare --------------------------------------------------- */
