@@ -1372,7 +1372,7 @@ pg_recon_scanned(void *arg, pg_status_t st, const redisReply *reply)
 {
     pg_recon_t *r = arg;
     size_t i;
-    char iid[PG_OUTBOX_FIELD_MAX + 1], acct[PG_CONN_KEY_MAX + 1];
+    char iid[PG_OUTBOX_FIELD_MAX + 1], acct[PG_OUTBOX_FIELD_MAX + 1];
 
     r->rop = NULL;
     if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_ARRAY
