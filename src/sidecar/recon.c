@@ -434,6 +434,9 @@ pg_recon_compare(const json_t *accounts, const json_t *identities, int full,
                     st = pg_recon_add(res, PG_RECON_ORPHANED, "identity_left",
                                       a, ident, NULL);
                 }
+            } else if (json_object_get(ident, "render_error") != NULL) {
+                /* the desired state is unknown: never guess */
+                st = PG_OK;
             } else if (!json_is_object(json_object_get(ident, "desired"))) {
                 if (active) {
                     st = pg_recon_add(res, PG_RECON_ORPHANED, "not_entitled",

@@ -292,6 +292,20 @@ test_link_recorded_in_another_form(void **state)
 }
 
 static void
+test_unknown_desired_state_is_not_guessed(void **state)
+{
+    json_t *f;
+
+    (void) state;
+    /* the mapping could not be rendered: neither orphaned nor drift */
+    f = cmp("[{\"key\":\"k\",\"id\":\"u\",\"attrs\":{\"mail\":\"x\"}}]",
+            "[{\"iid\":\"i\",\"acct\":\"u\",\"desired\":null,"
+            "\"render_error\":\"unknown attribute\"}]", 1);
+    assert_int_equal(json_array_size(f), 0);
+    json_decref(f);
+}
+
+static void
 test_sod_present_on_target(void **state)
 {
     json_t *f, *x;
@@ -414,6 +428,7 @@ main(void)
         cmocka_unit_test(test_value_normalisation),
         cmocka_unit_test(test_link_by_key_when_id_unknown),
         cmocka_unit_test(test_link_recorded_in_another_form),
+        cmocka_unit_test(test_unknown_desired_state_is_not_guessed),
         cmocka_unit_test(test_sod_present_on_target),
         cmocka_unit_test(test_bad_input_and_counts),
         cmocka_unit_test(test_cfg_parse),
