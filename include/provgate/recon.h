@@ -62,7 +62,7 @@ typedef enum pg_recon_action {
 /* A target's "reconcile" object, parsed. */
 typedef struct pg_recon_cfg {
     pg_recon_action_t action[PG_RECON_NKINDS];   /* default: report */
-    unsigned schedule_s;       /* 0 = no scheduled runs; else 60..604800 */
+    unsigned schedule_s;       /* 0 = no scheduled runs; else 1..604800 */
 } pg_recon_cfg_t;
 
 /*

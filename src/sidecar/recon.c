@@ -91,9 +91,9 @@ pg_recon_cfg_parse(const json_t *obj, const char *path, pg_recon_cfg_t *out,
         if (strcmp(k, "schedule_s") == 0) {
             json_int_t n = json_integer_value(v);
 
-            if (!json_is_integer(v) || (n != 0 && (n < 60 || n > 604800))) {
-                pg_err_set(err, "%s.schedule_s: must be 0 or an integer in "
-                           "60..604800", path);
+            if (!json_is_integer(v) || n < 0 || n > 604800) {
+                pg_err_set(err, "%s.schedule_s: must be an integer in "
+                           "0..604800", path);
                 return PG_ERR_CONFIG;
             }
             out->schedule_s = (unsigned) n;

@@ -9,6 +9,7 @@
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
@@ -188,6 +189,16 @@ describe('reconciliation of a PostgreSQL target through the sidecar', () => {
     assert.equal((await jsonRequest('POST', `http://127.0.0.1:${scPort}/reconcile?target=nope`, {}, auth)).status, 404);
     assert.equal((await jsonRequest('POST', `http://127.0.0.1:${scPort}/reconcile?target=demoapp`, {}, auth)).status, 404,
       'SCIM targets are not reconciled in this round');
+  });
+
+  test('a bad "reconcile" object is refused at start with its JSON path', async () => {
+    const cfg = JSON.parse(JSON.stringify(baseCfg));
+    cfg.targets.hrdb.reconcile = { drift: 'adopt' };
+    const bad = path.join(e.cfgDir, 'bad-recon.json');
+    fs.writeFileSync(bad, JSON.stringify(cfg));
+    const p = spawnSync(BIN, ['--config', bad, '--listen', '127.0.0.1:0'], { encoding: 'utf8', timeout: 10000 });
+    assert.equal(p.status, 1);
+    assert.match(p.stdout + p.stderr, /\$\.targets\.hrdb\.reconcile\.drift: \\?"adopt\\?" is only valid for rogue/);
   });
 
   test('in sync after the HR import: only the detected toxic combination', async () => {
@@ -457,5 +468,25 @@ describe('reconciliation of an LDAP target (real slapd) through the sidecar', ()
       && ldap.members('eng').includes(noraDn));
     assert.ok(ldap.entry('mallory'), 'a rogue account without identity is never touched');
     assert.ok(e.audit().some((x) => x.type === 'recon.finding' && x.kind === 'rogue' && x.account === 'mallory'));
+  });
+
+  test('scheduled runs: every schedule_s, incremental', async () => {
+    const prev = await lastRun();
+    const cfg = JSON.parse(fs.readFileSync(e.cfgFile, 'utf8'));
+    cfg.targets.dir.reconcile = { ...cfg.targets.dir.reconcile, schedule_s: 1 };
+    fs.writeFileSync(e.cfgFile, JSON.stringify(cfg, null, 2));
+    sc.kill('SIGHUP');
+    const runs = new Set();
+    await until('two scheduled runs', async () => {
+      const x = await lastRun();
+      if (x && x.run !== prev.run && x.status === 'ok') runs.add(x.run);
+      return runs.size >= 2;
+    }, 20000);
+    const x = await lastRun();
+    // the first run after a reload is full (no earlier run is known), later
+    // ones only list what changed (nothing: no account)
+    assert.equal(x.mode, 'incremental');
+    assert.equal(x.accounts, 0);
+    assert.ok(e.audit().some((ev) => ev.type === 'recon.run' && ev.reason === 'incremental'));
   });
 });

@@ -383,7 +383,10 @@ test_cfg_parse(void **state)
     assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
     assert_non_null(strstr(err.msg, "unknown field"));
     json_decref(o);
-    o = J("{\"schedule_s\":5}");
+    o = J("{\"schedule_s\":604801}");
+    assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
+    json_decref(o);
+    o = J("{\"schedule_s\":-1}");
     assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
     json_decref(o);
     o = J("[]");
