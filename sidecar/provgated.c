@@ -48,6 +48,8 @@
 #include "provgate/evhost.h"
 #include "provgate/gate.h"
 #include "provgate/jml.h"
+#include "provgate/recon.h"   /* reconciliation (recon block) */
+#include <event2/keyvalq_struct.h>   /* recon block */
 #include "provgate/redis.h"
 #include "provgate/util.h"
 #include <sys/stat.h>
@@ -352,6 +354,10 @@ audit(daemon_t *d, const char *type, const char *outcome, const char *reason,
  * XADDs of the old client are cancelled). Failure: everything stays as it
  * was; the error is logged, audited and counted.
  */
+/* recon block: defined in the reconciliation block below */
+static int recon_setup(daemon_t *d);
+static void recon_teardown(daemon_t *d, int all);
+
 static void
 reload(daemon_t *d)
 {
@@ -388,6 +394,7 @@ reload(daemon_t *d)
         }
         return;
     }
+    recon_teardown(d, 0);   /* recon block: it borrows the old runtime */
     pg_jml_free(d->jml);
     pg_gate_free(d->gate);
     pg_audit_free(d->audit);
@@ -400,6 +407,7 @@ reload(daemon_t *d)
     d->gate = ngate;
     d->jml = njml;
     d->have_last = 0;   /* an import cut short by the reload runs again */
+    (void) recon_setup(d);  /* recon block */
     d->reloads++;
     dlog(d, PG_LOG_INFO, json_pack("{s:s}", "event", "config.reload"),
          "configuration reloaded from %s", d->config_path);
@@ -607,6 +615,246 @@ serve_import(daemon_t *d, struct evhttp_request *req)
     reply(req, 202, "Accepted", "application/json", "{\"started\":true}", 16);
 }
 
+/* ==== BEGIN reconciliation (GitHub issue 6, "Reconciliation") ==========
+ * POST /reconcile?target=NAME[&mode=incremental] (admin token) starts a
+ * run; GET /reconcile shows the last report of every target (GET
+ * /reconcile?target=NAME: that target's). Scheduled runs per target
+ * ("reconcile": {"schedule_s": N}, incremental when the connector can).
+ * Reports are also written under --recon-dir. State is file-static so this
+ * block stays separate from the rest of the daemon. docs/reconciliation.md
+ */
+static struct {
+    pg_recon_t *rc;              /* NULL: no connector target */
+    const char *dir;             /* --recon-dir (argv, borrowed) or NULL */
+    json_t *last;                /* target -> last report */
+    pg_timer_t *tick;            /* 1 s schedule check */
+    json_t *due;                 /* target -> next due (monotonic ms) */
+    char running[256];           /* target of the run in flight, or "" */
+    unsigned long long runs, failures;
+} recon_st;
+
+static void
+recon_done(void *arg, pg_status_t st, const json_t *report)
+{
+    daemon_t *d = arg;
+    json_t *copy = report != NULL ? json_deep_copy(report) : json_object();
+
+    if (st == PG_OK) {
+        recon_st.runs++;
+    } else {
+        recon_st.failures++;
+    }
+    if (copy != NULL) {
+        json_object_set_new(copy, "status", json_string(pg_status_str(st)));
+        json_object_set_new(recon_st.last, recon_st.running, copy);
+    }
+    dlog(d, st == PG_OK ? PG_LOG_INFO : PG_LOG_WARN,
+         report != NULL ? json_pack("{s:O?, s:O?}", "counts",
+                                    json_object_get(report, "counts"),
+                                    "actions",
+                                    json_object_get(report, "actions"))
+                        : NULL,
+         "reconciliation of %s %s", recon_st.running,
+         st == PG_OK ? "done" : "failed");
+    recon_st.running[0] = '\0';
+}
+
+/* Start a run; PG_OK or the reason it did not start. */
+static pg_status_t
+recon_start_run(daemon_t *d, const char *target, int incremental)
+{
+    pg_status_t st;
+
+    if (recon_st.rc == NULL) {
+        return PG_ERR_NOT_FOUND;
+    }
+    if (strlen(target) >= sizeof(recon_st.running)) {
+        return PG_ERR_NOT_FOUND;
+    }
+    st = pg_recon_run(recon_st.rc, target, incremental, recon_done, d);
+    if (st == PG_OK) {
+        snprintf(recon_st.running, sizeof(recon_st.running), "%s", target);
+    }
+    return st;
+}
+
+/* Every second: start the first scheduled target that is due. */
+static void
+recon_tick(void *arg)
+{
+    daemon_t *d = arg;
+    uint64_t now = d->host->now_ms(d->host->ctx);
+    size_t i;
+
+    for (i = 0; recon_st.rc != NULL && !d->stopping && d->cfg != NULL
+                && recon_st.running[0] == '\0' && i < d->cfg->ntargets; i++) {
+        const char *name = d->cfg->targets[i].name;
+        const pg_recon_cfg_t *rc = pg_recon_target_cfg(recon_st.rc, name);
+        json_t *due;
+
+        if (rc == NULL || rc->schedule_s == 0) {
+            continue;
+        }
+        due = json_object_get(recon_st.due, name);
+        if (due == NULL) {
+            /* first run one period after start */
+            json_object_set_new(recon_st.due, name, json_integer(
+                (json_int_t) (now + (uint64_t) rc->schedule_s * 1000)));
+            continue;
+        }
+        if ((uint64_t) json_integer_value(due) > now) {
+            continue;
+        }
+        json_object_set_new(recon_st.due, name, json_integer(
+            (json_int_t) (now + (uint64_t) rc->schedule_s * 1000)));
+        if (recon_start_run(d, name, 1) != PG_OK) {
+            dlog(d, PG_LOG_WARN, NULL, "scheduled reconciliation of %s did "
+                 "not start", name);
+        }
+    }
+    d->host->timer_arm(recon_st.tick, 1000);
+}
+
+/* (Re)build the reconciler on the current runtime. 0 on success. */
+static int
+recon_setup(daemon_t *d)
+{
+    pg_err_t err = { "" };
+    pg_status_t st;
+
+    pg_recon_free(recon_st.rc);
+    recon_st.rc = NULL;
+    recon_st.running[0] = '\0';
+    if (recon_st.last == NULL) {
+        recon_st.last = json_object();
+    }
+    json_decref(recon_st.due);
+    recon_st.due = json_object();
+    if (recon_st.last == NULL || recon_st.due == NULL) {
+        return -1;
+    }
+    st = pg_recon_new(d->cfg, d->host, d->redis, d->audit, recon_st.dir,
+                      &recon_st.rc, &err);
+    if (st != PG_OK) {
+        dlog(d, PG_LOG_ERROR, json_pack("{s:s}", "error", err.msg),
+             "reconciliation unavailable: %s", err.msg);
+        recon_st.rc = NULL;
+        return -1;
+    }
+    if (recon_st.tick == NULL) {
+        recon_st.tick = d->host->timer_open(d->host->ctx, recon_tick, d);
+        if (recon_st.tick == NULL) {
+            return -1;
+        }
+        d->host->timer_arm(recon_st.tick, 1000);
+    }
+    return 0;
+}
+
+/* Before the runtime it borrows (cfg, redis, audit) goes away. */
+static void
+recon_teardown(daemon_t *d, int all)
+{
+    pg_recon_free(recon_st.rc);
+    recon_st.rc = NULL;
+    recon_st.running[0] = '\0';
+    if (all) {
+        if (recon_st.tick != NULL) {
+            d->host->timer_close(recon_st.tick);
+            recon_st.tick = NULL;
+        }
+        json_decref(recon_st.last);
+        recon_st.last = NULL;
+        json_decref(recon_st.due);
+        recon_st.due = NULL;
+    }
+}
+
+/* The value of query parameter name (at most outsz-1 bytes), or 0. */
+static int
+recon_query(const char *q, const char *name, char *out, size_t outsz)
+{
+    struct evkeyvalq kv;
+    const char *v;
+    int ok = 0;
+
+    if (q == NULL || evhttp_parse_query_str(q, &kv) != 0) {
+        return 0;
+    }
+    v = evhttp_find_header(&kv, name);
+    if (v != NULL && strlen(v) < outsz) {
+        snprintf(out, outsz, "%s", v);
+        ok = 1;
+    }
+    evhttp_clear_headers(&kv);
+    return ok;
+}
+
+static void
+serve_reconcile(daemon_t *d, struct evhttp_request *req)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    char target[256] = "", mode[32] = "";
+    json_t *body;
+    char *text;
+    pg_status_t st;
+
+    recon_query(q, "target", target, sizeof(target));
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+        if (target[0] != '\0') {
+            body = json_incref(json_object_get(recon_st.last, target));
+            if (body == NULL) {
+                reply(req, 404, "Not Found", "application/json",
+                      "{\"error\":\"no_report\"}", 21);
+                return;
+            }
+        } else {
+            body = json_pack("{s:s?, s:O, s:I, s:I}", "running",
+                             recon_st.running[0] ? recon_st.running : NULL,
+                             "reports", recon_st.last != NULL
+                                            ? recon_st.last : json_null(),
+                             "runs", (json_int_t) recon_st.runs,
+                             "failures", (json_int_t) recon_st.failures);
+        }
+        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (text == NULL) {
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
+        reply(req, 200, "OK", "application/json", text, strlen(text));
+        free(text);
+        return;
+    }
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", "/reconcile"));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return;
+    }
+    recon_query(q, "mode", mode, sizeof(mode));
+    st = target[0] != '\0'
+             ? recon_start_run(d, target, strcmp(mode, "incremental") == 0)
+             : PG_ERR_NOT_FOUND;
+    if (st == PG_ERR_BUSY) {
+        reply(req, 409, "Conflict", "application/json",
+              "{\"error\":\"reconciliation_running\"}", 34);
+        return;
+    }
+    if (st != PG_OK) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_such_connector_target\"}", 36);
+        return;
+    }
+    audit(d, "admin.request", "success", "reconcile",
+          json_pack("{s:s, s:s}", "target", target, "mode",
+                    strcmp(mode, "incremental") == 0 ? "incremental"
+                                                     : "full"));
+    reply(req, 202, "Accepted", "application/json", "{\"started\":true}", 16);
+}
+/* ==== END reconciliation ================================================ */
+
 /* Every request: GET/HEAD (others are refused by evhttp) to two paths. */
 static void
 on_request(struct evhttp_request *req, void *arg)
@@ -623,6 +871,8 @@ on_request(struct evhttp_request *req, void *arg)
         serve_metrics(d, req);
     } else if (strcmp(path, "/import") == 0) {
         serve_import(d, req);
+    } else if (strcmp(path, "/reconcile") == 0) {   /* recon block */
+        serve_reconcile(d, req);
     } else {
         reply(req, 404, "Not Found", "text/plain; charset=utf-8",
               "not found\n", 10);
@@ -768,7 +1018,7 @@ usage(FILE *f)
             "[--log-file FILE]\n"
             "                 [--log-level error|warn|info|debug] "
             "[--health-interval-ms N]\n"
-            "                 [--admin-token-file FILE]\n");
+            "                 [--admin-token-file FILE] [--recon-dir DIR]\n");
 }
 
 /* Free everything that exists (safe on a partly started daemon). */
@@ -778,6 +1028,9 @@ shutdown_all(daemon_t *d)
     if (d->poll_timer != NULL) {
         d->host->timer_close(d->poll_timer);
         d->poll_timer = NULL;
+    }
+    if (d->host != NULL) {
+        recon_teardown(d, 1);   /* recon block */
     }
     pg_jml_free(d->jml);
     d->jml = NULL;
@@ -840,6 +1093,7 @@ main(int argc, char **argv)
         {"log-level", required_argument, NULL, 'v'},
         {"health-interval-ms", required_argument, NULL, 'i'},
         {"admin-token-file", required_argument, NULL, 't'},
+        {"recon-dir", required_argument, NULL, 'R'},   /* recon block */
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}
     };
@@ -899,6 +1153,9 @@ main(int argc, char **argv)
             }
             break;
         }
+        case 'R':               /* recon block */
+            recon_st.dir = optarg;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -960,6 +1217,9 @@ main(int argc, char **argv)
         evsignal_add(d.sig_term, NULL) != 0 ||
         evsignal_add(d.sig_int, NULL) != 0) {
         dlog(&d, PG_LOG_ERROR, NULL, "cannot set up timers or signals");
+        goto out;
+    }
+    if (recon_setup(&d) != 0) {   /* recon block */
         goto out;
     }
     if (start_http(&d, listen_arg) != 0) {

@@ -134,6 +134,8 @@ typedef struct pg_target_cfg {
     json_t *connector;         /* the type's own settings (validated by its
                                   constructor, see pg_connector_create) */
     int leave_delete;          /* "leave": "disable" (0, default) | "delete" */
+    json_t *reconcile;         /* "reconcile" object (validated by
+                                  pg_recon_cfg_parse, recon.h), or NULL */
 } pg_target_cfg_t;
 
 /* Correlation: link a login to an existing identity by a claim. */

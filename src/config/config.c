@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <openssl/evp.h>
 #include "provgate/config.h"
+#include "provgate/recon.h"
 #include "provgate/saml_slo.h"
 #include "provgate/hrfeed.h"
 #include "provgate/saml.h"
@@ -1238,7 +1239,7 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
 {
     static const char *const keys[] = {
         "type", "connector", "attributes", "key", "leave", "delivery",
-        "wait_ms", "on_slow", "timeout_ms", "rate_limit", NULL
+        "wait_ms", "on_slow", "timeout_ms", "rate_limit", "reconcile", NULL
     };
     json_t *c = json_object_get(o, "connector");
     char *leave = NULL;
@@ -1265,6 +1266,19 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         return PG_ERR_CONFIG;
     }
     free(leave);
+    /* reconciliation (docs/reconciliation.md) */
+    if (json_object_get(o, "reconcile") != NULL) {
+        pg_recon_cfg_t rc;
+        char rp[600];
+
+        snprintf(rp, sizeof(rp), "%s.reconcile", p);
+        TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
+                               err));
+        t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));
+        if (t->reconcile == NULL) {
+            return PG_ERR_NOMEM;
+        }
+    }
     TRY(parse_delivery(t, o, p, err));
     if (!t->via_outbox) {
         pg_err_set(err, "%s.delivery: %s targets are always provisioned "
@@ -1779,6 +1793,7 @@ pg_config_free(pg_config_t *cfg)
         free(t->username_attr);
         free(t->type_name);
         json_decref(t->connector);
+        json_decref(t->reconcile);
     }
     free(cfg->targets);
 
