@@ -34,7 +34,7 @@ PHONY_TOOLS := tools
 
 all: lib unit module tools
 
-TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy $(BUILD)/provgated
+TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy $(BUILD)/bench_recon $(BUILD)/provgated
 tools: $(TOOLS)
 
 # provgatectl: the command-line tool (policy check/explain today)
@@ -55,6 +55,12 @@ $(BUILD)/asan-bin/provgated: sidecar/provgated.c $(BUILD)/libprovgate-asan.a $(w
 	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -o $@
 
 # policy evaluation benchmark (counts allocations with its own malloc wrapper)
+# reconciliation compare benchmark (no-op reconciliation, accounts/s)
+$(BUILD)/bench_recon: tools/bench_recon.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  LINK    $@"
+	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
+
 $(BUILD)/bench_policy: tools/provgatectl/bench_policy.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
