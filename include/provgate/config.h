@@ -117,7 +117,17 @@ typedef struct pg_target_cfg {
     json_t *connector;         /* the type's own settings (validated by its
                                   constructor, see pg_connector_create) */
     int leave_delete;          /* "leave": "disable" (0, default) | "delete" */
+    /* Expiry (docs/sidecar.md "Expiry"; both target types): */
+    int deprov_action;         /* "deprovision_on_session_end".action:
+                                  PG_DEPROV_NONE (absent), _DISABLE,
+                                  _REMOVE_JIT */
+    unsigned deprov_grace_s;   /* "deprovision_on_session_end".grace_s,
+                                  default 900 */
+    unsigned inactivity_s;     /* "inactivity_days" * 86400, or the
+                                  test-scale "inactivity_s"; 0 = off */
 } pg_target_cfg_t;
+
+enum { PG_DEPROV_NONE = 0, PG_DEPROV_DISABLE = 1, PG_DEPROV_REMOVE_JIT = 2 };
 
 /* Correlation: link a login to an existing identity by a claim. */
 typedef struct pg_corr_rule {

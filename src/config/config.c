@@ -989,6 +989,57 @@ parse_attrs(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
+/*
+ * Expiry settings of a target (docs/configuration.md):
+ *   "deprovision_on_session_end": {"grace_s": N, "action": "disable" |
+ *                                  "remove_jit"}
+ *   "inactivity_days": N   (or "inactivity_s": N, for tests; not both)
+ */
+static pg_status_t
+parse_expiry(pg_target_cfg_t *t, const json_t *o, const char *p,
+             pg_err_t *err)
+{
+    static const char *const dkeys[] = { "grace_s", "action", NULL };
+    const json_t *d = json_object_get(o, "deprovision_on_session_end");
+    char where[512], *v = NULL;
+    unsigned days = 0, secs = 0;
+    pg_status_t st;
+
+    t->deprov_action = PG_DEPROV_NONE;
+    t->deprov_grace_s = 900;
+    if (d != NULL) {
+        snprintf(where, sizeof(where), "%s.deprovision_on_session_end", p);
+        if (!json_is_object(d)) {
+            pg_err_set(err, "%s: must be an object", where);
+            return PG_ERR_CONFIG;
+        }
+        TRY(pg_cfg_keys(d, where, dkeys, err));
+        TRY(pg_cfg_uint(d, where, "grace_s", 900, 0, 30u * 86400u,
+                        &t->deprov_grace_s, err));
+        TRY(pg_cfg_str(d, where, "action", 0, "disable", &v, err));
+        if (strcmp(v, "disable") == 0) {
+            t->deprov_action = PG_DEPROV_DISABLE;
+        } else if (strcmp(v, "remove_jit") == 0) {
+            t->deprov_action = PG_DEPROV_REMOVE_JIT;
+        } else {
+            pg_err_set(err, "%s.action: must be \"disable\" or "
+                       "\"remove_jit\"", where);
+            free(v);
+            return PG_ERR_CONFIG;
+        }
+        free(v);
+    }
+    TRY(pg_cfg_uint(o, p, "inactivity_days", 0, 0, 3650, &days, err));
+    TRY(pg_cfg_uint(o, p, "inactivity_s", 0, 0, 3650u * 86400u, &secs, err));
+    if (days > 0 && secs > 0) {
+        pg_err_set(err, "%s.inactivity_s: not together with inactivity_days",
+                   p);
+        return PG_ERR_CONFIG;
+    }
+    t->inactivity_s = days > 0 ? days * 86400u : secs;
+    return PG_OK;
+}
+
 /* "delivery", "wait_ms" and "on_slow" of a target (docs/outbox.md). */
 static pg_status_t
 parse_delivery(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1182,7 +1233,8 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
 {
     static const char *const keys[] = {
         "type", "connector", "attributes", "key", "leave", "delivery",
-        "wait_ms", "on_slow", "timeout_ms", NULL
+        "wait_ms", "on_slow", "timeout_ms", "deprovision_on_session_end",
+        "inactivity_days", "inactivity_s", NULL
     };
     json_t *c = json_object_get(o, "connector");
     char *leave = NULL;
@@ -1210,6 +1262,7 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     }
     free(leave);
     TRY(parse_delivery(t, o, p, err));
+    TRY(parse_expiry(t, o, p, err));
     if (!t->via_outbox) {
         pg_err_set(err, "%s.delivery: %s targets are always provisioned "
                    "through the outbox", p, t->type_name);
@@ -1244,7 +1297,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
-        "wait_ms", "on_slow", NULL
+        "wait_ms", "on_slow", "deprovision_on_session_end", "inactivity_days",
+        "inactivity_s", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1294,6 +1348,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
     TRY(parse_delivery(t, o, p, err));
+    TRY(parse_expiry(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
     for (i = 0; i < t->nattrs; i++) {
         if (strcmp(t->attrs[i].scim_path, t->username_attr) == 0) {
