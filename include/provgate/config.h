@@ -193,6 +193,7 @@ typedef struct pg_config {
     json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
     char *hr_file;             /* hr_source.file, resolved */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
+    unsigned expiry_sweep_s;   /* "expiry": {"sweep_s"}, default 60 */
     pg_idp_cfg_t *idps;
     size_t nidps;
     pg_target_cfg_t *targets;

@@ -989,6 +989,26 @@ parse_attrs(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
+/* "expiry": {"sweep_s": N} (optional; the sidecar's expiry job). */
+static pg_status_t
+parse_expiry_root(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = { "sweep_s", NULL };
+    pg_status_t st;
+
+    cfg->expiry_sweep_s = 60;
+    if (o == NULL) {
+        return PG_OK;
+    }
+    if (!json_is_object(o)) {
+        pg_err_set(err, "$.expiry: must be an object");
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_keys(o, "$.expiry", keys, err));
+    return pg_cfg_uint(o, "$.expiry", "sweep_s", 60, 1, 86400,
+                       &cfg->expiry_sweep_s, err);
+}
+
 /*
  * Expiry settings of a target (docs/configuration.md):
  *   "deprovision_on_session_end": {"grace_s": N, "action": "disable" |
@@ -1467,7 +1487,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     static const char *const keys[] = {
         "instance", "redis", "session", "audit", "headers", "idps",
         "targets", "identity", "policy_files", "outbox", "admin",
-        "hr_source", NULL
+        "hr_source", "expiry", NULL
     };
     size_t i;
     int found = 0;
@@ -1482,6 +1502,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     TRY(parse_outbox(cfg, json_object_get(root, "outbox"), err));
     TRY(parse_admin(cfg, json_object_get(root, "admin"), err));
     TRY(parse_hr_source(cfg, json_object_get(root, "hr_source"), err));
+    TRY(parse_expiry_root(cfg, json_object_get(root, "expiry"), err));
     TRY(parse_identity(cfg, json_object_get(root, "identity"), err));
     for (i = 0; i < cfg->nclaims; i++) {
         if (strcmp(cfg->claims[i].attr, cfg->headers.user_attr) == 0) {
