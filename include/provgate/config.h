@@ -194,6 +194,9 @@ typedef struct pg_config {
     char *hr_file;             /* hr_source.file, resolved */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
     unsigned expiry_sweep_s;   /* "expiry": {"sweep_s"}, default 60 */
+    unsigned expiry_test_divisor; /* "expiry": {"test_time_divisor"}: jit
+                                  lifetimes are divided by it (tests only;
+                                  default 1) */
     pg_idp_cfg_t *idps;
     size_t nidps;
     pg_target_cfg_t *targets;

@@ -989,14 +989,18 @@ parse_attrs(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
-/* "expiry": {"sweep_s": N} (optional; the sidecar's expiry job). */
+/* "expiry": {"sweep_s": N, "test_time_divisor": D} (optional; the
+ * sidecar's expiry job). test_time_divisor (tests only, default 1)
+ * divides jit lifetimes so that a test need not wait a minute. */
 static pg_status_t
 parse_expiry_root(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 {
-    static const char *const keys[] = { "sweep_s", NULL };
+    static const char *const keys[] = { "sweep_s", "test_time_divisor",
+                                        NULL };
     pg_status_t st;
 
     cfg->expiry_sweep_s = 60;
+    cfg->expiry_test_divisor = 1;
     if (o == NULL) {
         return PG_OK;
     }
@@ -1005,6 +1009,8 @@ parse_expiry_root(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         return PG_ERR_CONFIG;
     }
     TRY(pg_cfg_keys(o, "$.expiry", keys, err));
+    TRY(pg_cfg_uint(o, "$.expiry", "test_time_divisor", 1, 1, 3600,
+                    &cfg->expiry_test_divisor, err));
     return pg_cfg_uint(o, "$.expiry", "sweep_s", 60, 1, 86400,
                        &cfg->expiry_sweep_s, err);
 }

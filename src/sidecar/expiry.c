@@ -110,13 +110,19 @@ pg_expiry_due(int64_t *next_due, int64_t t)
     }
 }
 
-/* The jit lifetime of an entitlement item, or 0. */
+/* The jit lifetime of an entitlement item, or 0; divided by the test-only
+ * expiry.test_time_divisor (never below 1 s). */
 static int64_t
-pg_expiry_lifetime(const json_t *item)
+pg_expiry_lifetime(const pg_config_t *cfg, const json_t *item)
 {
     json_int_t v = json_integer_value(json_object_get(item, "jit_lifetime_s"));
+    int64_t d = cfg->expiry_test_divisor > 1
+                    ? (int64_t) cfg->expiry_test_divisor : 1;
 
-    return v > 0 ? (int64_t) v : 0;
+    if (v <= 0) {
+        return 0;
+    }
+    return (int64_t) v / d > 0 ? (int64_t) v / d : 1;
 }
 
 /* Append {"target", "event", "kind", "entitlements", "removed", "mark"}
@@ -139,8 +145,9 @@ pg_expiry_add(json_t *actions, const char *target, const char *event,
 
 /* The decision for one target with an account (see expiry.h). */
 static pg_status_t
-pg_expiry_target(const pg_target_cfg_t *t, const json_t *fields, long live,
-                 int64_t now, json_t *actions, int64_t *next_due)
+pg_expiry_target(const pg_config_t *cfg, const pg_target_cfg_t *t,
+                 const json_t *fields, long live, int64_t now,
+                 json_t *actions, int64_t *next_due)
 {
     char name[320];
     const char *raw;
@@ -183,7 +190,7 @@ pg_expiry_target(const pg_target_cfg_t *t, const json_t *fields, long live,
                                                          (long long) now));
             json_array_foreach(ents, i, it) {
                 if (t->deprov_action == PG_DEPROV_DISABLE
-                    || pg_expiry_lifetime(it) > 0) {
+                    || pg_expiry_lifetime(cfg, it) > 0) {
                     json_array_append(removed, it);
                 } else {
                     json_array_append(keep, it);
@@ -232,7 +239,7 @@ pg_expiry_target(const pg_target_cfg_t *t, const json_t *fields, long live,
         keep = json_array();
         removed = json_array();
         json_array_foreach(ents, i, it) {
-            int64_t life = pg_expiry_lifetime(it);
+            int64_t life = pg_expiry_lifetime(cfg, it);
 
             if (life > 0 && now >= base + life) {
                 json_array_append(removed, it);
@@ -286,7 +293,7 @@ pg_expiry_decide(const pg_config_t *cfg, const json_t *fields, long live,
         if (!json_is_string(json_object_get(fields, name))) {
             continue;   /* no account there */
         }
-        st = pg_expiry_target(t, fields, live, now, out, &due);
+        st = pg_expiry_target(cfg, t, fields, live, now, out, &due);
     }
     if (st != PG_OK) {
         json_decref(out);

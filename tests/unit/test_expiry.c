@@ -204,6 +204,15 @@ test_grant_expired(void **state)
                              "value"), "ops");
     assert_int_equal(json_object_size(json_object_get(x, "mark")), 0);
     json_decref(a);
+    /* the test-only divisor shortens lifetimes: 1000 / 10 = 100 s */
+    g_cfg.expiry_test_divisor = 10;
+    a = decide(f, 1, 599, &due);
+    assert_int_equal(json_array_size(a), 0);
+    assert_int_equal(due, 600);
+    json_decref(a);
+    a = decide(f, 1, 600, &due);
+    assert_int_equal(json_array_size(a), 1);
+    json_decref(a);
 }
 
 static void
