@@ -133,58 +133,73 @@ describe('expiry: short sessions, jit lifetime', () => {
   });
 });
 
-describe('expiry: logout and inactivity', () => {
-  let e;
-  let sc;
+function sidecarSuite(title, cfgOver, body) {
+  describe(title, () => {
+    const ctx = {};
 
-  before(async () => {
-    e = await startEnv(undefined, {
-      workers: 1,
-      cfgOver: (env) => {
-        const base = env.baseConfig();
-        return {
-          targets: {
-            demoapp: {
-              ...base.targets.demoapp,
-              deprovision_on_session_end: { grace_s: 1, action: 'disable' },
-              inactivity_s: 3,
-            },
-          },
-          expiry: { sweep_s: 1 },
-        };
-      },
+    before(async () => {
+      ctx.e = await startEnv(undefined, { workers: 1, cfgOver });
+      ctx.sc = await startSidecar(ctx.e);
     });
-    sc = await startSidecar(e);
+    after(async () => {
+      if (ctx.sc) await ctx.sc.stop();
+      if (ctx.e) {
+        await ctx.e.nginx.stop();
+        assert.deepEqual(sanitizerReports(ctx.e.prefix), []);
+      }
+      await cleanupAll();
+    });
+    body(ctx);
   });
-  after(async () => {
-    if (sc) await sc.stop();
-    if (e) {
-      await e.nginx.stop();
-      assert.deepEqual(sanitizerReports(e.prefix), []);
-    }
-    await cleanupAll();
-  });
+}
 
+// sweep_s 60: after the start-up sweep, only the keyspace notification of
+// the deleted session key can make the sidecar look again in time
+sidecarSuite('expiry: logout, through keyspace notifications', (env) => {
+  const base = env.baseConfig();
+  return {
+    targets: { demoapp: { ...base.targets.demoapp, deprovision_on_session_end: { grace_s: 1, action: 'disable' } } },
+    expiry: { sweep_s: 60 },
+  };
+}, (ctx) => {
   test('logout ends the last session: the account is disabled after the grace period', async () => {
+    const { e } = ctx;
     const { b, res } = await e.login('carol', '/app/bye');
     assert.equal(res.status, 200);
     const iid = identityOf(res);
+    const flags = await e.redisCmd('CONFIG', 'GET', 'notify-keyspace-events');
+    assert.match(flags[1], /E/, 'the sidecar enabled keyevent notifications');
+    assert.match(flags[1], /x/);
+    assert.match(flags[1], /g/);
+    await sleep(1500);
+    assert.equal((await e.scimUsers('carol'))[0].active, true, 'a live session: untouched');
     const out = await b.request('GET', `${e.base}/provgate/logout`);
     assert.ok(out.status === 200 || out.status === 302, `logout: ${out.status}`);
     const t0 = Date.now();
     await until('carol disabled in SCIM', async () => (await e.scimUsers('carol'))[0].active === false, 10000);
-    assert.ok(Date.now() - t0 < 8000, 'through the keyspace notification, well before any session TTL');
-    assert.ok(e.audit().some((x) => x.type === 'deprovision.session_end' && x.identity === iid));
+    assert.ok(Date.now() - t0 < 8000, 'well before the next periodic sweep');
+    const ev = e.audit().find((x) => x.type === 'deprovision.session_end' && x.identity === iid);
+    assert.ok(ev);
+    assert.equal(ev.operation, 'disable');
   });
+});
 
+sidecarSuite('expiry: inactivity', (env) => {
+  const base = env.baseConfig();
+  return {
+    targets: { demoapp: { ...base.targets.demoapp, inactivity_s: 3 } },
+    expiry: { sweep_s: 1 },
+  };
+}, (ctx) => {
   test('an app not used for inactivity_s loses its entitlements; the account stays', async () => {
+    const { e } = ctx;
     const { res } = await e.login('alice', '/app/idle');
     assert.equal(res.status, 200);
     const iid = identityOf(res);
     assert.deepEqual(await scimGroups(e, 'alice'), ['engineering', 'staff']);
     assert.ok(await e.redisCmd('HGET', `pg:id:${iid}`, 'used:demoapp'), 'the request recorded the last use');
     await until('alice loses her groups', async () => (await scimGroups(e, 'alice')).length === 0, 15000);
-    assert.equal((await e.scimUsers('alice'))[0].active, true, 'the account itself stays (the session is live)');
+    assert.equal((await e.scimUsers('alice'))[0].active, true, 'the account itself stays');
     const ev = e.audit().find((x) => x.type === 'deprovision.inactive' && x.identity === iid);
     assert.ok(ev, 'audited');
     assert.deepEqual(ev.removed.map((x) => x.value).sort(), ['engineering', 'staff']);
