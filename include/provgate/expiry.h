@@ -24,15 +24,22 @@
  *                 every entitlement in it is revoked (an "ensure" with
  *                 none; the account stays). Audit: deprovision.inactive.
  *
- * Detection: a sweep walks every identity (SCAN <p>id:*); per identity an
- * atomic Lua script drops ended sessions from <p>idsess:<iid>, counts the
- * live ones and keeps last_session_end (set when none is live, newer than
- * every jit_at:*, removed while one is live). The sweep runs every
- * "expiry.sweep_s" (so nothing is missed while the sidecar was down), at
- * the earliest time something falls due, and shortly after a session key
- * expired or was deleted (pg_expiry_notify, fed from Redis keyspace
- * notifications by the host). Decided operations are remembered
- * (deprov_at:<app>) so a session end is acted on once.
+ * Detection: per identity an atomic Lua script drops ended sessions from
+ * <p>idsess:<iid> (and <p>sessowner), counts the live ones and keeps
+ * last_session_end (set when none is live and the recorded one is older
+ * than every jit_at:*, removed while one is live). It runs
+ *   - for every identity (a full sweep: SCAN <p>id:*) every
+ *     "expiry.sweep_s", so nothing is missed while the sidecar was down;
+ *   - for the owners of ended sessions (a targeted run) within 200 ms of a
+ *     session key expiring or being deleted (pg_expiry_notify, fed from
+ *     Redis keyspace notifications by the host; the owner is found in
+ *     <p>sessowner, sid -> iid, written by the gateway at login; an
+ *     unknown owner makes the next run a full sweep);
+ *   - for identities whose next deadline (grace end, grant expiry,
+ *     inactivity) has come (a targeted run; the deadlines are kept in
+ *     memory and rebuilt by every full sweep).
+ * Decided operations are remembered (deprov_at:<app>) so a session end is
+ * acted on once.
  *
  * Everything is asynchronous on pg_redis; no callback runs inside the call
  * that started it.
@@ -69,8 +76,9 @@ PG_MUST_USE pg_status_t pg_expiry_decide(const pg_config_t *cfg,
 
 typedef struct pg_expiry pg_expiry_t;
 
-/* A sweep finished: summary (borrowed) {"identities", "operations",
- * "errors"}; st PG_OK unless Redis failed midway. */
+/* A run finished: summary (borrowed) {"mode": "full" | "targeted",
+ * "identities", "operations", "errors"}; st PG_OK unless Redis failed
+ * midway. */
 typedef void (*pg_expiry_cb)(void *arg, pg_status_t st, const json_t *summary);
 
 /*
@@ -93,14 +101,14 @@ void pg_expiry_free(pg_expiry_t *x);
  */
 PG_MUST_USE pg_status_t pg_expiry_start(pg_expiry_t *x);
 
-/* Sweep now (or right after the running one). */
+/* A full sweep now (or right after the running run). */
 void pg_expiry_kick(pg_expiry_t *x);
 
 /*
  * A key expired or was deleted (the message of __keyevent@<db>__:expired
- * or :del). A session key (<p>sess:*) schedules a sweep within 200 ms;
- * other keys are ignored. key need not be NUL-free-checked by the caller
- * (it is capped at 1 KiB here).
+ * or :del). A session key (<p>sess:*) schedules a targeted run for its
+ * owner within 200 ms (at most 4096 waiting; beyond that a full sweep);
+ * other keys are ignored. Keys over 1 KiB are ignored.
  */
 void pg_expiry_notify(pg_expiry_t *x, const char *key);
 

@@ -37,7 +37,8 @@
  * to now when none is and the recorded one is older than the newest
  * jit_at:* or missing) and return {live, HGETALL}. {-1, {}} when the key
  * is not an identity hash.
- * KEYS: <p>id:<iid>, <p>idsess:<iid>; ARGV: prefix, now (unix s).
+ * Ended sessions also leave the owner index <p>sessowner.
+ * KEYS: <p>id:<iid>, <p>idsess:<iid>, <p>sessowner; ARGV: prefix, now.
  */
 static const char pg_expiry_lua[] =
     "local k, s, p, now = KEYS[1], KEYS[2], ARGV[1], ARGV[2] "
@@ -46,7 +47,7 @@ static const char pg_expiry_lua[] =
     "for _, sid in ipairs(redis.call('SMEMBERS', s)) do "
     "  if redis.call('EXISTS', p .. 'sess:' .. sid) == 1 then "
     "    live = live + 1 "
-    "  else redis.call('SREM', s, sid) end "
+    "  else redis.call('SREM', s, sid) redis.call('HDEL', KEYS[3], sid) end "
     "end "
     "local h = redis.call('HGETALL', k) "
     "if live > 0 then "
@@ -67,6 +68,26 @@ static const char pg_expiry_lua[] =
     "  end "
     "end "
     "return {live, h}";
+
+/*
+ * The identities of ended sessions (from notifications): HGET and HDEL
+ * each sid in <p>sessowner (written by the gateway at login). Returns
+ * {number of sids without an owner, {iid, ...}}.
+ * KEYS: <p>sessowner; ARGV: sids.
+ */
+static const char pg_expiry_owners_lua[] =
+    "local out, missing = {}, 0 "
+    "for _, sid in ipairs(ARGV) do "
+    "  local iid = redis.call('HGET', KEYS[1], sid) "
+    "  if iid then "
+    "    redis.call('HDEL', KEYS[1], sid) "
+    "    table.insert(out, iid) "
+    "  else missing = missing + 1 end "
+    "end "
+    "return {missing, out}";
+
+#define PG_EXPIRY_PENDING_MAX  4096      /* sids waiting for a targeted check */
+#define PG_EXPIRY_DUE_MAX      100000    /* identities remembered as due */
 
 /* ---- the decision ------------------------------------------------------ */
 
@@ -330,8 +351,13 @@ struct pg_expiry {
     json_t             *fields;
     json_t             *actions;
     size_t              ai;
-    int64_t             next_due;
     unsigned            n_ids, n_ops, n_errors;
+    int                 full;           /* the running sweep is a full one */
+    int                 want_full;      /* next run: a full sweep */
+    uint64_t            next_full_ms;   /* host clock of the next full sweep */
+    json_t             *pending;        /* sids of ended sessions to check */
+    json_t             *due;            /* iid -> unix s when it falls due */
+    char               *owners;         /* <p>sessowner */
 };
 
 static void pg_expiry_scan(pg_expiry_t *x);
@@ -359,21 +385,28 @@ pg_expiry_clear_identity(pg_expiry_t *x)
     x->ai = 0;
 }
 
-/* The sweep ended (st PG_OK, or the error that cut it short). */
-static void
-pg_expiry_end(pg_expiry_t *x, pg_status_t st)
+/* When the timer should fire next (ms from now). */
+static uint64_t
+pg_expiry_delay(pg_expiry_t *x)
 {
-    json_t *summary;
-    int64_t now = (int64_t) time(NULL);
-    uint64_t delay = (uint64_t) x->cfg->expiry_sweep_s * 1000u;
+    uint64_t now_ms = x->host->now_ms(x->host->ctx), delay;
+    int64_t now = (int64_t) time(NULL), first = 0;
+    const char *k;
+    json_t *v;
 
-    pg_expiry_clear_identity(x);
-    json_decref(x->keys);
-    x->keys = NULL;
-    x->running = 0;
-    if (x->next_due > 0) {
-        uint64_t d = x->next_due > now
-                         ? (uint64_t) (x->next_due - now) * 1000u : 0;
+    if (x->want_full || x->again || json_array_size(x->pending) > 0) {
+        return PG_EXPIRY_NOTIFY_MS;
+    }
+    delay = x->next_full_ms > now_ms ? x->next_full_ms - now_ms : 0;
+    json_object_foreach(x->due, k, v) {
+        int64_t d = (int64_t) json_integer_value(v);
+
+        if (first == 0 || d < first) {
+            first = d;
+        }
+    }
+    if (first > 0) {
+        uint64_t d = first > now ? (uint64_t) (first - now) * 1000u : 0;
 
         if (d < PG_EXPIRY_MIN_DELAY_MS) {
             d = PG_EXPIRY_MIN_DELAY_MS;
@@ -382,19 +415,33 @@ pg_expiry_end(pg_expiry_t *x, pg_status_t st)
             delay = d;
         }
     }
-    if (x->again) {
-        x->again = 0;
-        delay = PG_EXPIRY_NOTIFY_MS;
-    }
-    pg_expiry_arm(x, delay);
+    return delay;
+}
+
+/* The run ended (st PG_OK, or the error that cut it short). */
+static void
+pg_expiry_end(pg_expiry_t *x, pg_status_t st)
+{
+    json_t *summary;
+
+    pg_expiry_clear_identity(x);
+    json_decref(x->keys);
+    x->keys = NULL;
+    x->running = 0;
+    x->again = 0;
     if (st != PG_OK) {
         pg_log(x->host, PG_LOG_WARN, "expiry: sweep cut short: %s",
                pg_status_str(st));
+        if (x->full) {
+            x->want_full = 1;   /* try again soon, not in sweep_s */
+        }
     }
+    pg_expiry_arm(x, pg_expiry_delay(x));
     if (x->cb != NULL) {
-        summary = json_pack("{s:i, s:i, s:i}", "identities", (int) x->n_ids,
-                            "operations", (int) x->n_ops, "errors",
-                            (int) x->n_errors);
+        summary = json_pack("{s:s, s:i, s:i, s:i}", "mode",
+                            x->full ? "full" : "targeted", "identities",
+                            (int) x->n_ids, "operations", (int) x->n_ops,
+                            "errors", (int) x->n_errors);
         x->cb(x->arg, st, summary);
         json_decref(summary);
     }
@@ -589,8 +636,11 @@ pg_expiry_identity_read(void *arg, pg_status_t st, const redisReply *reply)
             x->n_errors++;
             goto next;
         }
-        if (due > 0 && (x->next_due == 0 || due < x->next_due)) {
-            x->next_due = due;
+        if (due > 0 && (json_object_size(x->due) < PG_EXPIRY_DUE_MAX
+                        || json_object_get(x->due, x->iid) != NULL)) {
+            json_object_set_new(x->due, x->iid, json_integer(due));
+        } else if (due == 0) {
+            json_object_del(x->due, x->iid);
         }
     }
     x->ai = 0;
@@ -609,7 +659,7 @@ pg_expiry_next_identity(pg_expiry_t *x)
     size_t plen = strlen(prefix);
     const char *k;
     char *idsess = NULL, now_s[32];
-    const char *argv[7];
+    const char *argv[8];
     pg_status_t st;
 
     for (;;) {
@@ -639,9 +689,10 @@ pg_expiry_next_identity(pg_expiry_t *x)
     }
     x->iid = x->key + plen + 3;
     snprintf(now_s, sizeof(now_s), "%lld", (long long) time(NULL));
-    argv[0] = "EVAL"; argv[1] = pg_expiry_lua; argv[2] = "2";
-    argv[3] = x->key; argv[4] = idsess; argv[5] = prefix; argv[6] = now_s;
-    st = pg_redis_command(x->redis, 7, argv, NULL, PG_EXPIRY_TIMEOUT_MS,
+    argv[0] = "EVAL"; argv[1] = pg_expiry_lua; argv[2] = "3";
+    argv[3] = x->key; argv[4] = idsess; argv[5] = x->owners;
+    argv[6] = prefix; argv[7] = now_s;
+    st = pg_redis_command(x->redis, 8, argv, NULL, PG_EXPIRY_TIMEOUT_MS,
                           pg_expiry_identity_read, x, &x->rop);
     free(idsess);
     if (st != PG_OK) {
@@ -704,17 +755,138 @@ pg_expiry_scan(pg_expiry_t *x)
     }
 }
 
+/* A full sweep: every identity (SCAN); rebuilds the due list. */
 static void
 pg_expiry_sweep_begin(pg_expiry_t *x)
 {
     x->running = 1;
+    x->full = 1;
+    x->want_full = 0;
     x->again = 0;
     x->n_ids = x->n_ops = x->n_errors = 0;
-    x->next_due = 0;
+    x->next_full_ms = x->host->now_ms(x->host->ctx)
+                      + (uint64_t) x->cfg->expiry_sweep_s * 1000u;
+    json_array_clear(x->pending);   /* covered by this sweep */
+    json_object_clear(x->due);
     snprintf(x->cursor, sizeof(x->cursor), "0");
     json_decref(x->keys);
     x->keys = NULL;
     pg_expiry_scan(x);
+}
+
+/* Add "<p>id:<iid>" to x->keys once. */
+static void
+pg_expiry_add_key(pg_expiry_t *x, const char *iid, size_t len)
+{
+    const char *prefix = pg_redis_prefix(x->redis);
+    char *k = NULL;
+    size_t i;
+
+    if (len == 0 || len > 256 || memchr(iid, ':', len) != NULL
+        || memchr(iid, '\0', len) != NULL
+        || asprintf(&k, "%sid:%.*s", prefix, (int) len, iid) < 0) {
+        return;
+    }
+    for (i = 0; i < json_array_size(x->keys); i++) {
+        if (strcmp(json_string_value(json_array_get(x->keys, i)), k) == 0) {
+            free(k);
+            return;
+        }
+    }
+    json_array_append_new(x->keys, json_string(k));
+    free(k);
+}
+
+/* The owners of the pending sids are known: check those identities. */
+static void
+pg_expiry_owners_read(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_expiry_t *x = arg;
+    const redisReply *ids;
+    size_t i;
+
+    x->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_INTEGER
+        || reply->element[1]->type != REDIS_REPLY_ARRAY) {
+        x->want_full = 1;
+        pg_expiry_end(x, st != PG_OK ? st : PG_ERR_REDIS);
+        return;
+    }
+    if (reply->element[0]->integer > 0) {
+        /* sessions without a recorded owner (older gateways): look at
+         * everybody */
+        x->want_full = 1;
+    }
+    ids = reply->element[1];
+    for (i = 0; i < ids->elements; i++) {
+        if (ids->element[i]->type == REDIS_REPLY_STRING) {
+            pg_expiry_add_key(x, ids->element[i]->str, ids->element[i]->len);
+        }
+    }
+    x->ki = 0;
+    pg_expiry_next_identity(x);
+}
+
+/* A targeted run: identities that fell due, and the owners of ended
+ * sessions. */
+static void
+pg_expiry_targeted_begin(pg_expiry_t *x)
+{
+    int64_t now = (int64_t) time(NULL);
+    const char *k, **argv;
+    json_t *v;
+    void *tmp;
+    size_t i, n;
+
+    x->running = 1;
+    x->full = 0;
+    x->again = 0;
+    x->n_ids = x->n_ops = x->n_errors = 0;
+    snprintf(x->cursor, sizeof(x->cursor), "0");   /* no SCAN */
+    json_decref(x->keys);
+    x->keys = json_array();
+    if (x->keys == NULL) {
+        pg_expiry_end(x, PG_ERR_NOMEM);
+        return;
+    }
+    json_object_foreach_safe(x->due, tmp, k, v) {
+        if ((int64_t) json_integer_value(v) <= now) {
+            pg_expiry_add_key(x, k, strlen(k));
+            json_object_del(x->due, k);
+        }
+    }
+    n = json_array_size(x->pending);
+    if (n == 0) {
+        x->ki = 0;
+        pg_expiry_next_identity(x);
+        return;
+    }
+    argv = calloc(n + 4, sizeof(char *));
+    if (argv == NULL) {
+        pg_expiry_end(x, PG_ERR_NOMEM);
+        return;
+    }
+    argv[0] = "EVAL";
+    argv[1] = pg_expiry_owners_lua;
+    argv[2] = "1";
+    argv[3] = x->owners;
+    for (i = 0; i < n; i++) {
+        argv[4 + i] = json_string_value(json_array_get(x->pending, i));
+    }
+    /* argv holds pointers into x->pending: pg_redis copies them */
+    if (pg_redis_command(x->redis, (int) (n + 4), argv, NULL,
+                         PG_EXPIRY_TIMEOUT_MS, pg_expiry_owners_read, x,
+                         &x->rop) != PG_OK) {
+        x->rop = NULL;
+        free(argv);
+        x->want_full = 1;
+        pg_expiry_end(x, PG_ERR_REDIS);
+        return;
+    }
+    free(argv);
+    json_array_clear(x->pending);
 }
 
 static void
@@ -726,7 +898,12 @@ pg_expiry_on_timer(void *arg)
         x->again = 1;
         return;
     }
-    pg_expiry_sweep_begin(x);
+    if (x->want_full
+        || x->host->now_ms(x->host->ctx) >= x->next_full_ms) {
+        pg_expiry_sweep_begin(x);
+        return;
+    }
+    pg_expiry_targeted_begin(x);
 }
 
 static void
@@ -823,7 +1000,13 @@ pg_expiry_new(const pg_config_t *cfg, const pg_host_t *host,
     /* the prefix with glob characters escaped, then "id:*" */
     x->pattern = malloc(2 * plen + 5);
     x->timer = host->timer_open(host->ctx, pg_expiry_on_timer, x);
-    if (x->pattern == NULL || x->timer == NULL) {
+    x->pending = json_array();
+    x->due = json_object();
+    if (asprintf(&x->owners, "%ssessowner", prefix) < 0) {
+        x->owners = NULL;
+    }
+    if (x->pattern == NULL || x->timer == NULL || x->pending == NULL
+        || x->due == NULL || x->owners == NULL) {
         pg_expiry_free(x);
         return PG_ERR_NOMEM;
     }
@@ -864,6 +1047,7 @@ pg_expiry_kick(pg_expiry_t *x)
     if (x == NULL || !x->started) {
         return;
     }
+    x->want_full = 1;
     if (x->running) {
         x->again = 1;
         return;
@@ -874,7 +1058,7 @@ pg_expiry_kick(pg_expiry_t *x)
 void
 pg_expiry_notify(pg_expiry_t *x, const char *key)
 {
-    const char *prefix;
+    const char *prefix, *sid;
     size_t plen;
 
     if (x == NULL || key == NULL || !x->started
@@ -884,8 +1068,14 @@ pg_expiry_notify(pg_expiry_t *x, const char *key)
     prefix = pg_redis_prefix(x->redis);
     plen = strlen(prefix);
     if (strncmp(key, prefix, plen) != 0 || strncmp(key + plen, "sess:", 5)
-        != 0) {
+        != 0 || key[plen + 5] == '\0') {
         return;
+    }
+    sid = key + plen + 5;
+    if (json_array_size(x->pending) >= PG_EXPIRY_PENDING_MAX) {
+        x->want_full = 1;   /* a storm of session ends: sweep everybody */
+    } else {
+        json_array_append_new(x->pending, json_string_nocheck(sid));
     }
     if (x->running) {
         x->again = 1;
@@ -918,6 +1108,9 @@ pg_expiry_free(pg_expiry_t *x)
     }
     pg_expiry_clear_identity(x);
     json_decref(x->keys);
+    json_decref(x->pending);
+    json_decref(x->due);
+    free(x->owners);
     free(x->pattern);
     free(x);
 }

@@ -171,6 +171,7 @@ sidecarSuite('expiry: logout, through keyspace notifications', (env) => {
     assert.match(flags[1], /E/, 'the sidecar enabled keyevent notifications');
     assert.match(flags[1], /x/);
     assert.match(flags[1], /g/);
+    assert.equal(await e.redisCmd('HLEN', 'pg:sessowner'), 1, 'the login recorded the session owner');
     await sleep(1500);
     assert.equal((await e.scimUsers('carol'))[0].active, true, 'a live session: untouched');
     const out = await b.request('GET', `${e.base}/provgate/logout`);
@@ -178,6 +179,7 @@ sidecarSuite('expiry: logout, through keyspace notifications', (env) => {
     const t0 = Date.now();
     await until('carol disabled in SCIM', async () => (await e.scimUsers('carol'))[0].active === false, 10000);
     assert.ok(Date.now() - t0 < 8000, 'well before the next periodic sweep');
+    assert.equal(await e.redisCmd('HLEN', 'pg:sessowner'), 0, 'the owner was looked up (targeted) and forgotten');
     const ev = e.audit().find((x) => x.type === 'deprovision.session_end' && x.identity === iid);
     assert.ok(ev);
     assert.equal(ev.operation, 'disable');

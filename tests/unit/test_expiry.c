@@ -298,6 +298,8 @@ typedef struct sweep_fx {
     redisContext *c;      /* blocking test client */
     int sweeps;
     int ops;
+    char mode[16];        /* of the last run */
+    int ids;              /* identities looked at in the last run */
 } sweep_fx_t;
 
 static void
@@ -308,6 +310,9 @@ on_sweep(void *arg, pg_status_t st, const json_t *summary)
     assert_int_equal(st, PG_OK);
     f->sweeps++;
     f->ops += (int) json_integer_value(json_object_get(summary, "operations"));
+    f->ids = (int) json_integer_value(json_object_get(summary, "identities"));
+    snprintf(f->mode, sizeof(f->mode), "%s",
+             json_string_value(json_object_get(summary, "mode")));
 }
 
 static redisReply *
@@ -433,6 +438,7 @@ test_sweep_session_end(void **state)
         "A1", "ents:app", "[{\"type\":\"group\",\"value\":\"staff\"}]",
         "jit_at:app", now_s);
     CMD(&f, "SADD", "pg:idsess:u1", "live1", "dead1");
+    CMD(&f, "HSET", "pg:sessowner", "live1", "u1", "dead1", "u1");
     CMD(&f, "SET", "pg:sess:live1", "{}", "EX", "100");
     /* an identity without accounts and a non-identity key: ignored */
     CMD(&f, "HSET", "pg:id:u2", "attrs", "{}");
@@ -441,6 +447,8 @@ test_sweep_session_end(void **state)
                                    &f.x), PG_OK);
     assert_int_equal(pg_expiry_start(f.x), PG_OK);
     wait_sweeps(&f, 1);
+    assert_string_equal(f.mode, "full");
+    assert_int_equal(f.ids, 2);   /* u1 and u2; u3 is not a hash */
     /* keyspace notifications were enabled for the subscriber */
     {
         const char *av[] = { "CONFIG", "GET", "notify-keyspace-events" };
@@ -460,6 +468,12 @@ test_sweep_session_end(void **state)
         assert_string_equal(buf, "0");
     }
     {
+        /* and the owner index */
+        const char *av[] = { "HEXISTS", "pg:sessowner", "dead1" };
+        get(&f, buf, sizeof(buf), 3, av);
+        assert_string_equal(buf, "0");
+    }
+    {
         const char *av[] = { "HEXISTS", "pg:id:u1", "last_session_end" };
         get(&f, buf, sizeof(buf), 3, av);
         assert_string_equal(buf, "0");
@@ -469,7 +483,15 @@ test_sweep_session_end(void **state)
     pg_expiry_notify(f.x, "other:sess:x");     /* foreign prefix: ignored */
     pg_expiry_notify(f.x, "pg:sess:live1");
     wait_sweeps(&f, 2);
+    /* only the owner of the ended session was looked at */
+    assert_string_equal(f.mode, "targeted");
+    assert_int_equal(f.ids, 1);
     assert_int_equal(f.ops, 1);
+    {
+        const char *av[] = { "HEXISTS", "pg:sessowner", "live1" };
+        get(&f, buf, sizeof(buf), 3, av);
+        assert_string_equal(buf, "0");
+    }
     r = cmd(&f, 4, xr);
     assert_int_equal(r->elements, 1);
     {
@@ -495,9 +517,17 @@ test_sweep_session_end(void **state)
         assert_string_equal(buf, "1");
     }
     assert_int_equal(audit_has(&f, "deprovision.session_end"), 1);
-    /* acted on once: another sweep queues nothing */
+    /* acted on once: another (full) sweep queues nothing */
     pg_expiry_kick(f.x);
     wait_sweeps(&f, 3);
+    assert_string_equal(f.mode, "full");
+    assert_int_equal(f.ops, 1);
+    /* a session nobody recorded an owner for: a full sweep */
+    pg_expiry_notify(f.x, "pg:sess:unknown");
+    wait_sweeps(&f, 4);
+    assert_string_equal(f.mode, "targeted");
+    wait_sweeps(&f, 5);
+    assert_string_equal(f.mode, "full");
     assert_int_equal(f.ops, 1);
     sweep_close(&f);
 }
@@ -563,6 +593,36 @@ test_sweep_grant_expired(void **state)
     sweep_close(&f);
 }
 
+/* Something that falls due later is looked at then, by itself. */
+static void
+test_sweep_due_later(void **state)
+{
+    sweep_fx_t f;
+    char old[32];
+
+    (void) state;
+    cfg_reset();
+    g_targets[0].deprov_grace_s = 1;
+    sweep_open(&f);
+    snprintf(old, sizeof(old), "%lld", (long long) time(NULL) - 5);
+    CMD(&f, "HSET", "pg:id:u7", "attrs", "{\"username\":\"u7\"}", "acct:app",
+        "A7", "jit_at:app", old);
+    CMD(&f, "HSET", "pg:id:u8", "attrs", "{}");
+    assert_int_equal(pg_expiry_new(&g_cfg, f.host, f.r, f.audit, on_sweep, &f,
+                                   &f.x), PG_OK);
+    assert_int_equal(pg_expiry_start(f.x), PG_OK);
+    /* no live session: the end is recorded now, due in grace_s */
+    wait_sweeps(&f, 1);
+    assert_string_equal(f.mode, "full");
+    assert_int_equal(f.ops, 0);
+    wait_sweeps(&f, 2);
+    assert_string_equal(f.mode, "targeted");
+    assert_int_equal(f.ids, 1);
+    assert_int_equal(f.ops, 1);
+    assert_int_equal(audit_has(&f, "deprovision.session_end"), 1);
+    sweep_close(&f);
+}
+
 static int
 setup(void **state)
 {
@@ -590,6 +650,7 @@ main(void)
         cmocka_unit_test(test_malformed_and_invalid),
         cmocka_unit_test(test_sweep_session_end),
         cmocka_unit_test(test_sweep_grant_expired),
+        cmocka_unit_test(test_sweep_due_later),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
