@@ -30,6 +30,7 @@
 #define PG_EXPIRY_NOTIFY_MS    200       /* sweep delay after a session end */
 #define PG_EXPIRY_MIN_DELAY_MS 1000      /* earliest re-sweep after a sweep */
 #define PG_EXPIRY_TIMEOUT_MS   5000      /* per Redis command */
+#define PG_EXPIRY_RETRY_MS     2000      /* next run after a Redis failure */
 
 /*
  * One identity, atomically: drop ended sessions from the index, count the
@@ -436,7 +437,15 @@ pg_expiry_end(pg_expiry_t *x, pg_status_t st)
             x->want_full = 1;   /* try again soon, not in sweep_s */
         }
     }
-    pg_expiry_arm(x, pg_expiry_delay(x));
+    {
+        uint64_t delay = pg_expiry_delay(x);
+
+        /* Redis trouble: do not hammer it (or the log) */
+        if (st != PG_OK && delay < PG_EXPIRY_RETRY_MS) {
+            delay = PG_EXPIRY_RETRY_MS;
+        }
+        pg_expiry_arm(x, delay);
+    }
     if (x->cb != NULL) {
         summary = json_pack("{s:s, s:i, s:i, s:i}", "mode",
                             x->full ? "full" : "targeted", "identities",

@@ -623,6 +623,50 @@ test_sweep_due_later(void **state)
     sweep_close(&f);
 }
 
+static void
+on_fail(void *arg, pg_status_t st, const json_t *summary)
+{
+    int *n = arg;
+
+    (void) summary;
+    assert_int_not_equal(st, PG_OK);
+    (*n)++;
+}
+
+/* Redis down: the run reports the failure and the next one waits 2 s. */
+static void
+test_redis_down(void **state)
+{
+    pg_loop_t *loop = NULL;
+    pg_redis_config_t rc;
+    pg_redis_t *r = NULL;
+    pg_expiry_t *x = NULL;
+    int runs = 0, never = 0;
+
+    (void) state;
+    cfg_reset();
+    assert_int_equal(pg_loop_new(&loop), PG_OK);
+    pg_loop_set_log_level(loop, PG_LOG_ERROR);
+    memset(&rc, 0, sizeof(rc));
+    rc.host = "127.0.0.1";
+    rc.port = pgt_free_port();
+    rc.connect_timeout_ms = 200;
+    rc.command_timeout_ms = 200;
+    assert_int_equal(pg_redis_new(pg_loop_host(loop), &rc, &r), PG_OK);
+    /* audit is not reached: nothing is decided without Redis */
+    assert_int_equal(pg_expiry_new(&g_cfg, pg_loop_host(loop), r, NULL,
+                                   on_fail, &runs, &x), PG_OK);
+    assert_int_equal(pg_expiry_start(x), PG_OK);
+    assert_int_equal(pg_loop_run(loop, &never, 1500), PG_ERR_TIMEOUT);
+    assert_int_equal(runs, 1);
+    pg_expiry_kick(x);   /* an explicit kick still runs at once */
+    assert_int_equal(pg_loop_run(loop, &never, 500), PG_ERR_TIMEOUT);
+    assert_int_equal(runs, 2);
+    pg_expiry_free(x);
+    pg_redis_free(r);
+    pg_loop_free(loop);
+}
+
 static int
 setup(void **state)
 {
@@ -651,6 +695,7 @@ main(void)
         cmocka_unit_test(test_sweep_session_end),
         cmocka_unit_test(test_sweep_grant_expired),
         cmocka_unit_test(test_sweep_due_later),
+        cmocka_unit_test(test_redis_down),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
