@@ -97,7 +97,8 @@ void pg_expiry_free(pg_expiry_t *x);
  * Enable the keyspace notifications the host subscribes to (CONFIG GET
  * notify-keyspace-events, then CONFIG SET adding "Egx" when missing; a
  * server that refuses CONFIG is logged and the periodic sweep still
- * works), then sweep at once and every cfg->expiry_sweep_s.
+ * works; skipped when no target has "deprovision_on_session_end"), then
+ * sweep at once and every cfg->expiry_sweep_s.
  */
 PG_MUST_USE pg_status_t pg_expiry_start(pg_expiry_t *x);
 
@@ -108,7 +109,8 @@ void pg_expiry_kick(pg_expiry_t *x);
  * A key expired or was deleted (the message of __keyevent@<db>__:expired
  * or :del). A session key (<p>sess:*) schedules a targeted run for its
  * owner within 200 ms (at most 4096 waiting; beyond that a full sweep);
- * other keys are ignored. Keys over 1 KiB are ignored.
+ * other keys, keys over 1 KiB, and everything when no target has
+ * "deprovision_on_session_end" are ignored.
  */
 void pg_expiry_notify(pg_expiry_t *x, const char *key);
 

@@ -362,6 +362,7 @@ struct pg_expiry {
 };
 
 static void pg_expiry_scan(pg_expiry_t *x);
+static int pg_expiry_session_rules(const pg_config_t *cfg);
 static void pg_expiry_next_identity(pg_expiry_t *x);
 static void pg_expiry_next_action(pg_expiry_t *x);
 
@@ -1040,6 +1041,11 @@ pg_expiry_start(pg_expiry_t *x)
     }
     x->started = 1;
     x->running = 1;   /* the config step leads into the first sweep */
+    if (!pg_expiry_session_rules(x->cfg)) {
+        /* no session-end rule: notifications are not needed */
+        pg_expiry_sweep_begin(x);
+        return PG_OK;
+    }
     argv[0] = "CONFIG"; argv[1] = "GET"; argv[2] = "notify-keyspace-events";
     if (pg_redis_command(x->redis, 3, argv, NULL, PG_EXPIRY_TIMEOUT_MS,
                          pg_expiry_config_got, x, &x->rop) != PG_OK) {
@@ -1064,6 +1070,21 @@ pg_expiry_kick(pg_expiry_t *x)
     pg_expiry_arm(x, 0);
 }
 
+/* 1 when some target deprovisions on session end (only then do session
+ * ends matter, and only then does the gateway record session owners). */
+static int
+pg_expiry_session_rules(const pg_config_t *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->ntargets; i++) {
+        if (cfg->targets[i].deprov_action != PG_DEPROV_NONE) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 void
 pg_expiry_notify(pg_expiry_t *x, const char *key)
 {
@@ -1071,6 +1092,7 @@ pg_expiry_notify(pg_expiry_t *x, const char *key)
     size_t plen;
 
     if (x == NULL || key == NULL || !x->started
+        || !pg_expiry_session_rules(x->cfg)
         || strnlen(key, PG_EXPIRY_KEY_MAX + 1) > PG_EXPIRY_KEY_MAX) {
         return;
     }

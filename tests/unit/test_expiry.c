@@ -667,6 +667,38 @@ test_redis_down(void **state)
     pg_loop_free(loop);
 }
 
+/* No session-end rule: notifications are neither enabled nor used. */
+static void
+test_no_session_rules(void **state)
+{
+    sweep_fx_t f;
+    char buf[64];
+    int never = 0;
+
+    (void) state;
+    cfg_reset();
+    g_targets[0].deprov_action = PG_DEPROV_NONE;
+    g_targets[1].deprov_action = PG_DEPROV_NONE;
+    sweep_open(&f);
+    assert_int_equal(pg_expiry_new(&g_cfg, f.host, f.r, f.audit, on_sweep, &f,
+                                   &f.x), PG_OK);
+    assert_int_equal(pg_expiry_start(f.x), PG_OK);
+    wait_sweeps(&f, 1);
+    {
+        const char *av[] = { "CONFIG", "GET", "notify-keyspace-events" };
+        redisReply *cr = cmd(&f, 3, av);
+
+        assert_int_equal(cr->elements, 2);
+        snprintf(buf, sizeof(buf), "%s", cr->element[1]->str);
+        freeReplyObject(cr);
+    }
+    assert_string_equal(buf, "");
+    pg_expiry_notify(f.x, "pg:sess:abc");
+    assert_int_equal(pg_loop_run(f.loop, &never, 500), PG_ERR_TIMEOUT);
+    assert_int_equal(f.sweeps, 1);
+    sweep_close(&f);
+}
+
 static int
 setup(void **state)
 {
@@ -696,6 +728,7 @@ main(void)
         cmocka_unit_test(test_sweep_grant_expired),
         cmocka_unit_test(test_sweep_due_later),
         cmocka_unit_test(test_redis_down),
+        cmocka_unit_test(test_no_session_rules),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
