@@ -42,10 +42,13 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
 #include <jansson.h>
 #include "provgate/audit.h"
 #include "provgate/config.h"
 #include "provgate/evhost.h"
+#include "provgate/expiry.h"
 #include "provgate/gate.h"
 #include "provgate/jml.h"
 #include "provgate/recon.h"   /* reconciliation (recon block) */
@@ -348,6 +351,201 @@ audit(daemon_t *d, const char *type, const char *outcome, const char *reason,
     }
 }
 
+/* ==== BEGIN expiry (issue 6 + 4: src/sidecar/expiry.c) ====================
+ * The expiry job and its keyspace subscription. Everything of it lives in
+ * this block and in `ex` (not in daemon_t); the rest of the daemon calls
+ * only expiry_start(), expiry_stop() and expiry_restart().
+ *  - pg_expiry (core) sweeps every expiry.sweep_s and when something falls
+ *    due, enabling "notify-keyspace-events Egx" at start (CONFIG SET).
+ *  - A separate hiredis async connection on this libevent base SUBSCRIBEs
+ *    to __keyevent@<db>__:expired and :del and hands every key to
+ *    pg_expiry_notify (a session key schedules a sweep). A lost connection
+ *    is retried every 2 s; on (re)subscription a sweep runs, so session
+ *    ends missed meanwhile are found.
+ */
+#define EXPIRY_RETRY_S 2
+
+static struct {
+    daemon_t *d;
+    pg_expiry_t *x;
+    redisAsyncContext *ac;       /* the subscriber, or NULL */
+    struct event *retry;
+    int stopping;
+} ex;
+
+static void expiry_subscribe(void);
+
+static void
+expiry_on_sweep(void *arg, pg_status_t st, const json_t *summary)
+{
+    daemon_t *d = arg;
+
+    if (st != PG_OK || json_integer_value(json_object_get(summary,
+                                                          "operations")) > 0) {
+        dlog(d, st == PG_OK ? PG_LOG_INFO : PG_LOG_WARN,
+             json_pack("{s:s,s:O}", "event", "expiry.sweep", "summary",
+                       (json_t *) summary),
+             "expiry sweep: %s", pg_status_str(st));
+    }
+}
+
+static void
+expiry_on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void) fd;
+    (void) what;
+    (void) arg;
+    expiry_subscribe();
+}
+
+static void
+expiry_schedule_retry(void)
+{
+    struct timeval tv = { EXPIRY_RETRY_S, 0 };
+
+    if (!ex.stopping && ex.retry != NULL) {
+        evtimer_add(ex.retry, &tv);
+    }
+}
+
+/* A message on the subscription: ["message", channel, key] or a
+ * subscription confirmation ["subscribe", channel, n]. */
+static void
+expiry_on_message(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply *reply = r;
+
+    (void) ac;
+    (void) privdata;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+        || reply->elements != 3
+        || reply->element[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    if (strcmp(reply->element[0]->str, "message") == 0
+        && reply->element[2]->type == REDIS_REPLY_STRING) {
+        pg_expiry_notify(ex.x, reply->element[2]->str);
+    } else if (strcmp(reply->element[0]->str, "subscribe") == 0
+               && reply->element[2]->type == REDIS_REPLY_INTEGER
+               && reply->element[2]->integer == 1) {
+        pg_expiry_kick(ex.x);   /* events may have been missed */
+    }
+}
+
+static void
+expiry_on_connect(const redisAsyncContext *ac, int status)
+{
+    if (status != REDIS_OK) {
+        dlog(ex.d, PG_LOG_WARN, NULL, "expiry: subscriber cannot connect: "
+             "%s", ac->errstr);
+        ex.ac = NULL;   /* hiredis frees it */
+        expiry_schedule_retry();
+    }
+}
+
+static void
+expiry_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void) ac;
+    ex.ac = NULL;
+    if (status != REDIS_OK && !ex.stopping) {
+        dlog(ex.d, PG_LOG_WARN, NULL, "expiry: subscriber disconnected");
+    }
+    expiry_schedule_retry();
+}
+
+static void
+expiry_subscribe(void)
+{
+    const pg_redis_config_t *rc = &ex.d->cfg->redis;
+    char expired[64], deleted[64];
+    const char *argv[4];
+    int argc = 0;
+
+    if (ex.stopping || ex.ac != NULL) {
+        return;
+    }
+    ex.ac = rc->unix_path != NULL ? redisAsyncConnectUnix(rc->unix_path)
+                                  : redisAsyncConnect(rc->host, rc->port);
+    if (ex.ac == NULL || ex.ac->err) {
+        if (ex.ac != NULL) {
+            redisAsyncFree(ex.ac);
+        }
+        ex.ac = NULL;
+        expiry_schedule_retry();
+        return;
+    }
+    if (redisLibeventAttach(ex.ac, ex.d->base) != REDIS_OK) {
+        redisAsyncFree(ex.ac);
+        ex.ac = NULL;
+        expiry_schedule_retry();
+        return;
+    }
+    redisAsyncSetConnectCallback(ex.ac, expiry_on_connect);
+    redisAsyncSetDisconnectCallback(ex.ac, expiry_on_disconnect);
+    if (rc->password != NULL) {
+        argv[argc++] = "AUTH";
+        if (rc->username != NULL) {
+            argv[argc++] = rc->username;
+        }
+        argv[argc++] = rc->password;
+        (void) redisAsyncCommandArgv(ex.ac, NULL, NULL, argc, argv, NULL);
+    }
+    pg_expiry_channels(rc->db, expired, deleted, sizeof(expired));
+    argv[0] = "SUBSCRIBE";
+    argv[1] = expired;
+    argv[2] = deleted;
+    (void) redisAsyncCommandArgv(ex.ac, expiry_on_message, NULL, 3, argv,
+                                 NULL);
+}
+
+/* Start the job on the daemon's current cfg/redis/audit. */
+static void
+expiry_start(daemon_t *d)
+{
+    ex.d = d;
+    ex.stopping = 0;
+    if (pg_expiry_new(d->cfg, d->host, d->redis, d->audit, expiry_on_sweep,
+                      d, &ex.x) != PG_OK
+        || pg_expiry_start(ex.x) != PG_OK) {
+        dlog(d, PG_LOG_ERROR, NULL, "expiry: cannot start the expiry job");
+        pg_expiry_free(ex.x);
+        ex.x = NULL;
+        return;
+    }
+    if (ex.retry == NULL) {
+        ex.retry = evtimer_new(d->base, expiry_on_retry, NULL);
+    }
+    expiry_subscribe();
+}
+
+/* Stop before the cfg/redis/audit it borrows are freed. */
+static void
+expiry_stop(void)
+{
+    ex.stopping = 1;
+    if (ex.retry != NULL) {
+        event_free(ex.retry);
+        ex.retry = NULL;
+    }
+    if (ex.ac != NULL) {
+        redisAsyncContext *ac = ex.ac;
+
+        ex.ac = NULL;
+        redisAsyncFree(ac);
+    }
+    pg_expiry_free(ex.x);
+    ex.x = NULL;
+}
+
+/* After a configuration reload swapped cfg/redis/audit. */
+static void
+expiry_restart(daemon_t *d)
+{
+    expiry_start(d);
+}
+/* ==== END expiry ========================================================== */
+
 /*
  * SIGHUP: reopen the log file, load the configuration again. Success:
  * new Redis client + audit emitter replace the old ones (pending PING and
@@ -395,6 +593,7 @@ reload(daemon_t *d)
         return;
     }
     recon_teardown(d, 0);   /* recon block: it borrows the old runtime */
+    expiry_stop();   /* expiry block: before what it borrows is freed */
     pg_jml_free(d->jml);
     pg_gate_free(d->gate);
     pg_audit_free(d->audit);
@@ -408,6 +607,7 @@ reload(daemon_t *d)
     d->jml = njml;
     d->have_last = 0;   /* an import cut short by the reload runs again */
     (void) recon_setup(d);  /* recon block */
+    expiry_restart(d);  /* expiry block */
     d->reloads++;
     dlog(d, PG_LOG_INFO, json_pack("{s:s}", "event", "config.reload"),
          "configuration reloaded from %s", d->config_path);
@@ -1032,6 +1232,7 @@ shutdown_all(daemon_t *d)
     if (d->host != NULL) {
         recon_teardown(d, 1);   /* recon block */
     }
+    expiry_stop();   /* expiry block */
     pg_jml_free(d->jml);
     d->jml = NULL;
     pg_gate_free(d->gate);
@@ -1227,6 +1428,7 @@ main(int argc, char **argv)
     }
     d.host->timer_arm(d.health_timer, 0);
     d.host->timer_arm(d.poll_timer, 0);
+    expiry_start(&d);   /* expiry block */
     dlog(&d, PG_LOG_INFO,
          json_pack("{s:s,s:s,s:i}", "listen", d.listen_addr, "config",
                    d.config_path, "pid", (int)getpid()),

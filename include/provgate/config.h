@@ -136,7 +136,17 @@ typedef struct pg_target_cfg {
     int leave_delete;          /* "leave": "disable" (0, default) | "delete" */
     json_t *reconcile;         /* "reconcile" object (validated by
                                   pg_recon_cfg_parse, recon.h), or NULL */
+    /* Expiry (docs/sidecar.md "Expiry"; both target types): */
+    int deprov_action;         /* "deprovision_on_session_end".action:
+                                  PG_DEPROV_NONE (absent), _DISABLE,
+                                  _REMOVE_JIT */
+    unsigned deprov_grace_s;   /* "deprovision_on_session_end".grace_s,
+                                  default 900 */
+    unsigned inactivity_s;     /* "inactivity_days" * 86400, or the
+                                  test-scale "inactivity_s"; 0 = off */
 } pg_target_cfg_t;
+
+enum { PG_DEPROV_NONE = 0, PG_DEPROV_DISABLE = 1, PG_DEPROV_REMOVE_JIT = 2 };
 
 /* Correlation: link a login to an existing identity by a claim. */
 typedef struct pg_corr_rule {
@@ -202,6 +212,10 @@ typedef struct pg_config {
     json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
     char *hr_file;             /* hr_source.file, resolved */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
+    unsigned expiry_sweep_s;   /* "expiry": {"sweep_s"}, default 60 */
+    unsigned expiry_test_divisor; /* "expiry": {"test_time_divisor"}: jit
+                                  lifetimes are divided by it (tests only;
+                                  default 1) */
     pg_idp_cfg_t *idps;
     size_t nidps;
     pg_target_cfg_t *targets;

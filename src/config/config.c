@@ -1044,6 +1044,83 @@ parse_rate_limit(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
+/* "expiry": {"sweep_s": N, "test_time_divisor": D} (optional; the
+ * sidecar's expiry job). test_time_divisor (tests only, default 1)
+ * divides jit lifetimes so that a test need not wait a minute. */
+static pg_status_t
+parse_expiry_root(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = { "sweep_s", "test_time_divisor",
+                                        NULL };
+    pg_status_t st;
+
+    cfg->expiry_sweep_s = 60;
+    cfg->expiry_test_divisor = 1;
+    if (o == NULL) {
+        return PG_OK;
+    }
+    if (!json_is_object(o)) {
+        pg_err_set(err, "$.expiry: must be an object");
+        return PG_ERR_CONFIG;
+    }
+    TRY(pg_cfg_keys(o, "$.expiry", keys, err));
+    TRY(pg_cfg_uint(o, "$.expiry", "test_time_divisor", 1, 1, 3600,
+                    &cfg->expiry_test_divisor, err));
+    return pg_cfg_uint(o, "$.expiry", "sweep_s", 60, 1, 86400,
+                       &cfg->expiry_sweep_s, err);
+}
+
+/*
+ * Expiry settings of a target (docs/configuration.md):
+ *   "deprovision_on_session_end": {"grace_s": N, "action": "disable" |
+ *                                  "remove_jit"}
+ *   "inactivity_days": N   (or "inactivity_s": N, for tests; not both)
+ */
+static pg_status_t
+parse_expiry(pg_target_cfg_t *t, const json_t *o, const char *p,
+             pg_err_t *err)
+{
+    static const char *const dkeys[] = { "grace_s", "action", NULL };
+    const json_t *d = json_object_get(o, "deprovision_on_session_end");
+    char where[512], *v = NULL;
+    unsigned days = 0, secs = 0;
+    pg_status_t st;
+
+    t->deprov_action = PG_DEPROV_NONE;
+    t->deprov_grace_s = 900;
+    if (d != NULL) {
+        snprintf(where, sizeof(where), "%s.deprovision_on_session_end", p);
+        if (!json_is_object(d)) {
+            pg_err_set(err, "%s: must be an object", where);
+            return PG_ERR_CONFIG;
+        }
+        TRY(pg_cfg_keys(d, where, dkeys, err));
+        TRY(pg_cfg_uint(d, where, "grace_s", 900, 0, 30u * 86400u,
+                        &t->deprov_grace_s, err));
+        TRY(pg_cfg_str(d, where, "action", 0, "disable", &v, err));
+        if (strcmp(v, "disable") == 0) {
+            t->deprov_action = PG_DEPROV_DISABLE;
+        } else if (strcmp(v, "remove_jit") == 0) {
+            t->deprov_action = PG_DEPROV_REMOVE_JIT;
+        } else {
+            pg_err_set(err, "%s.action: must be \"disable\" or "
+                       "\"remove_jit\"", where);
+            free(v);
+            return PG_ERR_CONFIG;
+        }
+        free(v);
+    }
+    TRY(pg_cfg_uint(o, p, "inactivity_days", 0, 0, 3650, &days, err));
+    TRY(pg_cfg_uint(o, p, "inactivity_s", 0, 0, 3650u * 86400u, &secs, err));
+    if (days > 0 && secs > 0) {
+        pg_err_set(err, "%s.inactivity_s: not together with inactivity_days",
+                   p);
+        return PG_ERR_CONFIG;
+    }
+    t->inactivity_s = days > 0 ? days * 86400u : secs;
+    return PG_OK;
+}
+
 /* "delivery", "wait_ms", "on_slow" and "rate_limit" of a target
  * (docs/outbox.md). */
 static pg_status_t
@@ -1239,7 +1316,8 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
 {
     static const char *const keys[] = {
         "type", "connector", "attributes", "key", "leave", "delivery",
-        "wait_ms", "on_slow", "timeout_ms", "rate_limit", "reconcile", NULL
+        "wait_ms", "on_slow", "timeout_ms", "rate_limit", "reconcile",
+        "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
     };
     json_t *c = json_object_get(o, "connector");
     char *leave = NULL;
@@ -1280,6 +1358,7 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         }
     }
     TRY(parse_delivery(t, o, p, err));
+    TRY(parse_expiry(t, o, p, err));
     if (!t->via_outbox) {
         pg_err_set(err, "%s.delivery: %s targets are always provisioned "
                    "through the outbox", p, t->type_name);
@@ -1355,7 +1434,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
-        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", NULL
+        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect",
+        "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1406,6 +1486,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
                     &t->create_missing_groups, err));
     TRY(parse_scim_dialect(t, o, p, err));
     TRY(parse_delivery(t, o, p, err));
+    TRY(parse_expiry(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
     for (i = 0; i < t->nattrs; i++) {
         if (strcmp(t->attrs[i].scim_path, t->username_attr) == 0) {
@@ -1524,7 +1605,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     static const char *const keys[] = {
         "instance", "redis", "session", "audit", "headers", "idps",
         "targets", "identity", "policy_files", "outbox", "admin",
-        "hr_source", NULL
+        "hr_source", "expiry", NULL
     };
     size_t i;
     int found = 0;
@@ -1539,6 +1620,7 @@ parse_root(pg_config_t *cfg, const json_t *root, char ***files,
     TRY(parse_outbox(cfg, json_object_get(root, "outbox"), err));
     TRY(parse_admin(cfg, json_object_get(root, "admin"), err));
     TRY(parse_hr_source(cfg, json_object_get(root, "hr_source"), err));
+    TRY(parse_expiry_root(cfg, json_object_get(root, "expiry"), err));
     TRY(parse_identity(cfg, json_object_get(root, "identity"), err));
     for (i = 0; i < cfg->nclaims; i++) {
         if (strcmp(cfg->claims[i].attr, cfg->headers.user_attr) == 0) {

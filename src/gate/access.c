@@ -120,6 +120,74 @@ pg_session_headers(pg_gate_t *g, const json_t *sess, const char *app,
 }
 
 static void
+pg_usage_ignore(void *arg, pg_status_t st, const redisReply *reply)
+{
+    (void) arg;
+    (void) st;
+    (void) reply;
+}
+
+/* FNV-1a over sid, a separator and app. */
+static uint64_t
+pg_usage_hash(const char *sid, const char *app)
+{
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *p;
+
+    for (p = (const unsigned char *) sid; *p != '\0'; p++) {
+        h = (h ^ *p) * 1099511628211ull;
+    }
+    h = (h ^ 0xffu) * 1099511628211ull;
+    for (p = (const unsigned char *) app; *p != '\0'; p++) {
+        h = (h ^ *p) * 1099511628211ull;
+    }
+    return h | 1u;   /* never 0: 0 marks an empty slot */
+}
+
+/*
+ * Record that the session's identity used app now (the inactivity rule
+ * and the jit "unless used recently" rule of src/sidecar/expiry.c read
+ * used:<app>). At most one write a minute per (session, app) in this
+ * process: a 256-slot table keyed by a hash of both; a collision only
+ * costs an extra write. The write is fire and forget: a lost mark only
+ * makes the sweep see an older last use.
+ */
+void
+pg_usage_mark(pg_gate_t *g, const char *sid, const json_t *sess,
+              const char *app)
+{
+    const char *iid = json_string_value(json_object_get(sess, "iid"));
+    const char *argv[4];
+    char field[160], now_s[32], *key;
+    uint64_t h;
+    int64_t now = (int64_t) time(NULL);
+    size_t slot;
+
+    if (sid == NULL || app == NULL || iid == NULL || strlen(app) > 128) {
+        return;
+    }
+    h = pg_usage_hash(sid, app);
+    slot = (size_t) (h % (sizeof(g->usage) / sizeof(g->usage[0])));
+    if (g->usage[slot].h == h && now - g->usage[slot].at < 60
+        && now >= g->usage[slot].at) {
+        return;
+    }
+    key = pg_key(g, "id:", iid);
+    if (key == NULL) {
+        return;
+    }
+    snprintf(field, sizeof(field), "used:%s", app);
+    snprintf(now_s, sizeof(now_s), "%lld", (long long) now);
+    argv[0] = "HSET"; argv[1] = key; argv[2] = field; argv[3] = now_s;
+    if (pg_redis_command(g->redis, 4, argv, NULL, 0, pg_usage_ignore, NULL,
+                         NULL) == PG_OK) {
+        g->usage[slot].h = h;
+        g->usage[slot].at = now;
+    }
+    free(key);
+}
+
+static void
 pg_access_allow(pg_op_t *op)
 {
     pg_gate_result_t *res = pg_result_new(PG_RES_ALLOW, 200);
@@ -131,6 +199,7 @@ pg_access_allow(pg_op_t *op)
         return;
     }
     res->no_store = 0;
+    pg_usage_mark(op->g, op->sid, op->session, op->app);
     pg_op_finish(op, res);
 }
 

@@ -375,6 +375,7 @@ pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req, char *sid,
         return NULL;
     }
     res->no_store = 0;
+    pg_usage_mark(g, sid, sess, req->app);
     return res;
 }
 

@@ -100,6 +100,10 @@ struct pg_gate {
     struct pg_ob_job       *ob_jobs;        /* operations being applied */
     pg_connector_t        **conns;          /* per target (cfg order); NULL
                                                for SCIM targets */
+
+    /* last-use marks (access.c pg_usage_mark): hash of (sid, app) -> when
+     * this process last wrote used:<app>; a collision costs one write */
+    struct { uint64_t h; int64_t at; } usage[256];
 };
 
 enum { PG_FLOW_ACCESS = 1, PG_FLOW_CALLBACK, PG_FLOW_LOGOUT, PG_FLOW_SAML_ACS,
@@ -189,6 +193,8 @@ struct pg_gate_op {
     pg_conn_req_t          *creq;           /* connector call in flight */
     pg_connector_t         *creq_conn;
     int                     deprovision;    /* 0 ensure, 1 disable, 2 delete */
+    int                     from_login;     /* an outbox op a login queued:
+                                               record jit_at:<app> */
 
     /* approvals and the admin API (admin.c) */
     json_t                 *approved;       /* the identity's approved grants */
@@ -263,6 +269,12 @@ PG_MUST_USE pg_status_t pg_follow_start(pg_follow_t *f, pg_gate_t *g,
                                         pg_follow_state_fn on_state,
                                         void *arg);
 void pg_follow_stop(pg_follow_t *f);
+
+/* ---- access.c: last use per (identity, app), for expiry ------------- */
+/* Fire-and-forget HSET <p>id:<iid> used:<app> <unix s>, at most once a
+ * minute per (session, app) in this process. sess is borrowed. */
+void pg_usage_mark(pg_gate_t *g, const char *sid, const json_t *sess,
+                   const char *app);
 
 /* ---- cache.c --------------------------------------------------------- */
 PG_MUST_USE pg_status_t pg_cache_init(pg_gate_t *g);

@@ -205,12 +205,28 @@ pg_cb_session_indexed(pg_op_t *op, pg_status_t st)
     pg_op_finish(op, res);
 }
 
+/* 1 when some target deprovisions on session end: only then is the
+ * session owner index (<p>sessowner) kept, since only the sidecar's
+ * expiry job empties it. */
+static int
+pg_login_track_owner(const pg_config_t *cfg)
+{
+    size_t i;
+
+    for (i = 0; i < cfg->ntargets; i++) {
+        if (cfg->targets[i].deprov_action != PG_DEPROV_NONE) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void
 pg_cb_session_saved(pg_op_t *op, pg_status_t st)
 {
     const redisReply *reply = pg_op_reply();
-    const char *argv[3];
-    char *key;
+    const char *argv[7];
+    char *key, *owners;
 
     if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_STATUS) {
         pg_gate_result_free(op->res);
@@ -221,13 +237,29 @@ pg_cb_session_saved(pg_op_t *op, pg_status_t st)
         return;
     }
     key = pg_key(op->g, "idsess:", op->iid);
-    if (key == NULL) {
+    owners = pg_key(op->g, "sessowner", NULL);
+    if (key == NULL || owners == NULL) {
+        free(key);
+        free(owners);
         pg_cb_session_indexed(op, PG_ERR_NOMEM);
         return;
     }
-    argv[0] = "SADD"; argv[1] = key; argv[2] = op->sid;
-    st = pg_op_redis(op, pg_cb_session_indexed, 3, argv, NULL);
+    if (pg_login_track_owner(op->g->cfg)) {
+        /* the identity's session index, and sid -> iid for the sidecar's
+         * expiry job (it learns of an ended session only by its key name;
+         * it removes the entry when the session ends) */
+        argv[0] = "EVAL";
+        argv[1] = "redis.call('SADD', KEYS[1], ARGV[1]) "
+                  "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1";
+        argv[2] = "2"; argv[3] = key; argv[4] = owners; argv[5] = op->sid;
+        argv[6] = op->iid;
+        st = pg_op_redis(op, pg_cb_session_indexed, 7, argv, NULL);
+    } else {
+        argv[0] = "SADD"; argv[1] = key; argv[2] = op->sid;
+        st = pg_op_redis(op, pg_cb_session_indexed, 3, argv, NULL);
+    }
     free(key);
+    free(owners);
     if (st != PG_OK) {
         pg_cb_session_indexed(op, st);
     }

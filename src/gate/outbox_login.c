@@ -339,10 +339,13 @@ pg_ob_provision(pg_op_t *op)
     json_t *state;
     pg_status_t st;
 
-    state = json_pack("{s:s, s:s, s:O, s:O}", "iid", op->iid, "app", op->app,
-                      "attrs", op->attrs, "entitlements",
+    /* "via": "login" marks a just-in-time provisioning: the consumer
+     * records jit_at:<app> (the expiry sweep's grant time) */
+    state = json_pack("{s:s, s:s, s:O, s:o, s:s}", "iid", op->iid,
+                      "app", op->app, "attrs", op->attrs, "entitlements",
                       op->decision.entitlements != NULL
-                          ? op->decision.entitlements : json_array());
+                          ? json_incref(op->decision.entitlements)
+                          : json_array(), "via", "login");
     if (state == NULL) {
         pg_op_finish(op, NULL);
         return;
@@ -568,6 +571,11 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
         return;
     }
     j->op->attrs = json_incref(attrs);
+    {
+        const char *via = json_string_value(json_object_get(state, "via"));
+
+        j->op->from_login = via != NULL && strcmp(via, "login") == 0;
+    }
     if (strcmp(e->kind, "disable") == 0 || strcmp(e->kind, "delete") == 0) {
         /* a leave: nothing is granted any more */
         j->op->deprovision = e->kind[1] == 'i' ? 1 : 2;

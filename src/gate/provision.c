@@ -18,6 +18,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <hiredis.h>
 
@@ -286,7 +287,9 @@ static void
 pg_prov_record(pg_op_t *op)
 {
     char *ents_json, *key;
-    const char *argv[6];
+    const char *argv[8];
+    char now_s[32];
+    int argc = 6;
     pg_status_t st;
 
     ents_json = op->decision.entitlements
@@ -303,11 +306,23 @@ pg_prov_record(pg_op_t *op)
     {
         char f1[160], f2[160];
 
+        char f3[160];
+
         snprintf(f1, sizeof(f1), "acct:%s", op->app);
         snprintf(f2, sizeof(f2), "ents:%s", op->app);
         argv[0] = "HSET"; argv[1] = key; argv[2] = f1;
         argv[3] = op->scim.account_id; argv[4] = f2; argv[5] = ents_json;
-        st = pg_op_redis(op, pg_prov_recorded, 6, argv, NULL);
+        if (op->deprovision == 0
+            && (op->flow != PG_FLOW_OUTBOX || op->from_login)) {
+            /* provisioned just in time by a login: the grant time of its
+             * jit entitlements and the mark session-end deprovisioning
+             * looks for (src/sidecar/expiry.c) */
+            snprintf(f3, sizeof(f3), "jit_at:%s", op->app);
+            snprintf(now_s, sizeof(now_s), "%lld", (long long) time(NULL));
+            argv[6] = f3; argv[7] = now_s;
+            argc = 8;
+        }
+        st = pg_op_redis(op, pg_prov_recorded, argc, argv, NULL);
     }
     free(ents_json);
     free(key);

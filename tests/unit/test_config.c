@@ -265,6 +265,19 @@ static const bad_case_t bad_cases[] = {
     {{"targets/app/rate_limit", "{\"capacity\": 5, \"per_s\": 5}",
       "targets/app/delivery", "\"direct\""}, 0, 0,
      "$.targets.app.rate_limit: only applies to \"delivery\": \"outbox\""},
+    /* expiry (sidecar) */
+    {{"targets/app/deprovision_on_session_end", "{\"action\": \"delete\"}"},
+     0, 0, "$.targets.app.deprovision_on_session_end.action: must be "
+     "\"disable\" or \"remove_jit\""},
+    {{"targets/app/deprovision_on_session_end", "{\"grace\": 5}"}, 0, 0,
+     "$.targets.app.deprovision_on_session_end.grace: unknown field"},
+    {{"targets/app/deprovision_on_session_end", "true"}, 0, 0,
+     "$.targets.app.deprovision_on_session_end: must be an object"},
+    {{"targets/app/inactivity_days", "2", "targets/app/inactivity_s", "5"},
+     0, 0, "$.targets.app.inactivity_s: not together with inactivity_days"},
+    {{"expiry/sweep_s", "0"}, 0, 0,
+     "$.expiry.sweep_s: must be between 1 and 86400"},
+    {{"expiry/every", "5"}, 0, 0, "$.expiry.every: unknown field"},
     /* wrong types */
     {{"redis/host", "5"}, 0, 0, "$.redis.host: must be a string"},
     {{"redis/port", "\"6379\""}, 0, 0, "$.redis.port: must be an integer"},
@@ -488,6 +501,54 @@ run_bad_case(int idx, const bad_case_t *bc)
         fail_msg("case %d:\n  want prefix: %s\n  got:         %s", idx, want,
                  err.msg);
     }
+}
+
+/* The expiry settings of a target and the "expiry" section, parsed. */
+static void
+test_expiry_settings(void **state)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX];
+    pg_config_t *cfg = NULL;
+    json_error_t je;
+    json_t *root;
+    pg_err_t err;
+
+    (void)state;
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), 7001);
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    apply_patch(root, "targets/app/deprovision_on_session_end",
+                "{\"grace_s\": 30, \"action\": \"remove_jit\"}");
+    apply_patch(root, "targets/app/inactivity_days", "2");
+    apply_patch(root, "expiry", "{\"sweep_s\": 5, \"test_time_divisor\": 60}");
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    memset(&err, 0, sizeof(err));
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_int_equal(pg_config_target(cfg, "app")->deprov_action,
+                     PG_DEPROV_REMOVE_JIT);
+    assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 30);
+    assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 2 * 86400);
+    assert_int_equal(cfg->expiry_sweep_s, 5);
+    assert_int_equal(cfg->expiry_test_divisor, 60);
+    pg_config_free(cfg);
+    /* action defaults to disable, grace_s to 900 */
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    apply_patch(root, "targets/app/deprovision_on_session_end", "{}");
+    apply_patch(root, "targets/app/inactivity_s", "7");
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_int_equal(pg_config_target(cfg, "app")->deprov_action,
+                     PG_DEPROV_DISABLE);
+    assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 900);
+    assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 7);
+    pg_config_free(cfg);
 }
 
 /* A SAML identity provider: the SP is built at load from the test keys and
@@ -965,7 +1026,12 @@ test_minimal_defaults(void **state)
         assert_int_equal(cfg->targets[0].rate_per_s, 0);
         assert_int_equal(cfg->targets[0].wait_ms,
                          2 * cfg->targets[0].timeout_ms + 1000);
+        /* expiry is off unless configured */
+        assert_int_equal(cfg->targets[0].deprov_action, PG_DEPROV_NONE);
+        assert_int_equal(cfg->targets[0].inactivity_s, 0);
     }
+    assert_int_equal(cfg->expiry_sweep_s, 60);
+    assert_int_equal(cfg->expiry_test_divisor, 1);
     assert_string_equal(cfg->redis.key_prefix, "pg:");
 
     assert_string_equal(cfg->session.cookie_name, "provgate_session");
@@ -1257,6 +1323,7 @@ main(void)
         cmocka_unit_test(test_saml_idp),
         cmocka_unit_test(test_saml_slo),
         cmocka_unit_test(test_bad_configs),
+        cmocka_unit_test(test_expiry_settings),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_missing_and_huge_files),
         cmocka_unit_test(test_policy_errors_via_config),
