@@ -76,6 +76,7 @@ static const char pg_jml_leave_lua[] =
     "local n = 0 "
     "for _, sid in ipairs(redis.call('SMEMBERS', p .. 'idsess:' .. iid)) do "
     "  n = n + redis.call('DEL', p .. 'sess:' .. sid) "
+    "  redis.call('HDEL', p .. 'sessowner', sid) "
     "end "
     "redis.call('DEL', p .. 'idsess:' .. iid) "
     "redis.call('XADD', p .. 'revoked', 'MAXLEN', '~', '100000', '*', "
