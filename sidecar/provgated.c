@@ -61,7 +61,7 @@
 #define MAX_LISTEN_ARG 300u
 #define MAX_LOG_LINE 4096u           /* cap of one log message text */
 #define HTTP_MAX_HEADERS 8192        /* request header bytes */
-#define HTTP_MAX_BODY 1024           /* GET only: bodies are not expected */
+#define HTTP_MAX_BODY 65536          /* POST /events: one JML event */
 #define HTTP_TIMEOUT_S 10
 #define STOP_GRACE_MS 100
 
@@ -1055,6 +1055,91 @@ serve_reconcile(daemon_t *d, struct evhttp_request *req)
 }
 /* ==== END reconciliation ================================================ */
 
+/* ---- JML events (webhook) ------------------------------------------------ */
+
+static void
+on_event_done(void *arg, pg_status_t st, const json_t *summary)
+{
+    daemon_t *d = arg;
+
+    dlog(d, st == PG_OK ? PG_LOG_INFO : PG_LOG_WARN,
+         summary != NULL ? json_deep_copy(summary) : NULL,
+         "JML event %s", st == PG_OK ? "applied" : "not applied");
+}
+
+/*
+ * POST /events: one JML event as JSON (see pg_jml_event). 202 when it is
+ * being applied (or was applied before: idempotent by id), 400 with the
+ * field when malformed, 503 + Retry-After while an import or another event
+ * runs (the sender retries), 401 without the admin token.
+ */
+static void
+serve_event(daemon_t *d, struct evhttp_request *req)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    char body[HTTP_MAX_BODY + 1], msg[PG_ERR_MSG_MAX + 64];
+    json_error_t jerr;
+    json_t *ev;
+    pg_err_t err = { "" };
+    pg_status_t st;
+    int n;
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply(req, 405, "Method Not Allowed", "application/json",
+              "{\"error\":\"post_only\"}", 21);
+        return;
+    }
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", "/events"));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return;
+    }
+    if (d->jml == NULL) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_hr_source\"}", 24);
+        return;
+    }
+    if (len > HTTP_MAX_BODY || evbuffer_copyout(in, body, len) != (ssize_t) len) {
+        reply(req, 413, "Payload Too Large", "application/json",
+              "{\"error\":\"too_large\"}", 21);
+        return;
+    }
+    body[len] = '\0';
+    ev = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    st = ev != NULL ? pg_jml_event(d->jml, ev, on_event_done, d, &err)
+                    : PG_ERR_INVALID;
+    if (ev == NULL) {
+        pg_err_set(&err, "not JSON: %s", jerr.text);
+    }
+    json_decref(ev);
+    if (st == PG_ERR_BUSY) {
+        evhttp_add_header(evhttp_request_get_output_headers(req),
+                          "Retry-After", "1");
+        reply(req, 503, "Service Unavailable", "application/json",
+              "{\"error\":\"busy\"}", 16);
+        return;
+    }
+    if (st != PG_OK) {
+        json_t *o = json_pack("{s:s, s:s}", "error", "invalid_event",
+                              "detail", err.msg);
+        char *t = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
+
+        json_decref(o);
+        audit(d, "jml.event", "denied", "invalid_event",
+              json_pack("{s:s}", "detail", err.msg));
+        n = snprintf(msg, sizeof(msg), "%s", t != NULL ? t : "{}");
+        free(t);
+        reply(req, 400, "Bad Request", "application/json", msg,
+              n > 0 ? (size_t) n : 0);
+        return;
+    }
+    reply(req, 202, "Accepted", "application/json", "{\"accepted\":true}",
+          17);
+}
+
 /* Every request: GET/HEAD (others are refused by evhttp) to two paths. */
 static void
 on_request(struct evhttp_request *req, void *arg)
@@ -1071,6 +1156,8 @@ on_request(struct evhttp_request *req, void *arg)
         serve_metrics(d, req);
     } else if (strcmp(path, "/import") == 0) {
         serve_import(d, req);
+    } else if (strcmp(path, "/events") == 0) {
+        serve_event(d, req);
     } else if (strcmp(path, "/reconcile") == 0) {   /* recon block */
         serve_reconcile(d, req);
     } else {

@@ -67,6 +67,23 @@ typedef void (*pg_jml_cb)(void *arg, pg_status_t st, const json_t *summary);
 PG_MUST_USE pg_status_t pg_jml_import(pg_jml_t *j, const char *path,
                                       int force, pg_jml_cb cb, void *arg);
 
+/*
+ * Apply one Join/Move/Leave event from another system (the sidecar's
+ * webhook): {"id": "<event id>", "type": "join"|"move"|"leave", "key":
+ * "<HR key>", "attributes": {"<attr>": "<string>", ...}} (attributes
+ * optional for a leave). The same steps as an import run for that one
+ * person (correlation, decisions, outbox operations; a leave ends every
+ * session), without touching the HR snapshot. Idempotent by event id:
+ * <p>jml:event:<id> is set (7 days) once every operation is enqueued; an
+ * id seen before reports {"duplicate": true} and changes nothing. A crash
+ * in between leaves the id unset, so the sender's retry applies the event
+ * again, which the outbox and desired-state operations make harmless.
+ * Synchronous errors: PG_ERR_INVALID (err says which field),
+ * PG_ERR_BUSY (an import or event is running: retry), PG_ERR_NOMEM.
+ */
+PG_MUST_USE pg_status_t pg_jml_event(pg_jml_t *j, const json_t *event,
+                                     pg_jml_cb cb, void *arg, pg_err_t *err);
+
 /* The configured export path and poll interval (seconds; 0 = no polling). */
 const char *pg_jml_file(const pg_jml_t *j);
 unsigned pg_jml_poll_s(const pg_jml_t *j);

@@ -24,6 +24,8 @@
 
 #define PG_JML_SNAPSHOT_MAX (256u * 1024u * 1024u)
 #define PG_JML_RULES_MAX    8
+#define PG_JML_EVENT_ID_MAX 128
+#define PG_JML_EVENT_TTL_S  "604800"   /* event ids remembered 7 days */
 
 /*
  * Correlate one HR record. ARGV: prefix, hr hash, candidate iid, nrules,
@@ -126,6 +128,8 @@ struct pg_jml {
     pg_outbox_req_t *oreq;
     pg_timer_t *kick;
     unsigned long ops, cases;
+    int event_mode;            /* one JML event: no snapshot to commit */
+    json_t *event;             /* the event being applied */
 };
 
 static void pg_jml_next_person(pg_jml_t *j);
@@ -219,6 +223,9 @@ pg_jml_reset(pg_jml_t *j)
     j->accts = NULL;
     free(j->path);
     j->path = NULL;
+    json_decref(j->event);
+    j->event = NULL;
+    j->event_mode = 0;
     j->busy = 0;
 }
 
@@ -643,6 +650,19 @@ pg_jml_next_person(pg_jml_t *j)
         j->phase++;
         j->idx = 0;
     }
+    if (j->phase == PG_JML_DONE && j->event_mode) {
+        /* every operation is enqueued: only now is the event "seen", so
+         * a crash before this point lets the sender's retry apply it */
+        argv[0] = "SET"; argv[1] = j->path; argv[2] = "1";
+        argv[3] = "EX"; argv[4] = PG_JML_EVENT_TTL_S;
+        st = pg_redis_command(j->r, 5, argv, NULL, 0, pg_jml_commit_done, j,
+                              &j->rop);
+        if (st != PG_OK) {
+            j->rop = NULL;
+            pg_jml_finish(j, st, "cannot record the event");
+        }
+        return;
+    }
     if (j->phase == PG_JML_DONE) {
         /* everything is enqueued: commit the snapshot */
         char *k = pg_jml_key(j, "hr:snapshot", NULL);
@@ -724,7 +744,8 @@ pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why)
             json_object_set_new(s, "refused", json_string(why ? why : "error"));
         }
     }
-    pg_jml_audit(j, "jml.import", st == PG_OK ? "success" : "failure",
+    pg_jml_audit(j, j->event_mode ? "jml.event" : "jml.import",
+                 st == PG_OK ? "success" : "failure",
                  st == PG_OK ? "applied" : pg_status_str(st),
                  s != NULL ? json_deep_copy(s) : NULL);
     pg_jml_reset(j);
@@ -849,5 +870,153 @@ pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
     j->ops = 0;
     j->cases = 0;
     j->host->timer_arm(j->kick, 0);
+    return PG_OK;
+}
+
+/* ---- events (webhook, stream) ------------------------------------------ */
+
+
+static void
+pg_jml_event_seen(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "Redis unavailable");
+        return;
+    }
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1) {
+        /* this event id was applied before: idempotent, nothing to do */
+        json_object_set_new(j->summary, "duplicate", json_true());
+        pg_jml_finish(j, PG_OK, NULL);
+        return;
+    }
+    j->phase = j->diff->nleaves > 0 ? PG_JML_LEAVE
+               : j->diff->nmoves > 0 ? PG_JML_MOVE : PG_JML_JOIN;
+    j->idx = 0;
+    pg_jml_next_person(j);
+}
+
+static int
+pg_jml_id_ok(const char *s)
+{
+    size_t n = 0;
+
+    for (; s[n] != '\0'; n++) {
+        unsigned char c = (unsigned char) s[n];
+        if (!(isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':')) {
+            return 0;
+        }
+    }
+    return n > 0 && n <= PG_JML_EVENT_ID_MAX;
+}
+
+/*
+ * Apply one JML event (see jml.h). Validation errors are synchronous
+ * (PG_ERR_INVALID with err); the rest is reported through cb like an
+ * import (summary: {"event", "type", "key", "duplicate"?, ...}).
+ */
+pg_status_t
+pg_jml_event(pg_jml_t *j, const json_t *ev, pg_jml_cb cb, void *arg,
+             pg_err_t *err)
+{
+    const char *id = json_string_value(json_object_get(ev, "id"));
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    const char *key = json_string_value(json_object_get(ev, "key"));
+    json_t *attrs = json_object_get(ev, "attributes");
+    const char *k;
+    json_t *v;
+    pg_hrfeed_diff_t *d;
+    char *seen;
+    const char *argv[2];
+    pg_status_t st;
+
+    if (j->busy) {
+        return PG_ERR_BUSY;
+    }
+    if (!json_is_object(ev) || id == NULL || !pg_jml_id_ok(id)) {
+        pg_err_set(err, "id: required, 1-%d of A-Z a-z 0-9 - _ . :",
+                   PG_JML_EVENT_ID_MAX);
+        return PG_ERR_INVALID;
+    }
+    if (type == NULL || (strcmp(type, "join") != 0 && strcmp(type, "move") != 0
+                         && strcmp(type, "leave") != 0)) {
+        pg_err_set(err, "type: must be \"join\", \"move\" or \"leave\"");
+        return PG_ERR_INVALID;
+    }
+    if (key == NULL || key[0] == '\0' || strlen(key) > 256) {
+        pg_err_set(err, "key: required, 1-256 characters");
+        return PG_ERR_INVALID;
+    }
+    if (attrs == NULL && strcmp(type, "leave") == 0) {
+        attrs = NULL;
+    } else if (!json_is_object(attrs) || json_object_size(attrs) > 256) {
+        pg_err_set(err, "attributes: required object (at most 256 members)");
+        return PG_ERR_INVALID;
+    }
+    json_object_foreach(attrs, k, v) {
+        if (!json_is_string(v) || json_string_length(v) > 4096) {
+            pg_err_set(err, "attributes.%.64s: must be a string (at most 4 "
+                       "KiB)", k);
+            return PG_ERR_INVALID;
+        }
+    }
+    d = calloc(1, sizeof(*d));
+    if (d == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    if (strcmp(type, "leave") == 0) {
+        d->leaves = calloc(1, sizeof(*d->leaves));
+        if (d->leaves != NULL) {
+            d->nleaves = 1;
+            d->leaves[0].key = strdup(key);
+            d->leaves[0].attrs = attrs != NULL ? json_deep_copy(attrs)
+                                               : json_object();
+            d->leaves[0].reason = PG_HRFEED_LEAVE_GONE;
+        }
+    } else {
+        /* a move and a join are the same work: correlate, merge, decide */
+        d->joins = calloc(1, sizeof(*d->joins));
+        if (d->joins != NULL) {
+            d->njoins = 1;
+            d->joins[0].key = strdup(key);
+            d->joins[0].attrs = json_deep_copy(attrs);
+        }
+    }
+    seen = pg_jml_key(j, "jml:event:", id);
+    j->summary = json_pack("{s:s, s:s, s:s}", "event", id, "type", type,
+                           "key", key);
+    j->kick = NULL;
+    if (seen == NULL || j->summary == NULL
+        || (d->njoins == 0 && d->nleaves == 0)
+        || (d->njoins == 1 && (d->joins[0].key == NULL
+                               || d->joins[0].attrs == NULL))
+        || (d->nleaves == 1 && (d->leaves[0].key == NULL
+                                || d->leaves[0].attrs == NULL))) {
+        free(seen);
+        pg_hrfeed_diff_free(d);
+        json_decref(j->summary);
+        j->summary = NULL;
+        return PG_ERR_NOMEM;
+    }
+    j->diff = d;
+    j->event = json_deep_copy(ev);
+    j->event_mode = 1;
+    j->busy = 1;
+    j->cb = cb;
+    j->arg = arg;
+    j->ops = 0;
+    j->cases = 0;
+    /* idempotent by event id: recorded once applied (see jml.h) */
+    j->path = seen;
+    argv[0] = "EXISTS"; argv[1] = seen;
+    st = pg_redis_command(j->r, 2, argv, NULL, 0, pg_jml_event_seen, j,
+                          &j->rop);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_reset(j);
+        return st;
+    }
     return PG_OK;
 }

@@ -200,6 +200,44 @@ describe('JML from an HR export through the sidecar', () => {
     assert.ok(e.audit().some((x) => x.type === 'provision.deprovision' && x.app === 'hrdb'));
   });
 
+  test('webhook events: join and leave one person, idempotent by event id, malformed refused', async () => {
+    const post = (body, token = ADMIN_TOKEN) => jsonRequest('POST', `http://127.0.0.1:${scPort}/events`, body,
+      token ? { authorization: `Bearer ${token}` } : {});
+    const join = {
+      id: 'evt-join-quinn-1', type: 'join', key: '2001',
+      attributes: {
+        username: 'quinn', email: 'quinn@example.com', name: 'Quinn Person', given_name: 'Quinn',
+        family_name: 'Person', department: 'eng', employee_type: 'employee',
+      },
+    };
+    assert.equal((await post(join, null)).status, 401);
+    const bad = await post({ id: 'evt-bad', type: 'hire', key: 'x', attributes: {} });
+    assert.equal(bad.status, 400);
+    assert.match(bad.json.detail, /type/);
+    assert.equal((await post(join)).status, 202);
+    await until('quinn in PostgreSQL', () => dbRow('quinn'));
+    assert.deepEqual(dbRow('quinn'), { active: true, dept: 'eng', groups: ['eng-tools', 'staff'] });
+    // the same event again: accepted, nothing applied twice
+    const auditBefore = e.audit().filter((x) => x.type === 'jml.operation').length;
+    let again;
+    for (let i = 0; i < 50; i++) {
+      again = await post(join);
+      if (again.status === 202) break;
+      await sleep(100); // 503 busy while the first one finishes
+    }
+    assert.equal(again.status, 202);
+    await until('duplicate recorded', () => e.audit().some((x) => x.type === 'jml.event' && x.duplicate === true));
+    assert.equal(e.audit().filter((x) => x.type === 'jml.operation').length, auditBefore, 'no operation enqueued again');
+    let left;
+    for (let i = 0; i < 50; i++) {
+      left = await post({ id: 'evt-leave-quinn-1', type: 'leave', key: '2001' });
+      if (left.status === 202) break;
+      await sleep(100);
+    }
+    assert.equal(left.status, 202);
+    await until('quinn disabled', () => dbRow('quinn') && !dbRow('quinn').active);
+  });
+
   test('the import endpoint needs the admin token; a re-import of the same file changes nothing', async () => {
     const r = await jsonRequest('POST', `http://127.0.0.1:${scPort}/import`, {});
     assert.equal(r.status, 401);
