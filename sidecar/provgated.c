@@ -705,7 +705,7 @@ on_import_done(void *arg, pg_status_t st, const json_t *summary)
     } else {
         d->import_failures++;
         if (st == PG_ERR_REDIS || st == PG_ERR_IO || st == PG_ERR_TIMEOUT
-            || st == PG_ERR_NOMEM) {
+            || st == PG_ERR_NOMEM || st == PG_ERR_BUSY) {
             /* transient: try the same file again at the next poll (a
              * refused or malformed file waits until it changes) */
             d->have_last = 0;

@@ -91,6 +91,16 @@ static const char pg_jml_leave_lua[] =
     "return {iid, redis.call('HGET', k, 'attrs') or '', "
     "        table.concat(acc, '\\n'), tostring(n)}";
 
+/* Release our lease (compare-and-delete). KEYS: lock. ARGV: token. */
+static const char pg_jml_unlock_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/* The import/event lease: one sidecar at a time applies HR changes, so
+ * several instances never apply one export twice. Longer than any
+ * import needs; released at the end (a dead holder's lease expires). */
+#define PG_JML_LEASE_MS "600000"
+
 typedef struct pg_jml_rule {
     char *attr;                /* identity attribute (e.g. "email") */
     char *index;               /* login correlation index (e.g. "email") */
@@ -128,6 +138,7 @@ struct pg_jml {
     pg_outbox_req_t *oreq;
     pg_timer_t *kick;
     unsigned long ops, cases;
+    char lease[48];            /* token of our <p>lock:jml lease, or "" */
     int event_mode;            /* one JML event: no snapshot to commit */
     json_t *event;             /* the event being applied */
 };
@@ -135,6 +146,8 @@ struct pg_jml {
 static void pg_jml_next_person(pg_jml_t *j);
 static void pg_jml_next_target(pg_jml_t *j);
 static void pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why);
+static void pg_jml_event_go(pg_jml_t *j);
+static void pg_jml_lease(pg_jml_t *j);
 
 static void
 pg_jml_audit(pg_jml_t *j, const char *type, const char *outcome,
@@ -197,8 +210,29 @@ pg_jml_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
 }
 
 static void
+pg_jml_ignore(void *arg, pg_status_t st, const redisReply *reply)
+{
+    (void) arg;
+    (void) st;
+    (void) reply;
+}
+
+static void
 pg_jml_reset(pg_jml_t *j)
 {
+    if (j->lease[0] != '\0') {
+        char k[256];
+        const char *argv[5];
+
+        snprintf(k, sizeof(k), "%slock:jml", j->cfg->redis.key_prefix);
+        argv[0] = "EVAL"; argv[1] = pg_jml_unlock_lua; argv[2] = "1";
+        argv[3] = k; argv[4] = j->lease;
+        if (pg_redis_command(j->r, 5, argv, NULL, 0, pg_jml_ignore, NULL,
+                             NULL) != PG_OK) {
+            pg_log(j->host, PG_LOG_WARN, "jml: lease not released (expires)");
+        }
+        j->lease[0] = '\0';
+    }
     if (j->rop != NULL) {
         pg_redis_cancel(j->rop);
         j->rop = NULL;
@@ -809,6 +843,69 @@ pg_jml_snapshot_read(void *arg, pg_status_t st, const redisReply *reply)
     pg_jml_next_person(j);
 }
 
+static void pg_jml_event_kick(void *arg);
+
+/* Take <p>lock:jml, then go on with the import or the event; another
+ * holder: PG_ERR_BUSY (the import is tried again at the next poll, the
+ * event's sender retries). */
+static void pg_jml_start(void *arg);
+
+static void
+pg_jml_leased(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        j->lease[0] = '\0';
+        pg_jml_finish(j, PG_ERR_REDIS, "Redis unavailable");
+        return;
+    }
+    if (reply->type == REDIS_REPLY_NIL) {
+        /* another sidecar is applying HR changes right now */
+        j->lease[0] = '\0';
+        if (j->event_mode) {
+            /* an accepted event is never dropped: wait for the lease */
+            j->kick = j->host->timer_open(j->host->ctx, pg_jml_event_kick,
+                                          j);
+            if (j->kick != NULL) {
+                j->host->timer_arm(j->kick, 200);
+                return;
+            }
+        }
+        pg_jml_finish(j, PG_ERR_BUSY, "another sidecar is importing");
+        return;
+    }
+    if (j->event_mode) {
+        pg_jml_event_go(j);
+    } else {
+        pg_jml_start(j);
+    }
+}
+
+static void
+pg_jml_lease(pg_jml_t *j)
+{
+    char k[256];
+    const char *argv[6];
+    pg_status_t st;
+
+    if (pg_random_token(18, j->lease, sizeof(j->lease)) != PG_OK) {
+        j->lease[0] = '\0';
+        pg_jml_finish(j, PG_ERR_INTERNAL, "no randomness");
+        return;
+    }
+    snprintf(k, sizeof(k), "%slock:jml", j->cfg->redis.key_prefix);
+    argv[0] = "SET"; argv[1] = k; argv[2] = j->lease; argv[3] = "NX";
+    argv[4] = "PX"; argv[5] = PG_JML_LEASE_MS;
+    st = pg_redis_command(j->r, 6, argv, NULL, 0, pg_jml_leased, j, &j->rop);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        j->lease[0] = '\0';
+        pg_jml_finish(j, st, "Redis unavailable");
+    }
+}
+
 static void
 pg_jml_start(void *arg)
 {
@@ -821,6 +918,10 @@ pg_jml_start(void *arg)
 
     j->host->timer_close(j->kick);
     j->kick = NULL;
+    if (j->lease[0] == '\0') {
+        pg_jml_lease(j);
+        return;
+    }
     /* a local file read: bounded, and the sidecar is not a request path */
     st = pg_read_file(j->path, j->feed->max_file_bytes, 0, &buf, &len, &err);
     if (st != PG_OK) {
@@ -874,6 +975,8 @@ pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
 }
 
 /* ---- events (webhook, stream) ------------------------------------------ */
+
+static void pg_jml_event_kick(void *arg);
 
 
 static void
@@ -929,8 +1032,6 @@ pg_jml_event(pg_jml_t *j, const json_t *ev, pg_jml_cb cb, void *arg,
     json_t *v;
     pg_hrfeed_diff_t *d;
     char *seen;
-    const char *argv[2];
-    pg_status_t st;
 
     if (j->busy) {
         return PG_ERR_BUSY;
@@ -1008,15 +1109,39 @@ pg_jml_event(pg_jml_t *j, const json_t *ev, pg_jml_cb cb, void *arg,
     j->arg = arg;
     j->ops = 0;
     j->cases = 0;
-    /* idempotent by event id: recorded once applied (see jml.h) */
     j->path = seen;
-    argv[0] = "EXISTS"; argv[1] = seen;
+    /* one applier at a time across sidecars, then the id check */
+    j->kick = j->host->timer_open(j->host->ctx, pg_jml_event_kick, j);
+    if (j->kick == NULL) {
+        pg_jml_reset(j);
+        return PG_ERR_NOMEM;
+    }
+    j->host->timer_arm(j->kick, 0);
+    return PG_OK;
+}
+
+/* Idempotent by event id: recorded once applied (see jml.h). */
+static void
+pg_jml_event_go(pg_jml_t *j)
+{
+    const char *argv[2];
+    pg_status_t st;
+
+    argv[0] = "EXISTS"; argv[1] = j->path;
     st = pg_redis_command(j->r, 2, argv, NULL, 0, pg_jml_event_seen, j,
                           &j->rop);
     if (st != PG_OK) {
         j->rop = NULL;
-        pg_jml_reset(j);
-        return st;
+        pg_jml_finish(j, st, "Redis unavailable");
     }
-    return PG_OK;
+}
+
+static void
+pg_jml_event_kick(void *arg)
+{
+    pg_jml_t *j = arg;
+
+    j->host->timer_close(j->kick);
+    j->kick = NULL;
+    pg_jml_lease(j);
 }

@@ -246,4 +246,24 @@ describe('JML from an HR export through the sidecar', () => {
     const s = await waitImport((x) => x.status === 'ok' && x.unchanged === 3 && x.joins === 0 && x.leaves === 0);
     assert.equal(s.operations, 0);
   });
+
+  test('two sidecars share the work: one export is applied once', async () => {
+    const port2 = await freePort();
+    const sc2 = await startProcess(BIN, ['--config', e.cfgFile, '--listen', `127.0.0.1:${port2}`, '--log-level', 'info',
+      '--admin-token-file', path.join(e.dir, 'admin.token')], { name: 'provgated-2' });
+    try {
+      await waitForPort(port2);
+      writeHr([row('1001', 'nora', 'sales'), row('1002', 'otto', 'eng'), row('1005', 'pia', 'sales'),
+        row('1006', 'rex', 'eng')]);
+      await until('rex in PostgreSQL', () => dbRow('rex'));
+      await sleep(2500); // both sidecars have polled the new file by now
+      const joins = e.audit().filter((x) => x.type === 'jml.join' && x.hr_key === '1006');
+      assert.equal(joins.length, 1, 'exactly one sidecar applied the join');
+      const imports = e.audit().filter((x) => x.type === 'jml.import' && x.outcome === 'success' && x.joins === 1);
+      assert.equal(imports.length, 1, 'the export was applied once');
+      assert.equal(pg.psql("SELECT count(*) FROM accounts WHERE key = 'rex'"), '1');
+    } finally {
+      await sc2.stop();
+    }
+  });
 });
