@@ -548,8 +548,10 @@ pg_admin_attrs_read(pg_op_t *op, pg_status_t st)
         || reply->len > PG_GATE_MAX_SESSION
         || (attrs = json_loadb(reply->str, reply->len, 0, &jerr)) == NULL) {
         /* recorded; provisioned at the requester's next login */
-        pg_admin_reply(op, 200, op->admin_result);
-        op->admin_result = NULL;
+        json_t *r = op->admin_result;
+
+        op->admin_result = NULL;     /* the op is freed by the reply */
+        pg_admin_reply(op, 200, r);
         return;
     }
     json_object_set_new(attrs, "identity_id", json_string(op->iid));
@@ -570,8 +572,10 @@ pg_admin_attrs_read(pg_op_t *op, pg_status_t st)
         json_object_set_new(op->admin_result, "provisioning",
                             json_pack("{s:s}", "status",
                                       "at the next sign-in"));
-        pg_admin_reply(op, 200, op->admin_result);
-        op->admin_result = NULL;
+        json_t *r = op->admin_result;
+
+        op->admin_result = NULL;     /* the op is freed by the reply */
+        pg_admin_reply(op, 200, r);
         return;
     }
     state = json_pack("{s:s, s:s, s:O, s:O}", "iid", op->iid, "app", op->app,
@@ -659,8 +663,10 @@ pg_admin_decided(pg_op_t *op, pg_status_t st)
     }
     op->admin_result = json_pack("{s:o}", "request", h);
     if (!approve || op->admin_result == NULL) {
-        pg_admin_reply(op, 200, op->admin_result);
-        op->admin_result = NULL;
+        json_t *r = op->admin_result;
+
+        op->admin_result = NULL;     /* the op is freed by the reply */
+        pg_admin_reply(op, 200, r);
         return;
     }
     /* the requester's identity and target, for provisioning */
