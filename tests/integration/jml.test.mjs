@@ -10,42 +10,17 @@ import path from 'node:path';
 import {
   cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest,
 } from './lib/harness.mjs';
-import { startPostgres } from './lib/pg.mjs';
+import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
 
 const BIN = process.env.PG_PROVGATED_BIN
   || path.join(REPO_ROOT, process.env.PROVGATE_ASAN ? 'build/asan-bin/provgated' : 'build/provgated');
 const ADMIN_TOKEN = 'sidecar-admin-token-0123456789';
 
-const SCHEMA = `
-CREATE TABLE accounts (id bigserial PRIMARY KEY, key text NOT NULL UNIQUE, display_name text, email text,
-  department varchar(64), active boolean NOT NULL DEFAULT true,
-  updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TABLE account_groups (account_key text NOT NULL REFERENCES accounts(key) ON DELETE CASCADE ON UPDATE CASCADE,
-  group_name text NOT NULL, PRIMARY KEY (account_key, group_name));`;
+const SCHEMA = ACCOUNTS_SCHEMA;
 
 function sqlTarget(pg) {
-  return {
-    type: 'sql',
-    key: 'login',
-    attributes: { login: '${username}', display_name: '${name}', email: '${email}', department: '${department}' },
-    connector: {
-      conninfo: `host=127.0.0.1 port=${pg.port} dbname=postgres user=postgres`,
-      timeout_ms: 3000,
-      statements: {
-        lookup: 'SELECT id, key, display_name, email, department, active FROM accounts WHERE key = :key',
-        create: 'INSERT INTO accounts (key, display_name, email, department, active) VALUES (:key, :attr.display_name, :attr.email, :attr.department, :active)',
-        update: 'UPDATE accounts SET display_name = :attr.display_name, email = :attr.email, department = :attr.department WHERE key = :key',
-        disable: 'UPDATE accounts SET active = false WHERE key = :key',
-        enable: 'UPDATE accounts SET active = true WHERE key = :key',
-        delete: 'DELETE FROM accounts WHERE key = :key',
-        list: 'SELECT a.id, a.key, a.display_name, a.email, a.department, a.active, a.updated_at AS modified, (SELECT coalesce(json_agg(g.group_name ORDER BY g.group_name), \'[]\') FROM account_groups g WHERE g.account_key = a.key) AS groups FROM accounts a WHERE a.key > :after AND a.updated_at >= :since ORDER BY a.key LIMIT :limit',
-        group_list: 'SELECT group_name AS "group" FROM account_groups WHERE account_key = :key',
-        group_add: 'INSERT INTO account_groups (account_key, group_name) VALUES (:key, :group) ON CONFLICT DO NOTHING',
-        group_remove: 'DELETE FROM account_groups WHERE account_key = :key AND group_name = :group',
-      },
-    },
-  };
+  return accountsSqlTarget(pg);
 }
 
 const POLICIES = {
