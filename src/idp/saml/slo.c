@@ -42,6 +42,7 @@
 #include <xmlsec/crypto.h>
 
 #include "provgate/saml_slo.h"
+#include "saml_int.h"
 
 #define NS_SAMLP "urn:oasis:names:tc:SAML:2.0:protocol"
 #define NS_SAML  "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -229,15 +230,6 @@ b64_encode(const unsigned char *in, size_t n)
     return o;
 }
 
-/* Value of a hex digit, -1 for anything else. */
-static int
-hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 /*
  * Decode a form/query value ('+' is a space, %XX) into a malloc'd
@@ -269,8 +261,8 @@ pct_decode(const char *v, size_t n, size_t cap, char **out)
                 free(o);
                 return PG_ERR_INVALID;
             }
-            h = hexval((unsigned char)v[j + 1]);
-            l = hexval((unsigned char)v[j + 2]);
+            h = pg_sx_hexval((unsigned char)v[j + 1]);
+            l = pg_sx_hexval((unsigned char)v[j + 2]);
             if (h < 0 || l < 0) {
                 free(o);
                 return PG_ERR_INVALID;
@@ -355,29 +347,6 @@ split_params(const char *s, size_t n, const char *msg_name, qparams_t *q)
 
 /* ---- safe XML ---------------------------------------------------------- */
 
-/* Refuse NUL bytes and every "<!" that does not open a comment or CDATA
- * (DOCTYPE, ENTITY, ...). Runs before any parser. 1 when acceptable. */
-static int
-xml_prescan_ok(const unsigned char *p, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (p[i] == '\0') {
-            return 0;
-        }
-        if (p[i] == '<' && i + 1 < n && p[i + 1] == '!') {
-            if (i + 3 < n && p[i + 2] == '-' && p[i + 3] == '-') {
-                continue;
-            }
-            if (n - i >= 9 && memcmp(p + i, "<![CDATA[", 9) == 0) {
-                continue;
-            }
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Parse pre-scanned bytes: no network, no entities, no DTD, UTF-8 forced.
  * NULL when not well-formed or a DTD subset exists. */
@@ -403,41 +372,8 @@ xml_parse(const unsigned char *p, size_t n)
     return doc;
 }
 
-/* 1 when n is the element ns:name. */
-static int
-is_el(const xmlNode *n, const char *ns, const char *name)
-{
-    return n != NULL && n->type == XML_ELEMENT_NODE && n->ns != NULL &&
-           n->ns->href != NULL && strcmp((const char *)n->ns->href, ns) == 0 &&
-           strcmp((const char *)n->name, name) == 0;
-}
 
-/* First child element ns:name of n (borrowed) or NULL. */
-static xmlNode *
-first_child(xmlNode *n, const char *ns, const char *name)
-{
-    xmlNode *c;
-    for (c = n ? n->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, ns, name)) {
-            return c;
-        }
-    }
-    return NULL;
-}
 
-/* Number of child elements ns:name of n. */
-static size_t
-count_children(xmlNode *n, const char *ns, const char *name)
-{
-    xmlNode *c;
-    size_t k = 0;
-    for (c = n ? n->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, ns, name)) {
-            k++;
-        }
-    }
-    return k;
-}
 
 /* Attribute without namespace: borrowed text or NULL. */
 static const char *
@@ -509,71 +445,7 @@ text_equals(xmlNode *n, const char *want)
 
 /* ---- time -------------------------------------------------------------- */
 
-/* Exactly n decimal digits; 0 on success. */
-static int
-digits(const char *s, int n, int *out)
-{
-    int i, v = 0;
-    for (i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return 0;
-}
 
-/* xs:dateTime in UTC: YYYY-MM-DDThh:mm:ss[.frac](Z|+00:00|-00:00). */
-static int
-parse_time(const char *s, int64_t *out)
-{
-    struct tm tm;
-    int y, mo, d, h, mi, se;
-    const char *p;
-    time_t t;
-
-    if (s == NULL || strlen(s) < 20 || s[4] != '-' || s[7] != '-' ||
-        s[10] != 'T' || s[13] != ':' || s[16] != ':') {
-        return -1;
-    }
-    if (digits(s, 4, &y) || digits(s + 5, 2, &mo) || digits(s + 8, 2, &d) ||
-        digits(s + 11, 2, &h) || digits(s + 14, 2, &mi) ||
-        digits(s + 17, 2, &se)) {
-        return -1;
-    }
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
-        se > 60 || y < 1970) {
-        return -1;
-    }
-    p = s + 19;
-    if (*p == '.') {
-        p++;
-        if (*p < '0' || *p > '9') {
-            return -1;
-        }
-        while (*p >= '0' && *p <= '9') {
-            p++;
-        }
-    }
-    if (!(strcmp(p, "Z") == 0 || strcmp(p, "+00:00") == 0 ||
-          strcmp(p, "-00:00") == 0)) {
-        return -1;
-    }
-    memset(&tm, 0, sizeof(tm));
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = se;
-    t = timegm(&tm);
-    if (t == (time_t)-1) {
-        return -1;
-    }
-    *out = (int64_t)t;
-    return 0;
-}
 
 /* Format unix seconds as "YYYY-MM-DDThh:mm:ssZ" into out (>= 21 bytes). */
 static int
@@ -702,7 +574,7 @@ load_idp_metadata(pg_saml_slo_t *slo, const char *md, size_t len,
     xmlNode *root, *idp, *c;
     pg_status_t st = PG_OK;
 
-    if (!xml_prescan_ok((const unsigned char *)md, len)) {
+    if (!pg_sx_prescan_ok((const unsigned char *)md, len)) {
         pg_err_set(err, "IdP metadata: DOCTYPE or NUL refused");
         return PG_ERR_CONFIG;
     }
@@ -712,8 +584,8 @@ load_idp_metadata(pg_saml_slo_t *slo, const char *md, size_t len,
         return PG_ERR_CONFIG;
     }
     root = xmlDocGetRootElement(doc);
-    idp = is_el(root, NS_MD, "EntityDescriptor")
-              ? first_child(root, NS_MD, "IDPSSODescriptor") : NULL;
+    idp = pg_sx_is_el(root, NS_MD, "EntityDescriptor")
+              ? pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") : NULL;
     if (idp == NULL || attr(root, "entityID") == NULL ||
         strcmp(attr(root, "entityID"), slo->idp_entity_id) != 0) {
         pg_err_set(err, "IdP metadata: not the SP's IdP EntityDescriptor");
@@ -721,16 +593,16 @@ load_idp_metadata(pg_saml_slo_t *slo, const char *md, size_t len,
         goto out;
     }
     for (c = idp->children; c != NULL && st == PG_OK; c = c->next) {
-        if (is_el(c, NS_MD, "KeyDescriptor")) {
+        if (pg_sx_is_el(c, NS_MD, "KeyDescriptor")) {
             const char *use = attr(c, "use");
-            xmlNode *cert = first_child(first_child(first_child(c, NS_DS,
+            xmlNode *cert = pg_sx_first_child(pg_sx_first_child(pg_sx_first_child(c, NS_DS,
                 "KeyInfo"), NS_DS, "X509Data"), NS_DS, "X509Certificate");
             if ((use != NULL && strcmp(use, "signing") != 0) || cert == NULL ||
                 slo->n_keys >= PG_SAML_SLO_MAX_IDP_KEYS) {
                 continue;
             }
             st = add_idp_cert(slo, cert, err);
-        } else if (is_el(c, NS_MD, "SingleLogoutService") &&
+        } else if (pg_sx_is_el(c, NS_MD, "SingleLogoutService") &&
                    slo->idp_slo_url == NULL) {
             const char *b = attr(c, "Binding"), *loc = attr(c, "Location");
             const char *rloc = attr(c, "ResponseLocation");
@@ -1395,7 +1267,7 @@ walk_tree(xmlNode *n, xmlNode *root, const char *root_name, walk_t *w)
         }
         if (strcmp((const char *)n->name, "Signature") == 0) {
             w->sigs++;
-            if (!is_el(n, NS_DS, "Signature") || n->parent != root) {
+            if (!pg_sx_is_el(n, NS_DS, "Signature") || n->parent != root) {
                 w->bad_sig++;
             }
         }
@@ -1415,26 +1287,26 @@ walk_tree(xmlNode *n, xmlNode *root, const char *root_name, walk_t *w)
 static int
 reference_ok(xmlNode *el, xmlNode *sig)
 {
-    xmlNode *si = first_child(sig, NS_DS, "SignedInfo");
+    xmlNode *si = pg_sx_first_child(sig, NS_DS, "SignedInfo");
     xmlNode *ref, *tr, *t;
     const char *id = attr(el, "ID"), *uri;
 
-    if (si == NULL || id == NULL || count_children(si, NS_DS, "Reference") != 1) {
+    if (si == NULL || id == NULL || pg_sx_count_children(si, NS_DS, "Reference") != 1) {
         return 0;
     }
-    ref = first_child(si, NS_DS, "Reference");
+    ref = pg_sx_first_child(si, NS_DS, "Reference");
     uri = attr(ref, "URI");
     if (uri == NULL || uri[0] != '#' || strcmp(uri + 1, id) != 0) {
         return 0;
     }
-    tr = first_child(ref, NS_DS, "Transforms");
+    tr = pg_sx_first_child(ref, NS_DS, "Transforms");
     for (t = tr ? tr->children : NULL; t != NULL; t = t->next) {
         const char *alg;
         if (t->type != XML_ELEMENT_NODE) {
             continue;
         }
         alg = attr(t, "Algorithm");
-        if (!is_el(t, NS_DS, "Transform") || alg == NULL) {
+        if (!pg_sx_is_el(t, NS_DS, "Transform") || alg == NULL) {
             return 0;
         }
         if (strcmp(alg, "http://www.w3.org/2000/09/xmldsig#enveloped-signature") &&
@@ -1540,7 +1412,7 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
     if (c->xlen > PG_SAML_MAX_XML) {
         return refuse(c, PG_ERR_TOO_LARGE, "too_large", "message XML over cap");
     }
-    if (!xml_prescan_ok(c->xml, c->xlen)) {
+    if (!pg_sx_prescan_ok(c->xml, c->xlen)) {
         return refuse(c, PG_ERR_DENIED, "doctype", "DOCTYPE/declaration or NUL");
     }
     c->doc = xml_parse(c->xml, c->xlen);
@@ -1555,7 +1427,7 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
     }
     walk_tree(c->root, c->root, root_name, &w);
     xmlHashFree(w.ids, NULL);
-    if (!is_el(c->root, NS_SAMLP, root_name) || w.roots != 1) {
+    if (!pg_sx_is_el(c->root, NS_SAMLP, root_name) || w.roots != 1) {
         return refuse(c, PG_ERR_DENIED, wrong_root_reason,
                       "root must be the only message element");
     }
@@ -1575,7 +1447,7 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
                       "Signature misplaced, repeated or inside a Redirect message");
     }
     if (!query_signed) {
-        sig = first_child(c->root, NS_DS, "Signature");
+        sig = pg_sx_first_child(c->root, NS_DS, "Signature");
         if (sig == NULL) {
             return refuse(c, PG_ERR_DENIED, "unsigned", "no XML signature");
         }
@@ -1586,9 +1458,9 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
     }
     /* From here on the tree is authenticated. */
     {
-        xmlNode *is = first_child(c->root, NS_SAML, "Issuer");
+        xmlNode *is = pg_sx_first_child(c->root, NS_SAML, "Issuer");
         const char *fmt = attr(is, "Format");
-        if (is == NULL || count_children(c->root, NS_SAML, "Issuer") != 1 ||
+        if (is == NULL || pg_sx_count_children(c->root, NS_SAML, "Issuer") != 1 ||
             (fmt != NULL && strcmp(fmt, NAMEID_ENTITY) != 0) ||
             !text_equals(is, c->slo->idp_entity_id)) {
             return refuse(c, PG_ERR_DENIED, "bad_issuer", "Issuer");
@@ -1598,7 +1470,7 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
         strcmp(s, c->slo->slo_url) != 0) {
         return refuse(c, PG_ERR_DENIED, "bad_destination", "Destination");
     }
-    if (parse_time(attr(c->root, "IssueInstant"), &t) != 0) {
+    if (pg_sx_parse_time(attr(c->root, "IssueInstant"), &t) != 0) {
         return refuse(c, PG_ERR_DENIED, "bad_time", "IssueInstant");
     }
     if (t > c->now + skew) {
@@ -1687,14 +1559,14 @@ pg_saml_logout_response_verify(const pg_saml_slo_t *slo,
         st = refuse(&c, PG_ERR_DENIED, "no_in_response_to", "InResponseTo");
         goto out;
     }
-    sc = first_child(first_child(c.root, NS_SAMLP, "Status"), NS_SAMLP,
+    sc = pg_sx_first_child(pg_sx_first_child(c.root, NS_SAMLP, "Status"), NS_SAMLP,
                      "StatusCode");
     code = attr(sc, "Value");
     if (code == NULL) {
         st = refuse(&c, PG_ERR_DENIED, "status_not_success", "no StatusCode");
         goto out;
     }
-    sub = first_child(sc, NS_SAMLP, "StatusCode");
+    sub = pg_sx_first_child(sc, NS_SAMLP, "StatusCode");
     if (sub != NULL) {
         subcode = attr(sub, "Value");
     }
@@ -1747,7 +1619,7 @@ pg_saml_logout_request_in_clear(pg_saml_logout_request_in_t *r)
 static xmlSecKeyDataId
 sym_key_id(xmlNode *ed)
 {
-    const char *alg = attr(first_child(ed, NS_XENC, "EncryptionMethod"),
+    const char *alg = attr(pg_sx_first_child(ed, NS_XENC, "EncryptionMethod"),
                            "Algorithm");
 
     if (alg != NULL && (strstr(alg, "#aes128-") || strstr(alg, "#aes192-") ||
@@ -1776,18 +1648,18 @@ decrypt_id(const pg_saml_slo_t *slo, xmlNode *eid, unsigned char **pt,
     pg_status_t st = PG_ERR_CRYPTO;
 
     *pt = NULL;
-    if (count_children(eid, NS_XENC, "EncryptedData") != 1) {
+    if (pg_sx_count_children(eid, NS_XENC, "EncryptedData") != 1) {
         return PG_ERR_INVALID;
     }
-    ed = first_child(eid, NS_XENC, "EncryptedData");
-    ki = first_child(ed, NS_DS, "KeyInfo");
-    if (count_children(ki, NS_XENC, "EncryptedKey") +
-        count_children(eid, NS_XENC, "EncryptedKey") != 1) {
+    ed = pg_sx_first_child(eid, NS_XENC, "EncryptedData");
+    ki = pg_sx_first_child(ed, NS_DS, "KeyInfo");
+    if (pg_sx_count_children(ki, NS_XENC, "EncryptedKey") +
+        pg_sx_count_children(eid, NS_XENC, "EncryptedKey") != 1) {
         return PG_ERR_INVALID;
     }
-    ek = first_child(ki, NS_XENC, "EncryptedKey");
+    ek = pg_sx_first_child(ki, NS_XENC, "EncryptedKey");
     if (ek == NULL) {
-        ek = first_child(eid, NS_XENC, "EncryptedKey");
+        ek = pg_sx_first_child(eid, NS_XENC, "EncryptedKey");
     }
     kid = sym_key_id(ed);
     if (kid == xmlSecKeyDataIdUnknown) {
@@ -1895,10 +1767,10 @@ encrypted_nameid(vctx_t *c, xmlNode *eid, pg_saml_logout_request_in_t *out)
     if (st != PG_OK) {
         return refuse(c, PG_ERR_CRYPTO, "decrypt_failed", "EncryptedID");
     }
-    d = xml_prescan_ok(pt, ptlen) ? xml_parse(pt, ptlen) : NULL;
+    d = pg_sx_prescan_ok(pt, ptlen) ? xml_parse(pt, ptlen) : NULL;
     free(pt);
     n = d ? xmlDocGetRootElement(d) : NULL;
-    if (!is_el(n, NS_SAML, "NameID") || n->children == NULL ||
+    if (!pg_sx_is_el(n, NS_SAML, "NameID") || n->children == NULL ||
         n->children->next != NULL || n->children->type != XML_TEXT_NODE) {
         if (d != NULL) {
             xmlFreeDoc(d);
@@ -1919,10 +1791,10 @@ request_subject(vctx_t *c, pg_saml_logout_request_in_t *out)
     int bad;
 
     pg_status_t st;
-    size_t nn = count_children(c->root, NS_SAML, "NameID"),
-           ne = count_children(c->root, NS_SAML, "EncryptedID");
+    size_t nn = pg_sx_count_children(c->root, NS_SAML, "NameID"),
+           ne = pg_sx_count_children(c->root, NS_SAML, "EncryptedID");
 
-    if (first_child(c->root, NS_SAML, "BaseID") != NULL) {
+    if (pg_sx_first_child(c->root, NS_SAML, "BaseID") != NULL) {
         return refuse(c, PG_ERR_DENIED, "base_id_unsupported",
                       "BaseID is not accepted");
     }
@@ -1931,10 +1803,10 @@ request_subject(vctx_t *c, pg_saml_logout_request_in_t *out)
                       "need exactly one NameID or EncryptedID");
     }
     if (ne == 1) {
-        st = encrypted_nameid(c, first_child(c->root, NS_SAML, "EncryptedID"),
+        st = encrypted_nameid(c, pg_sx_first_child(c->root, NS_SAML, "EncryptedID"),
                               out);
     } else {
-        nid = first_child(c->root, NS_SAML, "NameID");
+        nid = pg_sx_first_child(c->root, NS_SAML, "NameID");
         st = take_nameid(c, nid, out);
     }
     if (st != PG_OK) {
@@ -1942,7 +1814,7 @@ request_subject(vctx_t *c, pg_saml_logout_request_in_t *out)
     }
     for (k = c->root->children; k != NULL; k = k->next) {
         char *txt;
-        if (!is_el(k, NS_SAMLP, "SessionIndex")) {
+        if (!pg_sx_is_el(k, NS_SAMLP, "SessionIndex")) {
             continue;
         }
         if (out->n_session_index >= PG_SAML_SLO_MAX_SESSIONS) {
@@ -1993,7 +1865,7 @@ pg_saml_logout_request_verify(const pg_saml_slo_t *slo,
     }
     out->replay_until = c.valid_until;
     if ((s = attr(c.root, "NotOnOrAfter")) != NULL) {
-        if (parse_time(s, &t) != 0) {
+        if (pg_sx_parse_time(s, &t) != 0) {
             st = refuse(&c, PG_ERR_DENIED, "bad_time", "NotOnOrAfter");
             goto out;
         }

@@ -40,6 +40,7 @@
 #include <lasso/xml/saml-2.0/samlp2_name_id_policy.h>
 
 #include "provgate/saml.h"
+#include "saml_int.h"
 
 #define NS_SAMLP "urn:oasis:names:tc:SAML:2.0:protocol"
 #define NS_SAML  "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -219,15 +220,6 @@ b64_decode(const char *in, size_t n, size_t cap, unsigned char **out,
 
 /* ---- form body -------------------------------------------------------- */
 
-/* Value of a hex digit, -1 for anything else. */
-static int
-hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
 
 /*
  * Find key in an application/x-www-form-urlencoded body and decode its
@@ -281,8 +273,8 @@ form_param(const char *body, size_t len, const char *key, size_t cap,
                     free(o);
                     return PG_ERR_INVALID;
                 }
-                h = hexval((unsigned char)val[j + 1]);
-                l = hexval((unsigned char)val[j + 2]);
+                h = pg_sx_hexval((unsigned char)val[j + 1]);
+                l = pg_sx_hexval((unsigned char)val[j + 2]);
                 if (h < 0 || l < 0) {
                     free(o);
                     return PG_ERR_INVALID;
@@ -308,33 +300,6 @@ form_param(const char *body, size_t len, const char *key, size_t cap,
 
 /* ---- safe XML --------------------------------------------------------- */
 
-/*
- * Refuse input that a parser could treat as anything but plain UTF-8
- * elements: NUL bytes (UTF-16/32), and every "<!" that does not open a
- * comment or a CDATA section (DOCTYPE, ENTITY, ELEMENT, ATTLIST, in any
- * case). Runs before any XML parser sees the bytes. 1 when acceptable.
- */
-static int
-xml_prescan_ok(const unsigned char *p, size_t n)
-{
-    size_t i;
-
-    for (i = 0; i < n; i++) {
-        if (p[i] == '\0') {
-            return 0;
-        }
-        if (p[i] == '<' && i + 1 < n && p[i + 1] == '!') {
-            if (i + 3 < n && p[i + 2] == '-' && p[i + 3] == '-') {
-                continue;
-            }
-            if (n - i >= 9 && memcmp(p + i, "<![CDATA[", 9) == 0) {
-                continue;
-            }
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Parse already pre-scanned bytes: no network, no entity substitution,
  * no DTD loading, encoding declarations ignored (UTF-8 forced). */
@@ -360,41 +325,8 @@ xml_parse(const unsigned char *p, size_t n)
     return doc;
 }
 
-/* 1 when n is an element with namespace URI ns and local name name. */
-static int
-is_el(const xmlNode *n, const char *ns, const char *name)
-{
-    return n != NULL && n->type == XML_ELEMENT_NODE && n->ns != NULL &&
-           n->ns->href != NULL && strcmp((const char *)n->ns->href, ns) == 0 &&
-           strcmp((const char *)n->name, name) == 0;
-}
 
-/* First child element ns:name of n (borrowed), or NULL. */
-static xmlNode *
-first_child(xmlNode *n, const char *ns, const char *name)
-{
-    xmlNode *c;
-    for (c = n ? n->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, ns, name)) {
-            return c;
-        }
-    }
-    return NULL;
-}
 
-/* Number of child elements ns:name of n (0 when n is NULL). */
-static size_t
-count_children(xmlNode *n, const char *ns, const char *name)
-{
-    xmlNode *c;
-    size_t k = 0;
-    for (c = n ? n->children : NULL; c != NULL; c = c->next) {
-        if (is_el(c, ns, name)) {
-            k++;
-        }
-    }
-    return k;
-}
 
 /* Attribute without namespace; borrowed pointer or NULL. */
 static const char *
@@ -473,71 +405,7 @@ text_equals(xmlNode *n, const char *want)
 
 /* ---- time ------------------------------------------------------------- */
 
-/* Parse exactly n decimal digits; 0 on success, -1 otherwise. */
-static int
-digits(const char *s, int n, int *out)
-{
-    int i, v = 0;
-    for (i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return 0;
-}
 
-/* xs:dateTime in UTC: YYYY-MM-DDThh:mm:ss[.fraction](Z|+00:00|-00:00). */
-static int
-parse_time(const char *s, int64_t *out)
-{
-    struct tm tm;
-    int y, mo, d, h, mi, se;
-    const char *p;
-    time_t t;
-
-    if (s == NULL || strlen(s) < 20 || s[4] != '-' || s[7] != '-' ||
-        s[10] != 'T' || s[13] != ':' || s[16] != ':') {
-        return -1;
-    }
-    if (digits(s, 4, &y) || digits(s + 5, 2, &mo) || digits(s + 8, 2, &d) ||
-        digits(s + 11, 2, &h) || digits(s + 14, 2, &mi) ||
-        digits(s + 17, 2, &se)) {
-        return -1;
-    }
-    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 ||
-        se > 60 || y < 1970) {
-        return -1;
-    }
-    p = s + 19;
-    if (*p == '.') {
-        p++;
-        if (*p < '0' || *p > '9') {
-            return -1;
-        }
-        while (*p >= '0' && *p <= '9') {
-            p++;
-        }
-    }
-    if (!(strcmp(p, "Z") == 0 || strcmp(p, "+00:00") == 0 ||
-          strcmp(p, "-00:00") == 0)) {
-        return -1;
-    }
-    memset(&tm, 0, sizeof(tm));
-    tm.tm_year = y - 1900;
-    tm.tm_mon = mo - 1;
-    tm.tm_mday = d;
-    tm.tm_hour = h;
-    tm.tm_min = mi;
-    tm.tm_sec = se;
-    t = timegm(&tm);
-    if (t == (time_t)-1) {
-        return -1;
-    }
-    *out = (int64_t)t;
-    return 0;
-}
 
 /* ---- SP construction -------------------------------------------------- */
 
@@ -664,7 +532,7 @@ idp_entity_from_metadata(const char *md, size_t len, char **out,
     xmlNode *root;
     const char *eid;
 
-    if (!xml_prescan_ok((const unsigned char *)md, len)) {
+    if (!pg_sx_prescan_ok((const unsigned char *)md, len)) {
         pg_err_set(err, "IdP metadata: DOCTYPE or NUL refused");
         return PG_ERR_CONFIG;
     }
@@ -675,8 +543,8 @@ idp_entity_from_metadata(const char *md, size_t len, char **out,
     }
     root = xmlDocGetRootElement(doc);
     eid = attr(root, "entityID");
-    if (!is_el(root, NS_MD, "EntityDescriptor") || eid == NULL ||
-        eid[0] == '\0' || first_child(root, NS_MD, "IDPSSODescriptor") == NULL) {
+    if (!pg_sx_is_el(root, NS_MD, "EntityDescriptor") || eid == NULL ||
+        eid[0] == '\0' || pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") == NULL) {
         xmlFreeDoc(doc);
         pg_err_set(err, "IdP metadata: need one md:EntityDescriptor with an "
                         "IDPSSODescriptor and an entityID");
@@ -992,10 +860,10 @@ walk_tree(xmlNode *n, walk_t *w)
         }
         if (strcmp((const char *)n->name, "Signature") == 0) {
             xmlNode *p = n->parent;
-            if (!is_el(n, NS_DS, "Signature") ||
-                !(is_el(p, NS_SAMLP, "Response") ||
-                  is_el(p, NS_SAML, "Assertion")) ||
-                count_children(p, NS_DS, "Signature") != 1) {
+            if (!pg_sx_is_el(n, NS_DS, "Signature") ||
+                !(pg_sx_is_el(p, NS_SAMLP, "Response") ||
+                  pg_sx_is_el(p, NS_SAML, "Assertion")) ||
+                pg_sx_count_children(p, NS_DS, "Signature") != 1) {
                 w->bad_sig++;
             }
         }
@@ -1019,26 +887,26 @@ walk_tree(xmlNode *n, walk_t *w)
 static int
 reference_ok(xmlNode *el, xmlNode *sig)
 {
-    xmlNode *si = first_child(sig, NS_DS, "SignedInfo");
+    xmlNode *si = pg_sx_first_child(sig, NS_DS, "SignedInfo");
     xmlNode *ref, *tr, *t;
     const char *id = attr(el, "ID"), *uri;
 
-    if (si == NULL || id == NULL || count_children(si, NS_DS, "Reference") != 1) {
+    if (si == NULL || id == NULL || pg_sx_count_children(si, NS_DS, "Reference") != 1) {
         return 0;
     }
-    ref = first_child(si, NS_DS, "Reference");
+    ref = pg_sx_first_child(si, NS_DS, "Reference");
     uri = attr(ref, "URI");
     if (uri == NULL || uri[0] != '#' || strcmp(uri + 1, id) != 0) {
         return 0;
     }
-    tr = first_child(ref, NS_DS, "Transforms");
+    tr = pg_sx_first_child(ref, NS_DS, "Transforms");
     for (t = tr ? tr->children : NULL; t != NULL; t = t->next) {
         const char *alg;
         if (t->type != XML_ELEMENT_NODE) {
             continue;
         }
         alg = attr(t, "Algorithm");
-        if (!is_el(t, NS_DS, "Transform") || alg == NULL) {
+        if (!pg_sx_is_el(t, NS_DS, "Transform") || alg == NULL) {
             return 0;
         }
         if (strcmp(alg, "http://www.w3.org/2000/09/xmldsig#enveloped-signature") &&
@@ -1071,7 +939,7 @@ lasso_verify_xml(pg_saml_sp_t *sp, const char *xml)
 static xmlSecKeyDataId
 sym_key_id(xmlNode *ed)
 {
-    xmlNode *em = first_child(ed, NS_XENC, "EncryptionMethod");
+    xmlNode *em = pg_sx_first_child(ed, NS_XENC, "EncryptionMethod");
     const char *alg = attr(em, "Algorithm");
 
     if (alg == NULL) {
@@ -1106,19 +974,19 @@ decrypt_assertion(pg_saml_sp_t *sp, xmlNode *ea, unsigned char **pt,
     size_t nek = 0;
 
     *pt = NULL;
-    if (count_children(ea, NS_XENC, "EncryptedData") != 1) {
+    if (pg_sx_count_children(ea, NS_XENC, "EncryptedData") != 1) {
         return PG_ERR_INVALID;
     }
-    ed = first_child(ea, NS_XENC, "EncryptedData");
-    ki = first_child(ed, NS_DS, "KeyInfo");
-    nek = count_children(ki, NS_XENC, "EncryptedKey") +
-          count_children(ea, NS_XENC, "EncryptedKey");
+    ed = pg_sx_first_child(ea, NS_XENC, "EncryptedData");
+    ki = pg_sx_first_child(ed, NS_DS, "KeyInfo");
+    nek = pg_sx_count_children(ki, NS_XENC, "EncryptedKey") +
+          pg_sx_count_children(ea, NS_XENC, "EncryptedKey");
     if (nek != 1) {
         return PG_ERR_INVALID;
     }
-    ek = first_child(ki, NS_XENC, "EncryptedKey");
+    ek = pg_sx_first_child(ki, NS_XENC, "EncryptedKey");
     if (ek == NULL) {
-        ek = first_child(ea, NS_XENC, "EncryptedKey");
+        ek = pg_sx_first_child(ea, NS_XENC, "EncryptedKey");
     }
     kid = sym_key_id(ed);
     if (kid == xmlSecKeyDataIdUnknown) {
@@ -1183,10 +1051,10 @@ out:
 static int
 issuer_ok(pg_saml_sp_t *sp, xmlNode *parent, int required)
 {
-    xmlNode *is = first_child(parent, NS_SAML, "Issuer");
+    xmlNode *is = pg_sx_first_child(parent, NS_SAML, "Issuer");
     const char *fmt;
 
-    if (count_children(parent, NS_SAML, "Issuer") > 1) {
+    if (pg_sx_count_children(parent, NS_SAML, "Issuer") > 1) {
         return 0;
     }
     if (is == NULL) {
@@ -1204,16 +1072,16 @@ issuer_ok(pg_saml_sp_t *sp, xmlNode *parent, int required)
 static pg_status_t
 check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
 {
-    xmlNode *cond = first_child(as, NS_SAML, "Conditions"), *k;
+    xmlNode *cond = pg_sx_first_child(as, NS_SAML, "Conditions"), *k;
     const char *s;
     int64_t t, now = c->exp->now, skew = (int64_t)c->sp->skew;
     size_t nar = 0;
 
-    if (cond == NULL || count_children(as, NS_SAML, "Conditions") != 1) {
+    if (cond == NULL || pg_sx_count_children(as, NS_SAML, "Conditions") != 1) {
         return refuse(c, PG_ERR_DENIED, "no_audience", "no Conditions");
     }
     if ((s = attr(cond, "NotBefore")) != NULL) {
-        if (parse_time(s, &t) != 0) {
+        if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "Conditions NotBefore");
         }
         if (now + skew < t) {
@@ -1221,7 +1089,7 @@ check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
         }
     }
     if ((s = attr(cond, "NotOnOrAfter")) != NULL) {
-        if (parse_time(s, &t) != 0) {
+        if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "Conditions NotOnOrAfter");
         }
         if (now - skew >= t) {
@@ -1235,12 +1103,12 @@ check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
         if (k->type != XML_ELEMENT_NODE) {
             continue;
         }
-        if (is_el(k, NS_SAML, "AudienceRestriction")) {
+        if (pg_sx_is_el(k, NS_SAML, "AudienceRestriction")) {
             xmlNode *au;
             int found = 0;
             nar++;
             for (au = k->children; au != NULL; au = au->next) {
-                if (is_el(au, NS_SAML, "Audience") &&
+                if (pg_sx_is_el(au, NS_SAML, "Audience") &&
                     text_equals(au, c->sp->entity_id)) {
                     found = 1;
                 }
@@ -1249,8 +1117,8 @@ check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
                 return refuse(c, PG_ERR_DENIED, "bad_audience",
                               "an AudienceRestriction does not name us");
             }
-        } else if (is_el(k, NS_SAML, "OneTimeUse") ||
-                   is_el(k, NS_SAML, "ProxyRestriction")) {
+        } else if (pg_sx_is_el(k, NS_SAML, "OneTimeUse") ||
+                   pg_sx_is_el(k, NS_SAML, "ProxyRestriction")) {
             continue; /* one-time use is the replay cache's job */
         } else {
             return refuse(c, PG_ERR_DENIED, "unknown_condition",
@@ -1279,7 +1147,7 @@ check_scd(acs_ctx_t *c, xmlNode *scd, int64_t *noa)
         return "bad_recipient";
     }
     s = attr(scd, "NotOnOrAfter");
-    if (s == NULL || parse_time(s, &t) != 0) {
+    if (s == NULL || pg_sx_parse_time(s, &t) != 0) {
         return "bad_time";
     }
     if (now - skew >= t) {
@@ -1287,7 +1155,7 @@ check_scd(acs_ctx_t *c, xmlNode *scd, int64_t *noa)
     }
     if ((s = attr(scd, "NotBefore")) != NULL) {
         int64_t nb;
-        if (parse_time(s, &nb) != 0) {
+        if (pg_sx_parse_time(s, &nb) != 0) {
             return "bad_time";
         }
         if (now + skew < nb) {
@@ -1313,16 +1181,16 @@ check_scd(acs_ctx_t *c, xmlNode *scd, int64_t *noa)
 static pg_status_t
 check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 {
-    xmlNode *subj = first_child(as, NS_SAML, "Subject"), *nid, *sc;
+    xmlNode *subj = pg_sx_first_child(as, NS_SAML, "Subject"), *nid, *sc;
     const char *first_bad = NULL;
     int bad, ok = 0;
     int64_t noa = 0;
 
-    if (subj == NULL || count_children(as, NS_SAML, "Subject") != 1) {
+    if (subj == NULL || pg_sx_count_children(as, NS_SAML, "Subject") != 1) {
         return refuse(c, PG_ERR_DENIED, "no_nameid", "no Subject");
     }
-    nid = first_child(subj, NS_SAML, "NameID");
-    if (nid == NULL || count_children(subj, NS_SAML, "NameID") != 1) {
+    nid = pg_sx_first_child(subj, NS_SAML, "NameID");
+    if (nid == NULL || pg_sx_count_children(subj, NS_SAML, "NameID") != 1) {
         return refuse(c, PG_ERR_DENIED, "no_nameid", "need exactly one NameID");
     }
     o->name_id = pure_text(nid, &bad);
@@ -1345,14 +1213,14 @@ check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
     for (sc = subj->children; sc != NULL; sc = sc->next) {
         const char *m, *why;
         int64_t t = 0;
-        if (!is_el(sc, NS_SAML, "SubjectConfirmation")) {
+        if (!pg_sx_is_el(sc, NS_SAML, "SubjectConfirmation")) {
             continue;
         }
         m = attr(sc, "Method");
         if (m == NULL || strcmp(m, CM_BEARER) != 0) {
             continue;
         }
-        why = check_scd(c, first_child(sc, NS_SAML, "SubjectConfirmationData"), &t);
+        why = check_scd(c, pg_sx_first_child(sc, NS_SAML, "SubjectConfirmationData"), &t);
         if (why == NULL) {
             ok = 1;
             if (noa == 0 || t < noa) {
@@ -1376,7 +1244,7 @@ check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 static pg_status_t
 check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 {
-    xmlNode *an = first_child(as, NS_SAML, "AuthnStatement"), *st, *at;
+    xmlNode *an = pg_sx_first_child(as, NS_SAML, "AuthnStatement"), *st, *at;
     const char *s;
 
     if (an == NULL) {
@@ -1384,7 +1252,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
     }
     if ((s = attr(an, "SessionNotOnOrAfter")) != NULL) {
         int64_t t;
-        if (parse_time(s, &t) != 0) {
+        if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "SessionNotOnOrAfter");
         }
         if (c->exp->now - (int64_t)c->sp->skew >= t) {
@@ -1403,7 +1271,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
         return PG_ERR_NOMEM;
     }
     for (st = as->children; st != NULL; st = st->next) {
-        if (!is_el(st, NS_SAML, "AttributeStatement")) {
+        if (!pg_sx_is_el(st, NS_SAML, "AttributeStatement")) {
             continue;
         }
         for (at = st->children; at != NULL; at = at->next) {
@@ -1413,7 +1281,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
             if (at->type != XML_ELEMENT_NODE) {
                 continue;
             }
-            if (!is_el(at, NS_SAML, "Attribute")) {
+            if (!pg_sx_is_el(at, NS_SAML, "Attribute")) {
                 return refuse(c, PG_ERR_DENIED, "bad_attribute",
                               "EncryptedAttribute or unknown element");
             }
@@ -1431,7 +1299,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
             for (v = at->children; v != NULL; v = v->next) {
                 int bad;
                 char *txt;
-                if (!is_el(v, NS_SAML, "AttributeValue")) {
+                if (!pg_sx_is_el(v, NS_SAML, "AttributeValue")) {
                     continue;
                 }
                 txt = pure_text(v, &bad);
@@ -1491,7 +1359,7 @@ check_assertion(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 static int
 verify_if_signed(acs_ctx_t *c, xmlNode *el, const char *xml)
 {
-    xmlNode *sig = first_child(el, NS_DS, "Signature");
+    xmlNode *sig = pg_sx_first_child(el, NS_DS, "Signature");
     int rc;
 
     if (sig == NULL) {
@@ -1518,7 +1386,7 @@ parse_checked(acs_ctx_t *c, const unsigned char *x, size_t n, walk_t *w,
 {
     xmlDocPtr doc;
 
-    if (!xml_prescan_ok(x, n)) {
+    if (!pg_sx_prescan_ok(x, n)) {
         *st = refuse(c, PG_ERR_DENIED, "doctype", "DOCTYPE/declaration or NUL");
         return NULL;
     }
@@ -1599,7 +1467,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
         goto out;
     }
     root = xmlDocGetRootElement(doc);
-    if (!is_el(root, NS_SAMLP, "Response") || w.responses != 1) {
+    if (!pg_sx_is_el(root, NS_SAMLP, "Response") || w.responses != 1) {
         st = refuse(c, PG_ERR_DENIED, "not_response",
                     "root must be the only samlp:Response");
         goto out;
@@ -1623,7 +1491,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
         st = refuse(c, PG_ERR_DENIED, "bad_issuer", "Response Issuer");
         goto out;
     }
-    stn = first_child(first_child(root, NS_SAMLP, "Status"), NS_SAMLP,
+    stn = pg_sx_first_child(pg_sx_first_child(root, NS_SAMLP, "Status"), NS_SAMLP,
                       "StatusCode");
     if (stn == NULL || (s = attr(stn, "Value")) == NULL ||
         strcmp(s, STATUS_SUCCESS) != 0) {
@@ -1658,8 +1526,8 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
                     "exactly one assertion required");
         goto out;
     }
-    as = first_child(root, NS_SAML, "Assertion");
-    ea = first_child(root, NS_SAML, "EncryptedAssertion");
+    as = pg_sx_first_child(root, NS_SAML, "Assertion");
+    ea = pg_sx_first_child(root, NS_SAML, "EncryptedAssertion");
     if (as == NULL && ea == NULL) {
         st = refuse(c, PG_ERR_DENIED, "assertion_count",
                     "the assertion is not a child of the Response");
@@ -1690,7 +1558,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
             goto out;
         }
         aroot = xmlDocGetRootElement(adoc);
-        if (!is_el(aroot, NS_SAML, "Assertion") || w2.assertions != 1 ||
+        if (!pg_sx_is_el(aroot, NS_SAML, "Assertion") || w2.assertions != 1 ||
             w2.responses != 0) {
             st = refuse(c, PG_ERR_DENIED, "assertion_count",
                         "decrypted content is not one Assertion");
@@ -1700,7 +1568,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
     }
     if (encrypted) {
         asig = verify_if_signed(c, as, (const char *)pt);
-    } else if (first_child(as, NS_DS, "Signature") == NULL) {
+    } else if (pg_sx_first_child(as, NS_DS, "Signature") == NULL) {
         asig = 0;
     } else {
         /* A standalone copy of the Assertion: xmlDocCopyNode re-declares

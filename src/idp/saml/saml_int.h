@@ -1,0 +1,36 @@
+/*
+ * provgate core, SAML internals (not a public contract): the small XML and
+ * time helpers that sp.c (the SP) and slo.c (Single Logout) share,
+ * implemented in common.c. All pure; inputs are already size-capped by the
+ * callers.
+ */
+#ifndef PROVGATE_SAML_INT_H
+#define PROVGATE_SAML_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <libxml/tree.h>
+
+/* Value of a hex digit, -1 for anything else. */
+int pg_sx_hexval(unsigned char c);
+
+/* 1 when p[0..n) may be handed to the XML parser: no NUL bytes and no
+ * "<!" other than a comment or CDATA (no DOCTYPE, ENTITY, ...). */
+int pg_sx_prescan_ok(const unsigned char *p, size_t n);
+
+/* 1 when n is an element name in namespace ns. */
+int pg_sx_is_el(const xmlNode *n, const char *ns, const char *name);
+
+/* The first child element ns:name of n, or NULL. */
+xmlNode *pg_sx_first_child(xmlNode *n, const char *ns, const char *name);
+
+/* How many child elements ns:name n has. */
+size_t pg_sx_count_children(xmlNode *n, const char *ns, const char *name);
+
+/* n decimal digits of s into *out; 0 on success, -1 otherwise. */
+int pg_sx_digits(const char *s, int n, int *out);
+
+/* xs:dateTime in UTC into Unix seconds; 0 on success, -1 otherwise. */
+int pg_sx_parse_time(const char *s, int64_t *out);
+
+#endif
