@@ -4,6 +4,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include <libxml/tree.h>
@@ -148,5 +149,129 @@ pg_sx_parse_time(const char *s, int64_t *out)
     }
     *out = (int64_t)t;
     return 0;
+}
+
+/* Value of a standard base64 character, -1 for anything else. */
+int
+pg_sx_b64val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+}
+
+/*
+ * Decode standard base64 (CR/LF/space/tab skipped, '=' only at the end)
+ * into a malloc'd NUL-terminated buffer of at most cap bytes:
+ * PG_ERR_TOO_LARGE beyond (checked before allocating), PG_ERR_INVALID on
+ * a bad character. The caller frees *out.
+ */
+pg_status_t
+pg_sx_b64_decode(const char *in, size_t n, size_t cap, unsigned char **out,
+           size_t *outlen)
+{
+    unsigned char *o;
+    size_t i, olen = 0;
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+
+    *out = NULL;
+    *outlen = 0;
+    if (n / 4 * 3 > cap + 3) {
+        return PG_ERR_TOO_LARGE;
+    }
+    o = malloc(n / 4 * 3 + 4);
+    if (o == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        int v;
+        if (c == ' ' || c == '\r' || c == '\n' || c == '\t') {
+            continue;
+        }
+        if (c == '=') {
+            pad++;
+            continue;
+        }
+        v = pg_sx_b64val(c);
+        if (v < 0 || pad > 0) {
+            free(o);
+            return PG_ERR_INVALID;
+        }
+        acc = (acc << 6) | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            o[olen++] = (unsigned char)(acc >> bits);
+        }
+    }
+    if (pad > 2 || bits >= 6 || olen > cap) {
+        free(o);
+        return olen > cap ? PG_ERR_TOO_LARGE : PG_ERR_INVALID;
+    }
+    o[olen] = '\0';
+    *out = o;
+    *outlen = olen;
+    return PG_OK;
+}
+
+/* Attribute without namespace: borrowed text or NULL. */
+const char *
+pg_sx_attr(xmlNode *n, const char *name)
+{
+    xmlAttr *a;
+    for (a = n ? n->properties : NULL; a != NULL; a = a->next) {
+        if (a->ns == NULL && strcmp((const char *)a->name, name) == 0 &&
+            a->children != NULL && a->children->type == XML_TEXT_NODE &&
+            a->children->next == NULL) {
+            return (const char *)a->children->content;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * The Signature child of el must sign exactly el: one Reference whose URI
+ * is "#" + el's ID, and only enveloped-signature / C14N transforms (no
+ * XPath, no XSLT). 1 when acceptable.
+ */
+int
+pg_sx_reference_ok(xmlNode *el, xmlNode *sig)
+{
+    xmlNode *si = pg_sx_first_child(sig, NS_DS, "SignedInfo");
+    xmlNode *ref, *tr, *t;
+    const char *id = pg_sx_attr(el, "ID"), *uri;
+
+    if (si == NULL || id == NULL || pg_sx_count_children(si, NS_DS, "Reference") != 1) {
+        return 0;
+    }
+    ref = pg_sx_first_child(si, NS_DS, "Reference");
+    uri = pg_sx_attr(ref, "URI");
+    if (uri == NULL || uri[0] != '#' || strcmp(uri + 1, id) != 0) {
+        return 0;
+    }
+    tr = pg_sx_first_child(ref, NS_DS, "Transforms");
+    for (t = tr ? tr->children : NULL; t != NULL; t = t->next) {
+        const char *alg;
+        if (t->type != XML_ELEMENT_NODE) {
+            continue;
+        }
+        alg = pg_sx_attr(t, "Algorithm");
+        if (!pg_sx_is_el(t, NS_DS, "Transform") || alg == NULL) {
+            return 0;
+        }
+        if (strcmp(alg, "http://www.w3.org/2000/09/xmldsig#enveloped-signature") &&
+            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#") &&
+            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#WithComments") &&
+            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315") &&
+            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments")) {
+            return 0;
+        }
+    }
+    return 1;
 }
 

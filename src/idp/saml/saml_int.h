@@ -10,6 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <libxml/tree.h>
+#include "provgate/status.h"
+
+#define NS_SAMLP "urn:oasis:names:tc:SAML:2.0:protocol"
+#define NS_SAML  "urn:oasis:names:tc:SAML:2.0:assertion"
+#define NS_DS    "http://www.w3.org/2000/09/xmldsig#"
+#define NS_XENC  "http://www.w3.org/2001/04/xmlenc#"
+#define NS_MD    "urn:oasis:names:tc:SAML:2.0:metadata"
 
 /* Value of a hex digit, -1 for anything else. */
 int pg_sx_hexval(unsigned char c);
@@ -32,5 +39,23 @@ int pg_sx_digits(const char *s, int n, int *out);
 
 /* xs:dateTime in UTC into Unix seconds; 0 on success, -1 otherwise. */
 int pg_sx_parse_time(const char *s, int64_t *out);
+
+/* Value of a standard base64 character, -1 for anything else. */
+int pg_sx_b64val(unsigned char c);
+
+/* Standard base64 (whitespace skipped, '=' only at the end) into a
+ * malloc'd NUL-terminated buffer of at most cap bytes (PG_ERR_TOO_LARGE,
+ * checked before allocating; PG_ERR_INVALID on a bad character). The
+ * caller frees *out. */
+PG_MUST_USE pg_status_t pg_sx_b64_decode(const char *in, size_t n, size_t cap,
+                                         unsigned char **out, size_t *outlen);
+
+/* The value of attribute name of n when it is one plain text node, or
+ * NULL (borrowed from the tree). */
+const char *pg_sx_attr(xmlNode *n, const char *name);
+
+/* 1 when ds:Signature sig of element el has exactly one Reference, to
+ * el's own ID, with only the allowed transforms. */
+int pg_sx_reference_ok(xmlNode *el, xmlNode *sig);
 
 #endif

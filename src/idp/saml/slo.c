@@ -44,11 +44,6 @@
 #include "provgate/saml_slo.h"
 #include "saml_int.h"
 
-#define NS_SAMLP "urn:oasis:names:tc:SAML:2.0:protocol"
-#define NS_SAML  "urn:oasis:names:tc:SAML:2.0:assertion"
-#define NS_DS    "http://www.w3.org/2000/09/xmldsig#"
-#define NS_MD    "urn:oasis:names:tc:SAML:2.0:metadata"
-#define NS_XENC  "http://www.w3.org/2001/04/xmlenc#"
 #define NAMEID_ENTITY "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 #define BINDING_REDIRECT "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
 #define SIGALG_RSA_SHA256 "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
@@ -145,73 +140,7 @@ sb_add_url(sb_t *b, const char *s, size_t n)
 
 /* ---- encodings --------------------------------------------------------- */
 
-/* Value of a standard base64 character, -1 for anything else. */
-static int
-b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
 
-/*
- * Decode standard base64 (CR/LF/space/tab skipped, '=' only at the end)
- * into a malloc'd NUL-terminated buffer of at most cap bytes:
- * PG_ERR_TOO_LARGE beyond (checked before allocating), PG_ERR_INVALID on
- * a bad character. The caller frees *out.
- */
-static pg_status_t
-b64_decode(const char *in, size_t n, size_t cap, unsigned char **out,
-           size_t *outlen)
-{
-    unsigned char *o;
-    size_t i, olen = 0;
-    uint32_t acc = 0;
-    int bits = 0, pad = 0;
-
-    *out = NULL;
-    *outlen = 0;
-    if (n / 4 * 3 > cap + 3) {
-        return PG_ERR_TOO_LARGE;
-    }
-    o = malloc(n / 4 * 3 + 4);
-    if (o == NULL) {
-        return PG_ERR_NOMEM;
-    }
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        int v;
-        if (c == ' ' || c == '\r' || c == '\n' || c == '\t') {
-            continue;
-        }
-        if (c == '=') {
-            pad++;
-            continue;
-        }
-        v = b64val(c);
-        if (v < 0 || pad > 0) {
-            free(o);
-            return PG_ERR_INVALID;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            o[olen++] = (unsigned char)(acc >> bits);
-        }
-    }
-    if (pad > 2 || bits >= 6 || olen > cap) {
-        free(o);
-        return olen > cap ? PG_ERR_TOO_LARGE : PG_ERR_INVALID;
-    }
-    o[olen] = '\0';
-    *out = o;
-    *outlen = olen;
-    return PG_OK;
-}
 
 /* Standard base64 of n bytes, no line breaks; malloc'd or NULL (OOM). */
 static char *
@@ -375,20 +304,6 @@ xml_parse(const unsigned char *p, size_t n)
 
 
 
-/* Attribute without namespace: borrowed text or NULL. */
-static const char *
-attr(xmlNode *n, const char *name)
-{
-    xmlAttr *a;
-    for (a = n ? n->properties : NULL; a != NULL; a = a->next) {
-        if (a->ns == NULL && strcmp((const char *)a->name, name) == 0 &&
-            a->children != NULL && a->children->type == XML_TEXT_NODE &&
-            a->children->next == NULL) {
-            return (const char *)a->children->content;
-        }
-    }
-    return NULL;
-}
 
 /* Text of an element holding only text/CDATA children, malloc'd; with a
  * comment, PI, entity reference or child element *bad is set and NULL is
@@ -535,7 +450,7 @@ add_idp_cert(pg_saml_slo_t *slo, xmlNode *certel, pg_err_t *err)
         pg_err_set(err, "IdP metadata: X509Certificate is not text");
         return bad ? PG_ERR_CONFIG : PG_ERR_NOMEM;
     }
-    st = b64_decode(txt, strlen(txt), PG_SAML_MAX_PEM, &der, &dlen);
+    st = pg_sx_b64_decode(txt, strlen(txt), PG_SAML_MAX_PEM, &der, &dlen);
     free(txt);
     if (st != PG_OK) {
         pg_err_set(err, "IdP metadata: X509Certificate is not base64");
@@ -586,15 +501,15 @@ load_idp_metadata(pg_saml_slo_t *slo, const char *md, size_t len,
     root = xmlDocGetRootElement(doc);
     idp = pg_sx_is_el(root, NS_MD, "EntityDescriptor")
               ? pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") : NULL;
-    if (idp == NULL || attr(root, "entityID") == NULL ||
-        strcmp(attr(root, "entityID"), slo->idp_entity_id) != 0) {
+    if (idp == NULL || pg_sx_attr(root, "entityID") == NULL ||
+        strcmp(pg_sx_attr(root, "entityID"), slo->idp_entity_id) != 0) {
         pg_err_set(err, "IdP metadata: not the SP's IdP EntityDescriptor");
         st = PG_ERR_CONFIG;
         goto out;
     }
     for (c = idp->children; c != NULL && st == PG_OK; c = c->next) {
         if (pg_sx_is_el(c, NS_MD, "KeyDescriptor")) {
-            const char *use = attr(c, "use");
+            const char *use = pg_sx_attr(c, "use");
             xmlNode *cert = pg_sx_first_child(pg_sx_first_child(pg_sx_first_child(c, NS_DS,
                 "KeyInfo"), NS_DS, "X509Data"), NS_DS, "X509Certificate");
             if ((use != NULL && strcmp(use, "signing") != 0) || cert == NULL ||
@@ -604,8 +519,8 @@ load_idp_metadata(pg_saml_slo_t *slo, const char *md, size_t len,
             st = add_idp_cert(slo, cert, err);
         } else if (pg_sx_is_el(c, NS_MD, "SingleLogoutService") &&
                    slo->idp_slo_url == NULL) {
-            const char *b = attr(c, "Binding"), *loc = attr(c, "Location");
-            const char *rloc = attr(c, "ResponseLocation");
+            const char *b = pg_sx_attr(c, "Binding"), *loc = pg_sx_attr(c, "Location");
+            const char *rloc = pg_sx_attr(c, "ResponseLocation");
             if (b == NULL || strcmp(b, BINDING_REDIRECT) != 0 || loc == NULL ||
                 loc[0] == '\0') {
                 continue;
@@ -1123,7 +1038,7 @@ verify_query_sig(vctx_t *c, const char *msg_name, const qparams_t *q)
     if (st != PG_OK) {
         return refuse_decode(c, st, "Signature");
     }
-    st = b64_decode(sigtxt, strlen(sigtxt), MAX_SIG_BYTES, &sig, &siglen);
+    st = pg_sx_b64_decode(sigtxt, strlen(sigtxt), MAX_SIG_BYTES, &sig, &siglen);
     free(sigtxt);
     if (st != PG_OK) {
         return refuse_decode(c, st, "Signature base64");
@@ -1216,7 +1131,7 @@ decode_message(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
         if (st != PG_OK) {
             return refuse_decode(c, st, "message parameter");
         }
-        st = b64_decode(val, strlen(val), PG_SAML_MAX_INFLATED, &raw, &rlen);
+        st = pg_sx_b64_decode(val, strlen(val), PG_SAML_MAX_INFLATED, &raw, &rlen);
         free(val);
         if (st != PG_OK) {
             return refuse_decode(c, st, "message base64");
@@ -1237,7 +1152,7 @@ decode_message(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
         if (st != PG_OK) {
             return refuse_decode(c, st, "message parameter");
         }
-        st = b64_decode(val, strlen(val), PG_SAML_MAX_XML, &c->xml, &c->xlen);
+        st = pg_sx_b64_decode(val, strlen(val), PG_SAML_MAX_XML, &c->xml, &c->xlen);
         free(val);
         if (st != PG_OK) {
             return refuse_decode(c, st, "message base64");
@@ -1282,43 +1197,6 @@ walk_tree(xmlNode *n, xmlNode *root, const char *root_name, walk_t *w)
     }
 }
 
-/* The Signature child of el signs exactly el: one Reference, URI "#" +
- * el's ID, transforms only enveloped-signature and (exc-)C14N. */
-static int
-reference_ok(xmlNode *el, xmlNode *sig)
-{
-    xmlNode *si = pg_sx_first_child(sig, NS_DS, "SignedInfo");
-    xmlNode *ref, *tr, *t;
-    const char *id = attr(el, "ID"), *uri;
-
-    if (si == NULL || id == NULL || pg_sx_count_children(si, NS_DS, "Reference") != 1) {
-        return 0;
-    }
-    ref = pg_sx_first_child(si, NS_DS, "Reference");
-    uri = attr(ref, "URI");
-    if (uri == NULL || uri[0] != '#' || strcmp(uri + 1, id) != 0) {
-        return 0;
-    }
-    tr = pg_sx_first_child(ref, NS_DS, "Transforms");
-    for (t = tr ? tr->children : NULL; t != NULL; t = t->next) {
-        const char *alg;
-        if (t->type != XML_ELEMENT_NODE) {
-            continue;
-        }
-        alg = attr(t, "Algorithm");
-        if (!pg_sx_is_el(t, NS_DS, "Transform") || alg == NULL) {
-            return 0;
-        }
-        if (strcmp(alg, "http://www.w3.org/2000/09/xmldsig#enveloped-signature") &&
-            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#") &&
-            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#WithComments") &&
-            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315") &&
-            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments")) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Allow-list the transforms of one xmlsec DSig context. 0 on success. */
 static int
@@ -1356,7 +1234,7 @@ verify_xml_sig(vctx_t *c, xmlNode *sig)
     size_t i;
     int ok = 0;
 
-    if (!reference_ok(c->root, sig)) {
+    if (!pg_sx_reference_ok(c->root, sig)) {
         return refuse(c, PG_ERR_CRYPTO, "bad_reference",
                       "Reference must be the root's own ID");
     }
@@ -1431,10 +1309,10 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
         return refuse(c, PG_ERR_DENIED, wrong_root_reason,
                       "root must be the only message element");
     }
-    if ((s = attr(c->root, "Version")) == NULL || strcmp(s, "2.0") != 0) {
+    if ((s = pg_sx_attr(c->root, "Version")) == NULL || strcmp(s, "2.0") != 0) {
         return refuse(c, PG_ERR_DENIED, "bad_version", "Version");
     }
-    if ((s = attr(c->root, "ID")) == NULL || s[0] == '\0') {
+    if ((s = pg_sx_attr(c->root, "ID")) == NULL || s[0] == '\0') {
         return refuse(c, PG_ERR_INVALID, "malformed", "no ID");
     }
     if (w.dup_id) {
@@ -1459,18 +1337,18 @@ verify_common(vctx_t *c, pg_saml_binding_t binding, const char *msg_name,
     /* From here on the tree is authenticated. */
     {
         xmlNode *is = pg_sx_first_child(c->root, NS_SAML, "Issuer");
-        const char *fmt = attr(is, "Format");
+        const char *fmt = pg_sx_attr(is, "Format");
         if (is == NULL || pg_sx_count_children(c->root, NS_SAML, "Issuer") != 1 ||
             (fmt != NULL && strcmp(fmt, NAMEID_ENTITY) != 0) ||
             !text_equals(is, c->slo->idp_entity_id)) {
             return refuse(c, PG_ERR_DENIED, "bad_issuer", "Issuer");
         }
     }
-    if ((s = attr(c->root, "Destination")) == NULL ||
+    if ((s = pg_sx_attr(c->root, "Destination")) == NULL ||
         strcmp(s, c->slo->slo_url) != 0) {
         return refuse(c, PG_ERR_DENIED, "bad_destination", "Destination");
     }
-    if (pg_sx_parse_time(attr(c->root, "IssueInstant"), &t) != 0) {
+    if (pg_sx_parse_time(pg_sx_attr(c->root, "IssueInstant"), &t) != 0) {
         return refuse(c, PG_ERR_DENIED, "bad_time", "IssueInstant");
     }
     if (t > c->now + skew) {
@@ -1554,23 +1432,23 @@ pg_saml_logout_response_verify(const pg_saml_slo_t *slo,
     if (st != PG_OK) {
         goto out;
     }
-    irt = attr(c.root, "InResponseTo");
+    irt = pg_sx_attr(c.root, "InResponseTo");
     if (irt == NULL || irt[0] == '\0') {
         st = refuse(&c, PG_ERR_DENIED, "no_in_response_to", "InResponseTo");
         goto out;
     }
     sc = pg_sx_first_child(pg_sx_first_child(c.root, NS_SAMLP, "Status"), NS_SAMLP,
                      "StatusCode");
-    code = attr(sc, "Value");
+    code = pg_sx_attr(sc, "Value");
     if (code == NULL) {
         st = refuse(&c, PG_ERR_DENIED, "status_not_success", "no StatusCode");
         goto out;
     }
     sub = pg_sx_first_child(sc, NS_SAMLP, "StatusCode");
     if (sub != NULL) {
-        subcode = attr(sub, "Value");
+        subcode = pg_sx_attr(sub, "Value");
     }
-    if (dup_opt(attr(c.root, "ID"), &out->id) || dup_opt(irt, &out->in_response_to) ||
+    if (dup_opt(pg_sx_attr(c.root, "ID"), &out->id) || dup_opt(irt, &out->in_response_to) ||
         dup_opt(code, &out->status) || dup_opt(subcode, &out->sub_status) ||
         dup_opt(c.relay_state, &out->relay_state)) {
         st = PG_ERR_NOMEM;
@@ -1619,7 +1497,7 @@ pg_saml_logout_request_in_clear(pg_saml_logout_request_in_t *r)
 static xmlSecKeyDataId
 sym_key_id(xmlNode *ed)
 {
-    const char *alg = attr(pg_sx_first_child(ed, NS_XENC, "EncryptionMethod"),
+    const char *alg = pg_sx_attr(pg_sx_first_child(ed, NS_XENC, "EncryptionMethod"),
                            "Algorithm");
 
     if (alg != NULL && (strstr(alg, "#aes128-") || strstr(alg, "#aes192-") ||
@@ -1738,9 +1616,9 @@ take_nameid(vctx_t *c, xmlNode *nid, pg_saml_logout_request_in_t *out)
     if (out->name_id[0] == '\0') {
         return refuse(c, PG_ERR_DENIED, "no_nameid", "empty NameID");
     }
-    if (dup_opt(attr(nid, "Format"), &out->name_id_format) ||
-        dup_opt(attr(nid, "SPNameQualifier"), &out->sp_name_qualifier) ||
-        dup_opt(attr(nid, "NameQualifier"), &out->name_qualifier)) {
+    if (dup_opt(pg_sx_attr(nid, "Format"), &out->name_id_format) ||
+        dup_opt(pg_sx_attr(nid, "SPNameQualifier"), &out->sp_name_qualifier) ||
+        dup_opt(pg_sx_attr(nid, "NameQualifier"), &out->name_qualifier)) {
         return PG_ERR_NOMEM;
     }
     return PG_OK;
@@ -1864,7 +1742,7 @@ pg_saml_logout_request_verify(const pg_saml_slo_t *slo,
         goto out;
     }
     out->replay_until = c.valid_until;
-    if ((s = attr(c.root, "NotOnOrAfter")) != NULL) {
+    if ((s = pg_sx_attr(c.root, "NotOnOrAfter")) != NULL) {
         if (pg_sx_parse_time(s, &t) != 0) {
             st = refuse(&c, PG_ERR_DENIED, "bad_time", "NotOnOrAfter");
             goto out;
@@ -1882,7 +1760,7 @@ pg_saml_logout_request_verify(const pg_saml_slo_t *slo,
         goto out;
     }
     out->issue_instant = c.issue_instant;
-    if (dup_opt(attr(c.root, "ID"), &out->id) ||
+    if (dup_opt(pg_sx_attr(c.root, "ID"), &out->id) ||
         dup_opt(c.relay_state, &out->relay_state)) {
         st = PG_ERR_NOMEM;
         goto out;

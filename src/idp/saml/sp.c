@@ -42,11 +42,6 @@
 #include "provgate/saml.h"
 #include "saml_int.h"
 
-#define NS_SAMLP "urn:oasis:names:tc:SAML:2.0:protocol"
-#define NS_SAML  "urn:oasis:names:tc:SAML:2.0:assertion"
-#define NS_DS    "http://www.w3.org/2000/09/xmldsig#"
-#define NS_XENC  "http://www.w3.org/2001/04/xmlenc#"
-#define NS_MD    "urn:oasis:names:tc:SAML:2.0:metadata"
 #define STATUS_SUCCESS "urn:oasis:names:tc:SAML:2.0:status:Success"
 #define CM_BEARER "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 #define NAMEID_ENTITY "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
@@ -153,70 +148,7 @@ sb_add_xml(sb_t *b, const char *s)
 
 /* ---- base64 (standard alphabet, whitespace tolerated) ------------------ */
 
-/* Value of a standard base64 character, -1 for anything else. */
-static int
-b64val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-}
 
-/*
- * Decode standard base64 (CR/LF/space/tab skipped, '=' padding only at
- * the end) into a malloc'd NUL-terminated buffer of at most cap bytes.
- */
-static pg_status_t
-b64_decode(const char *in, size_t n, size_t cap, unsigned char **out,
-           size_t *outlen)
-{
-    unsigned char *o;
-    size_t i, olen = 0;
-    uint32_t acc = 0;
-    int bits = 0, pad = 0;
-
-    *out = NULL;
-    if (n / 4 * 3 > cap + 3) {
-        return PG_ERR_TOO_LARGE;
-    }
-    o = malloc(n / 4 * 3 + 4);
-    if (o == NULL) {
-        return PG_ERR_NOMEM;
-    }
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        int v;
-        if (c == ' ' || c == '\r' || c == '\n' || c == '\t') {
-            continue;
-        }
-        if (c == '=') {
-            pad++;
-            continue;
-        }
-        v = b64val(c);
-        if (v < 0 || pad > 0) {
-            free(o);
-            return PG_ERR_INVALID;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            o[olen++] = (unsigned char)(acc >> bits);
-        }
-    }
-    if (pad > 2 || bits >= 6 || olen > cap) {
-        free(o);
-        return olen > cap ? PG_ERR_TOO_LARGE : PG_ERR_INVALID;
-    }
-    o[olen] = '\0';
-    *out = o;
-    *outlen = olen;
-    return PG_OK;
-}
 
 /* ---- form body -------------------------------------------------------- */
 
@@ -328,19 +260,6 @@ xml_parse(const unsigned char *p, size_t n)
 
 
 
-/* Attribute without namespace; borrowed pointer or NULL. */
-static const char *
-attr(xmlNode *n, const char *name)
-{
-    xmlAttr *a;
-    for (a = n ? n->properties : NULL; a != NULL; a = a->next) {
-        if (a->ns == NULL && strcmp((const char *)a->name, name) == 0 &&
-            a->children != NULL && a->children->type == XML_TEXT_NODE) {
-            return (const char *)a->children->content;
-        }
-    }
-    return NULL;
-}
 
 /*
  * Text of an element that may hold only text and CDATA children: a
@@ -433,7 +352,7 @@ pem_cert_body(const char *pem)
         return NULL;
     }
     for (; b < e; b++) {
-        if (b64val((unsigned char)*b) >= 0 || *b == '=') {
+        if (pg_sx_b64val((unsigned char)*b) >= 0 || *b == '=') {
             sb_addn(&o, b, 1);
         }
     }
@@ -542,7 +461,7 @@ idp_entity_from_metadata(const char *md, size_t len, char **out,
         return PG_ERR_CONFIG;
     }
     root = xmlDocGetRootElement(doc);
-    eid = attr(root, "entityID");
+    eid = pg_sx_attr(root, "entityID");
     if (!pg_sx_is_el(root, NS_MD, "EntityDescriptor") || eid == NULL ||
         eid[0] == '\0' || pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") == NULL) {
         xmlFreeDoc(doc);
@@ -879,46 +798,6 @@ walk_tree(xmlNode *n, walk_t *w)
     }
 }
 
-/*
- * The Signature child of el must sign exactly el: one Reference whose URI
- * is "#" + el's ID, and only enveloped-signature / C14N transforms (no
- * XPath, no XSLT). 1 when acceptable.
- */
-static int
-reference_ok(xmlNode *el, xmlNode *sig)
-{
-    xmlNode *si = pg_sx_first_child(sig, NS_DS, "SignedInfo");
-    xmlNode *ref, *tr, *t;
-    const char *id = attr(el, "ID"), *uri;
-
-    if (si == NULL || id == NULL || pg_sx_count_children(si, NS_DS, "Reference") != 1) {
-        return 0;
-    }
-    ref = pg_sx_first_child(si, NS_DS, "Reference");
-    uri = attr(ref, "URI");
-    if (uri == NULL || uri[0] != '#' || strcmp(uri + 1, id) != 0) {
-        return 0;
-    }
-    tr = pg_sx_first_child(ref, NS_DS, "Transforms");
-    for (t = tr ? tr->children : NULL; t != NULL; t = t->next) {
-        const char *alg;
-        if (t->type != XML_ELEMENT_NODE) {
-            continue;
-        }
-        alg = attr(t, "Algorithm");
-        if (!pg_sx_is_el(t, NS_DS, "Transform") || alg == NULL) {
-            return 0;
-        }
-        if (strcmp(alg, "http://www.w3.org/2000/09/xmldsig#enveloped-signature") &&
-            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#") &&
-            strcmp(alg, "http://www.w3.org/2001/10/xml-exc-c14n#WithComments") &&
-            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315") &&
-            strcmp(alg, "http://www.w3.org/TR/2001/REC-xml-c14n-20010315#WithComments")) {
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /*
  * Have lasso verify an enveloped signature against the IdP metadata key
@@ -940,7 +819,7 @@ static xmlSecKeyDataId
 sym_key_id(xmlNode *ed)
 {
     xmlNode *em = pg_sx_first_child(ed, NS_XENC, "EncryptionMethod");
-    const char *alg = attr(em, "Algorithm");
+    const char *alg = pg_sx_attr(em, "Algorithm");
 
     if (alg == NULL) {
         return xmlSecKeyDataIdUnknown;
@@ -1060,7 +939,7 @@ issuer_ok(pg_saml_sp_t *sp, xmlNode *parent, int required)
     if (is == NULL) {
         return !required;
     }
-    fmt = attr(is, "Format");
+    fmt = pg_sx_attr(is, "Format");
     if (fmt != NULL && strcmp(fmt, NAMEID_ENTITY) != 0) {
         return 0;
     }
@@ -1080,7 +959,7 @@ check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
     if (cond == NULL || pg_sx_count_children(as, NS_SAML, "Conditions") != 1) {
         return refuse(c, PG_ERR_DENIED, "no_audience", "no Conditions");
     }
-    if ((s = attr(cond, "NotBefore")) != NULL) {
+    if ((s = pg_sx_attr(cond, "NotBefore")) != NULL) {
         if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "Conditions NotBefore");
         }
@@ -1088,7 +967,7 @@ check_conditions(acs_ctx_t *c, xmlNode *as, int64_t *noa)
             return refuse(c, PG_ERR_DENIED, "not_yet_valid", "Conditions NotBefore");
         }
     }
-    if ((s = attr(cond, "NotOnOrAfter")) != NULL) {
+    if ((s = pg_sx_attr(cond, "NotOnOrAfter")) != NULL) {
         if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "Conditions NotOnOrAfter");
         }
@@ -1142,18 +1021,18 @@ check_scd(acs_ctx_t *c, xmlNode *scd, int64_t *noa)
     if (scd == NULL) {
         return "no_bearer";
     }
-    s = attr(scd, "Recipient");
+    s = pg_sx_attr(scd, "Recipient");
     if (s == NULL || strcmp(s, c->sp->acs_url) != 0) {
         return "bad_recipient";
     }
-    s = attr(scd, "NotOnOrAfter");
+    s = pg_sx_attr(scd, "NotOnOrAfter");
     if (s == NULL || pg_sx_parse_time(s, &t) != 0) {
         return "bad_time";
     }
     if (now - skew >= t) {
         return "expired";
     }
-    if ((s = attr(scd, "NotBefore")) != NULL) {
+    if ((s = pg_sx_attr(scd, "NotBefore")) != NULL) {
         int64_t nb;
         if (pg_sx_parse_time(s, &nb) != 0) {
             return "bad_time";
@@ -1162,7 +1041,7 @@ check_scd(acs_ctx_t *c, xmlNode *scd, int64_t *noa)
             return "not_yet_valid";
         }
     }
-    irt = attr(scd, "InResponseTo");
+    irt = pg_sx_attr(scd, "InResponseTo");
     if (c->exp->in_response_to != NULL) {
         if (irt == NULL || strcmp(irt, c->exp->in_response_to) != 0) {
             return "in_response_to_mismatch";
@@ -1204,8 +1083,8 @@ check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
     if (o->name_id[0] == '\0') {
         return refuse(c, PG_ERR_DENIED, "no_nameid", "empty NameID");
     }
-    if (attr(nid, "Format") != NULL) {
-        o->name_id_format = strdup(attr(nid, "Format"));
+    if (pg_sx_attr(nid, "Format") != NULL) {
+        o->name_id_format = strdup(pg_sx_attr(nid, "Format"));
         if (o->name_id_format == NULL) {
             return PG_ERR_NOMEM;
         }
@@ -1216,7 +1095,7 @@ check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
         if (!pg_sx_is_el(sc, NS_SAML, "SubjectConfirmation")) {
             continue;
         }
-        m = attr(sc, "Method");
+        m = pg_sx_attr(sc, "Method");
         if (m == NULL || strcmp(m, CM_BEARER) != 0) {
             continue;
         }
@@ -1250,7 +1129,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
     if (an == NULL) {
         return refuse(c, PG_ERR_DENIED, "no_authn_statement", "no AuthnStatement");
     }
-    if ((s = attr(an, "SessionNotOnOrAfter")) != NULL) {
+    if ((s = pg_sx_attr(an, "SessionNotOnOrAfter")) != NULL) {
         int64_t t;
         if (pg_sx_parse_time(s, &t) != 0) {
             return refuse(c, PG_ERR_DENIED, "bad_time", "SessionNotOnOrAfter");
@@ -1260,7 +1139,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
                           "SessionNotOnOrAfter passed");
         }
     }
-    if ((s = attr(an, "SessionIndex")) != NULL) {
+    if ((s = pg_sx_attr(an, "SessionIndex")) != NULL) {
         o->session_index = strdup(s);
         if (o->session_index == NULL) {
             return PG_ERR_NOMEM;
@@ -1285,7 +1164,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
                 return refuse(c, PG_ERR_DENIED, "bad_attribute",
                               "EncryptedAttribute or unknown element");
             }
-            name = attr(at, "Name");
+            name = pg_sx_attr(at, "Name");
             if (name == NULL || name[0] == '\0') {
                 return refuse(c, PG_ERR_DENIED, "bad_attribute", "no Name");
             }
@@ -1322,7 +1201,7 @@ check_statements(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 static pg_status_t
 check_assertion(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
 {
-    const char *id = attr(as, "ID"), *ver = attr(as, "Version");
+    const char *id = pg_sx_attr(as, "ID"), *ver = pg_sx_attr(as, "Version");
     pg_status_t st;
     int64_t noa;
 
@@ -1365,7 +1244,7 @@ verify_if_signed(acs_ctx_t *c, xmlNode *el, const char *xml)
     if (sig == NULL) {
         return 0;
     }
-    if (!reference_ok(el, sig)) {
+    if (!pg_sx_reference_ok(el, sig)) {
         (void)refuse(c, PG_ERR_CRYPTO, "bad_reference",
                      "Reference must be the signed element's own ID");
         return -1;
@@ -1452,7 +1331,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
         st = refuse(c, PG_ERR_INVALID, "malformed", "RelayState");
         goto out;
     }
-    st = b64_decode(b64, strlen(b64), PG_SAML_MAX_XML, &xml, &xlen);
+    st = pg_sx_b64_decode(b64, strlen(b64), PG_SAML_MAX_XML, &xml, &xlen);
     if (st == PG_ERR_TOO_LARGE) {
         st = refuse(c, st, "too_large", "decoded response over cap");
         goto out;
@@ -1472,11 +1351,11 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
                     "root must be the only samlp:Response");
         goto out;
     }
-    if ((s = attr(root, "Version")) == NULL || strcmp(s, "2.0") != 0) {
+    if ((s = pg_sx_attr(root, "Version")) == NULL || strcmp(s, "2.0") != 0) {
         st = refuse(c, PG_ERR_DENIED, "bad_version", "Response Version");
         goto out;
     }
-    if (attr(root, "ID") == NULL) {
+    if (pg_sx_attr(root, "ID") == NULL) {
         st = refuse(c, PG_ERR_INVALID, "malformed", "Response without ID");
         goto out;
     }
@@ -1493,18 +1372,18 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
     }
     stn = pg_sx_first_child(pg_sx_first_child(root, NS_SAMLP, "Status"), NS_SAMLP,
                       "StatusCode");
-    if (stn == NULL || (s = attr(stn, "Value")) == NULL ||
+    if (stn == NULL || (s = pg_sx_attr(stn, "Value")) == NULL ||
         strcmp(s, STATUS_SUCCESS) != 0) {
         st = refuse(c, PG_ERR_DENIED, "status_not_success",
                     s ? s : "no StatusCode");
         goto out;
     }
-    if ((s = attr(root, "Destination")) == NULL ||
+    if ((s = pg_sx_attr(root, "Destination")) == NULL ||
         strcmp(s, c->sp->acs_url) != 0) {
         st = refuse(c, PG_ERR_DENIED, "bad_destination", "Response Destination");
         goto out;
     }
-    s = attr(root, "InResponseTo");
+    s = pg_sx_attr(root, "InResponseTo");
     if (c->exp->in_response_to == NULL) {
         if (!c->sp->allow_unsolicited) {
             st = refuse(c, PG_ERR_DENIED, "unsolicited",
@@ -1621,7 +1500,7 @@ acs_validate(acs_ctx_t *c, const char *body, size_t len,
     if (st != PG_OK) {
         goto out;
     }
-    s = attr(root, "InResponseTo");
+    s = pg_sx_attr(root, "InResponseTo");
     if (s == NULL) {
         /* Solicited responses carry it in the bearer confirmation, which
          * check_scd already compared. */
