@@ -51,9 +51,8 @@ pg_ob_hold(pg_gate_t *g, int delta)
     }
 }
 
-/* An operation being applied by this process's consumer (op != NULL), or
- * one set aside because the process is exiting (op == NULL: its entry stays
- * pending and another consumer reclaims it). */
+/* An operation being applied by this process's consumer (op != NULL; NULL
+ * once it finished). */
 typedef struct pg_ob_job {
     pg_gate_t              *g;
     pg_outbox_job_t        *job;
@@ -516,24 +515,10 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
     const char *iid, *app;
     json_t *attrs, *ents;
 
-    if (g->host->exiting != NULL && g->host->exiting(g->host->ctx)
-        && g->ob_waiters == NULL) {
-        /* shutting down with nobody here waiting for an outcome: do not
-         * start new work; leave the entry pending (the job is finished
-         * without touching Redis at pg_ob_free). While logins of this
-         * worker still wait, the worker lives on for them anyway, and the
-         * operation they wait for may be this one. */
-        j = calloc(1, sizeof(*j));
-        if (j != NULL) {
-            j->g = g;
-            j->job = job;
-            j->next = g->ob_jobs;
-            g->ob_jobs = j;
-            return;
-        }
-        pg_outbox_job_done(job, PG_OUTBOX_RESULT_RETRY, "worker exiting");
-        return;
-    }
+    /* Applied even while the process is exiting: the consumer fetches
+     * nothing new then, but an entry already delivered is this process's
+     * to finish (hold() keeps it alive); set aside, it would wait for the
+     * lease to lapse while someone's login waits for it. */
     state = json_loads(e->state, 0, &jerr);
     iid = json_string_value(json_object_get(state, "iid"));
     app = json_string_value(json_object_get(state, "app"));

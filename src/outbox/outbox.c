@@ -1830,6 +1830,12 @@ cycle(pg_outbox_consumer_t *c)
     if (c->op != NULL || c->pending > 0) {
         return; /* a step or a batch is in progress */
     }
+    if (c->host->exiting != NULL && c->host->exiting(c->host->ctx)) {
+        /* shutting down: fetch nothing more. What was delivered is applied
+         * by the handler; leaving an entry pending here would stall it
+         * until the lease lapses (an nginx reload must not do that). */
+        return;
+    }
     if (!c->need_group) {
         step_promote(c);
         return;

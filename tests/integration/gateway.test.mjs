@@ -527,8 +527,31 @@ describe('OIDC login with JIT SCIM provisioning', () => {
     assert.equal((await b.request('GET', `${e.base}/app/reload`)).status, 200, 'sessions survive a reload (Redis)');
   });
 
+  test('a reload while the old worker lingers: logins are provisioned at once', async () => {
+    // A half-sent request keeps the old worker alive after the reload. Its
+    // outbox read, blocked since before the reload, is first in line for
+    // the next operation: the old worker must apply what it is handed
+    // (not leave it pending for the lease to lapse) and fetch no more.
+    const sock = net.connect(e.port, '127.0.0.1');
+    await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+    sock.on('error', () => {});
+    sock.write('GET /app/hello HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+    try {
+      await sleep(200);
+      await e.nginx.reload();
+      for (const user of ['alice', 'carol', 'alice']) {
+        const { res } = await e.login(user, `/app/after-reload-${user}`);
+        assert.equal(res.status, 200, `${user}: ${res.status} ${res.body.slice(0, 300)}`);
+      }
+    } finally {
+      sock.destroy();
+    }
+  });
+
   test('Redis down: 503 and audited; back when Redis returns (AOF)', async () => {
-    const { b } = await e.login('alice', '/app/r');
+    const { b, res: first } = await e.login('alice', '/app/r');
+    assert.equal(first.status, 200, first.body.slice(0, 300));
+    assert.ok(sessionCookie(b, e), 'signed in before Redis goes down');
     await stopRedis(e.redis);
     // the worker learns that Redis is gone from its revocation feed (and
     // stops trusting its session cache) within milliseconds
