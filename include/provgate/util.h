@@ -81,6 +81,14 @@ PG_MUST_USE pg_status_t pg_unseal(const uint8_t key[PG_SEAL_KEY_LEN],
 int pg_return_path_ok(const char *s, size_t n);
 
 /*
+ * The path of an absolute URL ("scheme://authority/path?query#frag"): a
+ * pointer into url at the path's first byte and its length in *len, which
+ * stops before '?' or '#'. A URL without a path gives "/" (length 1). url
+ * is borrowed and must be NUL-terminated; never NULL is returned.
+ */
+const char *pg_url_path(const char *url, size_t *len);
+
+/*
  * Copy a value for an HTTP header, dropping every byte < 0x20 and 0x7f
  * (CR, LF, NUL, ...). Output is NUL-terminated and truncated to outsz-1.
  * Returns the output length.

@@ -743,6 +743,41 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
     return PG_OK;
 }
 
+/*
+ * An IdP-initiated response names no request, so the ACS that receives it
+ * tells which provider it is for: two providers with allow_unsolicited may
+ * not share the path of one acs_url.
+ */
+static pg_status_t
+check_unsolicited(const pg_config_t *cfg, pg_err_t *err)
+{
+    size_t i, k, la, lb;
+    const char *a, *b;
+
+    for (i = 0; i < cfg->nidps; i++) {
+        if (cfg->idps[i].type != PG_IDP_SAML
+            || !cfg->idps[i].saml.allow_unsolicited) {
+            continue;
+        }
+        a = pg_url_path(cfg->idps[i].saml.acs_url, &la);
+        for (k = 0; k < i; k++) {
+            if (cfg->idps[k].type != PG_IDP_SAML
+                || !cfg->idps[k].saml.allow_unsolicited) {
+                continue;
+            }
+            b = pg_url_path(cfg->idps[k].saml.acs_url, &lb);
+            if (la == lb && memcmp(a, b, la) == 0) {
+                pg_err_set(err, "$.idps.%s.allow_unsolicited: \"%s\" also "
+                           "accepts IdP-initiated responses at this acs_url "
+                           "path; give each its own acs_url",
+                           cfg->idps[i].name, cfg->idps[k].name);
+                return PG_ERR_CONFIG;
+            }
+        }
+    }
+    return PG_OK;
+}
+
 /* Read the mandatory "type" of an idp/target and check it against want. */
 static pg_status_t
 check_type(const json_t *o, const char *p, const char *want,
@@ -827,7 +862,7 @@ parse_idps(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         idp->type = PG_IDP_OIDC;
         TRY(parse_oidc(&idp->oidc, v, p, err));
     }
-    return PG_OK;
+    return check_unsolicited(cfg, err);
 }
 
 /* ---- targets --------------------------------------------------------- */

@@ -301,15 +301,16 @@ pg_saml_job_done(void *arg)
     }
 }
 
+static void pg_saml_acs_verify(pg_op_t *op, const pg_idp_cfg_t *d,
+                               const char *reqid);
+
 static void
 pg_saml_acs_state(pg_op_t *op, pg_status_t st)
 {
     const redisReply *reply = pg_op_reply();
     const pg_config_t *cfg = op->g->cfg;
-    const pg_host_t *h = op->g->host;
     const char *idp = NULL, *app = NULL, *ret = NULL, *reqid = NULL;
     const pg_idp_cfg_t *d;
-    pg_saml_job_t *j;
     json_error_t jerr;
     json_t *rec;
 
@@ -348,15 +349,31 @@ pg_saml_acs_state(pg_op_t *op, pg_status_t st)
                    NULL);
         return;
     }
+    pg_saml_acs_verify(op, d, reqid);
+    json_decref(rec);
+}
+
+/*
+ * Verify op's POSTed response against provider d, expecting InResponseTo
+ * reqid (NULL: an IdP-initiated response, which must carry none). The
+ * work runs on a host thread when the host offers one; the login goes on
+ * in pg_saml_job_done. reqid is copied.
+ */
+static void
+pg_saml_acs_verify(pg_op_t *op, const pg_idp_cfg_t *d, const char *reqid)
+{
+    const pg_host_t *h = op->g->host;
+    pg_saml_job_t *j;
+
     j = calloc(1, sizeof(*j));
     if (j != NULL) {
         j->saml = &d->saml;
         j->body = malloc(op->body_len + 1);
-        j->request_id = strdup(reqid);
+        j->request_id = reqid != NULL ? strdup(reqid) : NULL;
         j->now = (int64_t) time(NULL);
     }
-    json_decref(rec);
-    if (j == NULL || j->body == NULL || j->request_id == NULL) {
+    if (j == NULL || j->body == NULL
+        || (reqid != NULL && j->request_id == NULL)) {
         if (j != NULL) {
             pg_saml_job_free(j);
         }
@@ -378,15 +395,78 @@ pg_saml_acs_state(pg_op_t *op, pg_status_t st)
     }
 }
 
+#define PG_SAML_RELAY_MAX 80      /* our own references are 24 chars */
+#define PG_SAML_IDP_RELAY_MAX 1024 /* an IdP-initiated RelayState path */
+
 /*
- * HTTP-POST to the ACS. The RelayState must be one this browser was given
- * (sealed state cookie) and is consumed with GETDEL, which makes a second
- * POST of the same response fail even in parallel. Unsolicited responses
- * (no RelayState) are refused here.
+ * The provider whose IdP-initiated responses are accepted at this ACS: the
+ * SAML provider with allow_unsolicited whose acs_url has the path of uri
+ * (the request's path and query as received). The configuration refuses
+ * two such providers on one acs_url, so there is at most one. NULL when
+ * none. Borrowed from cfg.
+ */
+static const pg_idp_cfg_t *
+pg_saml_unsolicited_idp(const pg_config_t *cfg, const char *uri)
+{
+    size_t i, plen, alen;
+    const char *p;
+
+    if (uri == NULL) {
+        return NULL;
+    }
+    plen = strcspn(uri, "?");
+    for (i = 0; i < cfg->nidps; i++) {
+        const pg_idp_cfg_t *d = &cfg->idps[i];
+
+        if (d->type != PG_IDP_SAML || !d->saml.allow_unsolicited) {
+            continue;
+        }
+        p = pg_url_path(d->saml.acs_url, &alen);
+        if (alen == plen && memcmp(p, uri, plen) == 0) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * An IdP-initiated response at an ACS whose provider d allows them: no
+ * stored request, so it must carry no InResponseTo (pg_saml_acs_validate
+ * checks that), the replay cache still applies, and the person lands on
+ * relay when it is a same-origin path, else on "/". Every other check is
+ * the same as for a solicited response. relay may be NULL; it is copied.
+ */
+static void
+pg_saml_acs_unsolicited(pg_op_t *op, const pg_idp_cfg_t *d, const char *relay)
+{
+    int ok = relay != NULL && strlen(relay) <= PG_SAML_IDP_RELAY_MAX
+             && pg_return_path_ok(relay, strlen(relay));
+
+    free(op->idp);
+    free(op->app);
+    op->app = NULL;
+    op->target = NULL;
+    op->idp = strdup(d->name);
+    op->return_to = strdup(ok ? relay : "/");
+    if (op->idp == NULL || op->return_to == NULL) {
+        pg_op_finish(op, NULL);
+        return;
+    }
+    pg_op_audit(op, "login.start", "info", "idp_initiated", NULL, NULL);
+    pg_saml_acs_verify(op, d, NULL);
+}
+
+/*
+ * HTTP-POST to the ACS. A solicited response's RelayState must be one this
+ * browser was given (sealed state cookie) and is consumed with GETDEL,
+ * which makes a second POST of the same response fail even in parallel.
+ * Anything else is IdP-initiated: refused unless the provider of this ACS
+ * URL has allow_unsolicited.
  */
 void
 pg_saml_acs_start(pg_op_t *op)
 {
+    const pg_idp_cfg_t *d;
     char *relay;
     size_t i;
     int bound = 0;
@@ -398,20 +478,31 @@ pg_saml_acs_start(pg_op_t *op)
         return;
     }
     relay = pg_query_param(op->body, op->body_len, "RelayState");
-    if (relay == NULL || relay[0] == '\0' || strlen(relay) > 80) {
-        free(relay);
-        pg_op_deny(op, 400, "login.failure", "unsolicited",
-                   "This sign-in was not started here. Please start from the "
-                   "application.", NULL);
-        return;
-    }
-    for (i = 0; i < op->nstate_cookies; i++) {
-        if (pg_ct_equal(op->state_cookies[i], strlen(op->state_cookies[i]),
-                        relay, strlen(relay))) {
-            bound = 1;
+    if (relay != NULL && relay[0] != '\0'
+        && strlen(relay) <= PG_SAML_RELAY_MAX) {
+        for (i = 0; i < op->nstate_cookies; i++) {
+            if (pg_ct_equal(op->state_cookies[i],
+                            strlen(op->state_cookies[i]), relay,
+                            strlen(relay))) {
+                bound = 1;
+            }
         }
     }
     if (!bound) {
+        d = pg_saml_unsolicited_idp(op->g->cfg, op->uri);
+        if (d != NULL) {
+            pg_saml_acs_unsolicited(op, d, relay);
+            free(relay);
+            return;
+        }
+        if (relay == NULL || relay[0] == '\0'
+            || strlen(relay) > PG_SAML_RELAY_MAX) {
+            free(relay);
+            pg_op_deny(op, 400, "login.failure", "unsolicited",
+                       "This sign-in was not started here. Please start "
+                       "from the application.", NULL);
+            return;
+        }
         free(relay);
         pg_op_deny(op, 400, "login.failure", "state_not_bound",
                    "This sign-in was not started in this browser. Please "

@@ -81,6 +81,21 @@ starts_network_path(const char *s, size_t n)
  * Anything that is not a path ("http://x", "javascript:...", "//host",
  * "") is refused. Never reads past s[n-1].
  */
+/* See util.h. */
+const char *
+pg_url_path(const char *url, size_t *len)
+{
+    const char *p = strstr(url, "://");
+
+    p = p != NULL ? p + 3 + strcspn(p + 3, "/?#") : url;
+    if (*p != '/') {
+        *len = 1;
+        return "/";
+    }
+    *len = strcspn(p, "?#");
+    return p;
+}
+
 int
 pg_return_path_ok(const char *s, size_t n)
 {

@@ -619,6 +619,50 @@ test_saml_idp(void **state)
     assert_non_null(strstr(err.msg, "$.idps.corp.client_id: unknown field"));
 }
 
+/* IdP-initiated responses name no request, so the ACS path tells which
+ * provider they are for: two providers with allow_unsolicited may not share
+ * one acs_url path (a query does not make it another path); with one of them
+ * solicited-only, or with their own ACS paths, the load succeeds. */
+static void
+test_saml_unsolicited_acs(void **state)
+{
+    static const char second[] =
+        ", \"allow_unsolicited\": %s},"
+        " \"corp2\": {\"type\": \"saml\","
+        "   \"sp_entity_id\": \"https://gw.example/saml2\","
+        "   \"acs_url\": \"%s\","
+        "   \"sp_key_file\": \"%s/../saml/sp-key.pem\","
+        "   \"sp_cert_file\": \"%s/../saml/sp-cert.pem\","
+        "   \"idp_metadata_file\": \"%s/../saml/idp-metadata.xml\","
+        "   \"allow_unsolicited\": %s";
+    pg_config_t *cfg = NULL;
+    pg_err_t err = { "" };
+    char extra[2048];
+
+    (void)state;
+    fmt(extra, sizeof(extra), second, "true",
+        "https://gw.example/saml/acs?idp=2", g_fix, g_fix, g_fix, "true");
+    assert_int_equal(load_saml(920, "idp-metadata.xml", extra, &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, ".allow_unsolicited: "));
+    assert_non_null(strstr(err.msg, "also accepts IdP-initiated"));
+
+    fmt(extra, sizeof(extra), second, "true", "https://gw.example/saml/acs",
+        g_fix, g_fix, g_fix, "false");
+    if (load_saml(921, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
+        fail_msg("one unsolicited provider per ACS refused: %s", err.msg);
+    }
+    assert_int_equal(pg_config_idp(cfg, "corp")->saml.allow_unsolicited, 1);
+    pg_config_free(cfg);
+
+    fmt(extra, sizeof(extra), second, "true", "https://gw.example/saml/acs2",
+        g_fix, g_fix, g_fix, "true");
+    if (load_saml(922, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
+        fail_msg("two ACS paths refused: %s", err.msg);
+    }
+    pg_config_free(cfg);
+}
+
 /* slo_url builds the Single Logout context at load; an IdP metadata without
  * an HTTP-Redirect SingleLogoutService fails the load with a clear message
  * (nginx -t), and without slo_url there is no SLO context at all. */
@@ -1321,6 +1365,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_base_config_is_valid),
         cmocka_unit_test(test_saml_idp),
+        cmocka_unit_test(test_saml_unsolicited_acs),
         cmocka_unit_test(test_saml_slo),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_expiry_settings),

@@ -469,6 +469,31 @@ test_return_path_refuses(void **state)
     assert_int_equal(pg_return_path_ok(NULL, 0), 0);
 }
 
+/* The path of an absolute URL, for matching an ACS URL to a request. */
+static void
+test_url_path(void **state)
+{
+    static const struct { const char *url, *path; } cases[] = {
+        { "https://gw.example/saml/acs", "/saml/acs" },
+        { "https://gw.example:8443/saml/acs?idp=1", "/saml/acs" },
+        { "http://127.0.0.1:80/a/b#frag", "/a/b" },
+        { "https://gw.example", "/" },
+        { "https://gw.example?x=/y", "/" },
+        { "https://user@gw.example/p", "/p" },
+    };
+    size_t i, len;
+    const char *p;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        p = pg_url_path(cases[i].url, &len);
+        if (len != strlen(cases[i].path)
+            || memcmp(p, cases[i].path, len) != 0) {
+            fail_msg("%s: got \"%.*s\"", cases[i].url, (int)len, p);
+        }
+    }
+}
+
 static void
 test_return_path_length(void **state)
 {
@@ -686,6 +711,7 @@ main(void)
         cmocka_unit_test(test_return_path_accepts),
         cmocka_unit_test(test_return_path_refuses),
         cmocka_unit_test(test_return_path_length),
+        cmocka_unit_test(test_url_path),
         cmocka_unit_test(test_header_name_eq),
         cmocka_unit_test(test_header_value_clean),
         cmocka_unit_test(test_parse_u64),

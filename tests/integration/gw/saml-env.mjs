@@ -40,8 +40,9 @@ export const SAML_USERS = {
 /* Start the gateway (SAML provider "corp" on /sapp/) and the IdP peer.
  * slo: Single Logout configured (slo_url /saml/slo, provgate_saml_slo,
  * provgate_logout at /saml/logout) and published in the IdP metadata;
- * workers: nginx worker processes. */
-export async function startSamlEnv({ slo = false, workers = 1 } = {}) {
+ * workers: nginx worker processes; unsolicited: allow_unsolicited (IdP-
+ * initiated responses accepted at /saml/acs). */
+export async function startSamlEnv({ slo = false, workers = 1, unsolicited = false } = {}) {
   const idpPort = await freePort();
   const dir = tempDir('pg-saml-login-');
   const mdFile = path.join(dir, 'idp-metadata.xml');
@@ -59,6 +60,7 @@ export async function startSamlEnv({ slo = false, workers = 1 } = {}) {
           sp_cert_file: path.join(FIX, 'sp-cert.pem'),
           idp_metadata_file: mdFile,
           ...(slo ? { slo_url: `${env.base}/saml/slo` } : {}),
+          ...(unsolicited ? { allow_unsolicited: true } : {}),
         },
       },
     }),
