@@ -80,6 +80,8 @@ typedef struct pg_saml_expect {
 typedef struct pg_saml_assertion {
     char *name_id;
     char *name_id_format;        /* NULL when absent */
+    char *name_qualifier;        /* NameID NameQualifier, NULL when absent */
+    char *sp_name_qualifier;     /* NameID SPNameQualifier, NULL when absent */
     char *assertion_id;          /* for the replay cache */
     char *issuer;
     char *session_index;         /* NULL when absent */

@@ -269,6 +269,14 @@ pg_saml_job_done(void *arg)
             json_object_set_new(op->saml_subject, "format",
                                 json_string(j->a.name_id_format));
         }
+        if (j->a.name_qualifier != NULL) {
+            json_object_set_new(op->saml_subject, "name_qualifier",
+                                json_string(j->a.name_qualifier));
+        }
+        if (j->a.sp_name_qualifier != NULL) {
+            json_object_set_new(op->saml_subject, "sp_name_qualifier",
+                                json_string(j->a.sp_name_qualifier));
+        }
         if (j->a.session_index != NULL) {
             json_object_set_new(op->saml_subject, "session_index",
                                 json_string(j->a.session_index));

@@ -176,6 +176,10 @@ pg_saml_logout_redirect(pg_op_t *op)
     memset(&who, 0, sizeof(who));
     who.name_id = json_string_value(json_object_get(saml, "name_id"));
     who.name_id_format = json_string_value(json_object_get(saml, "format"));
+    who.name_qualifier = json_string_value(json_object_get(saml,
+                                                           "name_qualifier"));
+    who.sp_name_qualifier = json_string_value(
+        json_object_get(saml, "sp_name_qualifier"));
     who.session_index = json_string_value(json_object_get(saml,
                                                           "session_index"));
     if (who.name_id == NULL) {

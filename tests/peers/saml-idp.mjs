@@ -331,7 +331,8 @@ function renderResponse(v, user, nameIdFormat) {
     `<saml:Assertion xmlns:saml="${NS.assertion}" xmlns:xs="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" ID="${v.assertionId}" Version="2.0" IssueInstant="${v.issueInstant}">`,
     `<saml:Issuer Format="${NAMEID_ENTITY}">${xmlEscape(entityId)}</saml:Issuer>`,
     '<saml:Subject>',
-    `<saml:NameID Format="${xmlEscape(nameIdFormat)}">${xmlEscape(user.nameid ?? user.username)}</saml:NameID>`,
+    // qualified like Shibboleth's persistent ids: a LogoutRequest must echo the qualifier
+    `<saml:NameID Format="${xmlEscape(nameIdFormat)}" SPNameQualifier="${xmlEscape(spEntityId)}">${xmlEscape(user.nameid ?? user.username)}</saml:NameID>`,
     '<saml:SubjectConfirmation Method="urn:oasis:names:tc:SAML:2.0:cm:bearer">',
     `<saml:SubjectConfirmationData NotOnOrAfter="${v.notOnOrAfter}" Recipient="${xmlEscape(v.recipient)}"${irt}/>`,
     '</saml:SubjectConfirmation></saml:Subject>',
@@ -472,9 +473,13 @@ async function handleSloRequest(req, res, url) {
   if (!spSloUrl()) return sloError(res, 400, 'SP metadata has no HTTP-Redirect SingleLogoutService');
   const nameId = typeof ex.nameID === 'string' ? ex.nameID : (ex.nameID?.['#text'] ?? '');
   const sessionIndexes = [].concat(ex.sessionIndex ?? []).map(String);
+  // the NameID must be the one issued, qualifier included (SAML core 3.6.1)
+  const nidTag = /<(?:[A-Za-z0-9_-]+:)?NameID\b([^>]*)>/.exec(String(parsed.samlContent || ''));
+  const spnq = nidTag ? (/\sSPNameQualifier="([^"]*)"/.exec(nidTag[1]) || [])[1] : undefined;
   let matched = false;
   for (const [si, sess] of state.sessions) {
-    if (sess.nameId === nameId && (sessionIndexes.length === 0 || sessionIndexes.includes(si))) {
+    if (sess.nameId === nameId && spnq === spEntityId
+        && (sessionIndexes.length === 0 || sessionIndexes.includes(si))) {
       state.sessions.delete(si);
       matched = true;
     }
@@ -546,7 +551,7 @@ function makeIdpLogout(params) {
   const now = Date.now();
   const xml = `<samlp:LogoutRequest xmlns:samlp="${NS.protocol}" xmlns:saml="${NS.assertion}" ID="${id}" Version="2.0" IssueInstant="${iso(now)}" NotOnOrAfter="${iso(now + 5 * 60 * 1000)}" Destination="${xmlEscape(sloUrl)}">`
     + `<saml:Issuer>${xmlEscape(entityId)}</saml:Issuer>`
-    + `<saml:NameID Format="${xmlEscape(sess.nameIdFormat)}">${xmlEscape(sess.nameId)}</saml:NameID>`
+    + `<saml:NameID Format="${xmlEscape(sess.nameIdFormat)}" SPNameQualifier="${xmlEscape(spEntityId)}">${xmlEscape(sess.nameId)}</saml:NameID>`
     + `<samlp:SessionIndex>${xmlEscape(sess.sessionIndex)}</samlp:SessionIndex></samlp:LogoutRequest>`;
   const out = idp.createLogoutRequest(sloTarget(!unsigned), 'redirect', { logoutNameID: sess.nameId, sessionIndex: sess.sessionIndex }, {
     relayState,

@@ -169,7 +169,8 @@ build_doc(const opts_t *o)
         "<samlp:Status><samlp:StatusCode Value=\"%s\"/></samlp:Status>"
         "<saml:Assertion xmlns:saml=\"" NS_SAML "\" ID=\"_assert1\" Version=\"2.0\" IssueInstant=\"2027-01-15T08:00:00Z\">"
         "<saml:Issuer>%s</saml:Issuer>"
-        "<saml:Subject><saml:NameID Format=\"urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\">%s</saml:NameID>"
+        "<saml:Subject><saml:NameID Format=\"urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\""
+        " NameQualifier=\"urn:test:idp-q\" SPNameQualifier=\"urn:test:sp-q\">%s</saml:NameID>"
         "<saml:SubjectConfirmation Method=\"urn:oasis:names:tc:SAML:2.0:cm:bearer\">"
         "<saml:SubjectConfirmationData Recipient=\"%s\" NotOnOrAfter=\"%s\"%s/>"
         "</saml:SubjectConfirmation></saml:Subject>"
@@ -378,6 +379,9 @@ check_alice(const pg_saml_assertion_t *a)
     json_t *g;
     assert_string_equal(a->name_id, "alice@corp.com");
     assert_string_equal(a->name_id_format, "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress");
+    /* kept for Single Logout, whose NameID must match the one issued */
+    assert_string_equal(a->name_qualifier, "urn:test:idp-q");
+    assert_string_equal(a->sp_name_qualifier, "urn:test:sp-q");
     assert_string_equal(a->assertion_id, "_assert1");
     assert_string_equal(a->issuer, IDP_ID);
     assert_string_equal(a->session_index, "_sess1");

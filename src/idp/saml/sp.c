@@ -725,6 +725,8 @@ pg_saml_assertion_clear(pg_saml_assertion_t *a)
     }
     free(a->name_id);
     free(a->name_id_format);
+    free(a->name_qualifier);
+    free(a->sp_name_qualifier);
     free(a->assertion_id);
     free(a->issuer);
     free(a->session_index);
@@ -1083,11 +1085,17 @@ check_subject(acs_ctx_t *c, xmlNode *as, pg_saml_assertion_t *o)
     if (o->name_id[0] == '\0') {
         return refuse(c, PG_ERR_DENIED, "no_nameid", "empty NameID");
     }
-    if (pg_sx_attr(nid, "Format") != NULL) {
-        o->name_id_format = strdup(pg_sx_attr(nid, "Format"));
-        if (o->name_id_format == NULL) {
-            return PG_ERR_NOMEM;
-        }
+    /* Format and the qualifiers go back into a Single Logout request's
+     * NameID, which must match the one issued */
+    if ((pg_sx_attr(nid, "Format") != NULL
+         && (o->name_id_format = strdup(pg_sx_attr(nid, "Format"))) == NULL)
+        || (pg_sx_attr(nid, "NameQualifier") != NULL
+            && (o->name_qualifier = strdup(pg_sx_attr(nid, "NameQualifier")))
+               == NULL)
+        || (pg_sx_attr(nid, "SPNameQualifier") != NULL
+            && (o->sp_name_qualifier
+                = strdup(pg_sx_attr(nid, "SPNameQualifier"))) == NULL)) {
+        return PG_ERR_NOMEM;
     }
     for (sc = subj->children; sc != NULL; sc = sc->next) {
         const char *m, *why;
