@@ -165,6 +165,20 @@ PG_MUST_USE pg_status_t pg_policy_decide_fast(const pg_policy_set_t *ps,
                                               pg_fast_decision_t *out);
 
 /*
+ * The account rule of target built for identity attrs, for whoever
+ * creates the account once a decision granted it: *out is the same object
+ * as a decision's accounts.<target> ({"target", "result": "ok"|"refused",
+ * "initial_state", "attributes", "username"?, "username_collision"?,
+ * "reason"?}), owned by the caller, or NULL when target has no account
+ * rule (or ps is NULL). Whether a policy grants the account is not looked
+ * at here. PG_ERR_INVALID for a NULL target or non-object attrs;
+ * PG_ERR_NOMEM.
+ */
+PG_MUST_USE pg_status_t pg_policy_account(const pg_policy_set_t *ps,
+                                          const json_t *attrs,
+                                          const char *target, json_t **out);
+
+/*
  * Username candidates for an account rule's "username" (collision
  * handling): attempt 0 is base itself ("jdoe"), attempt k >= 1 is base
  * followed by the decimal number start + k - 1 ("jdoe2", "jdoe3", ...

@@ -159,6 +159,20 @@ PG_MUST_USE pg_status_t pg_scim_build_user(const pg_target_cfg_t *t,
                                            const json_t *attrs, json_t **out,
                                            pg_err_t *err);
 
+/*
+ * pg_scim_build_user() with a policy account rule laid over the target's
+ * mapping: overrides (NULL: none) is an object of attribute path ->
+ * string, e.g. {"userName": "jdoe", "name.givenName": "John",
+ * "urn:...:enterprise:2.0:User:department": "ENG"}. A path it names
+ * replaces the target mapping of exactly that path; other paths are
+ * added. A non-string value, or two spellings of one path, is
+ * PG_ERR_INVALID with "mapping_failed: ...". Borrowed arguments only.
+ */
+PG_MUST_USE pg_status_t pg_scim_build_user_with(const pg_target_cfg_t *t,
+                                                const json_t *attrs,
+                                                const json_t *overrides,
+                                                json_t **out, pg_err_t *err);
+
 /* Start; cb runs exactly once (never inside this call) unless cancelled.
  * req is copied. */
 PG_MUST_USE pg_status_t pg_scim_ensure(pg_http_t *http,

@@ -354,8 +354,72 @@ pg_ent_vec(const json_t *ents, size_t *n)
     return v;
 }
 
-/* Render the target's attribute mapping for op->attrs into *out (an
- * object) and the account key. PG_ERR_NOT_FOUND etc. with err set. */
+/*
+ * The policy's account rule for op's target (docs/policies.md "Accounts"),
+ * as attribute overrides: *out becomes {"<attribute>": "<value>", ...}
+ * with the rule's attributes and, when the rule builds a username, the
+ * target's account key (username_attr, default "userName") set to it;
+ * NULL when the target has no account rule. When the rule refuses the
+ * account for op->attrs (a required attribute or the username cannot be
+ * built), PG_ERR_DENIED with the reason in err. *out is the caller's.
+ */
+static pg_status_t
+pg_prov_account(pg_op_t *op, json_t **out, pg_err_t *err)
+{
+    const pg_target_cfg_t *t = op->target;
+    json_t *acct = NULL, *o;
+    const char *key, *result;
+    pg_status_t st;
+
+    *out = NULL;
+    st = pg_policy_account(op->g->cfg->policies, op->attrs, op->app, &acct);
+    if (st != PG_OK || acct == NULL) {
+        return st;
+    }
+    result = json_string_value(json_object_get(acct, "result"));
+    if (result == NULL || strcmp(result, "ok") != 0) {
+        const char *why = json_string_value(json_object_get(acct, "reason"));
+
+        pg_err_set(err, "%s", why != NULL ? why : "the account is refused");
+        json_decref(acct);
+        return PG_ERR_DENIED;
+    }
+    o = json_copy(json_object_get(acct, "attributes"));
+    if (o == NULL) {
+        o = json_object();
+    }
+    key = t->username_attr != NULL && t->username_attr[0] != '\0'
+              ? t->username_attr : "userName";
+    if (o == NULL
+        || (json_is_string(json_object_get(acct, "username"))
+            && json_object_set(o, key, json_object_get(acct, "username"))
+                   != 0)) {
+        json_decref(o);
+        json_decref(acct);
+        return PG_ERR_NOMEM;
+    }
+    json_decref(acct);
+    *out = o;
+    return PG_OK;
+}
+
+/* An account the account rule refuses: a clear, permanent refusal. */
+static void
+pg_prov_refused(pg_op_t *op, const pg_err_t *err)
+{
+    json_t *f = json_pack("{s:s, s:s}", "target", op->app, "detail",
+                          err->msg);
+
+    pg_prov_unlock(op);
+    pg_op_deny(op, 403, "provision.account", "account_refused",
+               "Your account in this application cannot be created: some "
+               "of your identity data it needs is missing.", f);
+}
+
+/* Render the target's attribute mapping for op->attrs, with the policy's
+ * account rule laid over it, into *out (an object) and the account key.
+ * PG_ERR_DENIED when the account rule refuses the account; PG_ERR_NOT_FOUND
+ * etc. with err set. */
 static pg_status_t
 pg_prov_render(pg_op_t *op, json_t **out, const char **key, pg_err_t *err)
 {
@@ -383,6 +447,19 @@ pg_prov_render(pg_op_t *op, json_t **out, const char **key, pg_err_t *err)
         } else {
             json_object_set(o, m->scim_path, m->literal);
         }
+    }
+    if (st == PG_OK) {
+        /* the policy's account rule overrides and adds attributes */
+        json_t *acct = NULL, *v;
+        const char *k;
+
+        st = pg_prov_account(op, &acct, err);
+        json_object_foreach(acct, k, v) {
+            if (st == PG_OK && json_object_set(o, k, v) != 0) {
+                st = PG_ERR_NOMEM;
+            }
+        }
+        json_decref(acct);
     }
     if (st != PG_OK) {
         json_decref(o);
@@ -468,7 +545,13 @@ pg_prov_conn_ensure(pg_op_t *op)
                    NULL);
         return;
     }
-    if (pg_prov_render(op, &attrs, &key, &err) != PG_OK) {
+    st = pg_prov_render(op, &attrs, &key, &err);
+    if (st == PG_ERR_DENIED) {
+        json_decref(rv);
+        pg_prov_refused(op, &err);
+        return;
+    }
+    if (st != PG_OK) {
         json_decref(rv);
         pg_prov_unlock(op);
         f = json_pack("{s:s, s:s}", "target", op->app, "detail", err.msg);
@@ -598,7 +681,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
     pg_scim_request_t req;
     pg_scim_options_t sopts;
     pg_err_t err = { "" };
-    json_t *desired = NULL, *e, *f;
+    json_t *desired = NULL, *acct = NULL, *e, *f;
     const char **groups;
     size_t i, n = 0;
 
@@ -609,11 +692,11 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
         return;
     }
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
-        const redisReply *acct = reply->element[0], *ents = reply->element[1];
+        const redisReply *id = reply->element[0], *ents = reply->element[1];
         json_error_t jerr;
 
-        if (acct->type == REDIS_REPLY_STRING) {
-            op->known_account = strndup(acct->str, acct->len);
+        if (id->type == REDIS_REPLY_STRING) {
+            op->known_account = strndup(id->str, id->len);
         }
         if (ents->type == REDIS_REPLY_STRING && ents->len < 256 * 1024) {
             op->prev_ents = json_loadb(ents->str, ents->len, 0, &jerr);
@@ -627,13 +710,22 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
         pg_prov_scim_deprovision(op);
         return;
     }
-    if (pg_scim_build_user(op->target, op->attrs, &desired, &err) != PG_OK) {
+    st = pg_prov_account(op, &acct, &err);
+    if (st == PG_ERR_DENIED) {
+        pg_prov_refused(op, &err);
+        return;
+    }
+    if (st != PG_OK
+        || pg_scim_build_user_with(op->target, op->attrs, acct, &desired,
+                                   &err) != PG_OK) {
+        json_decref(acct);
         pg_prov_unlock(op);
         f = json_pack("{s:s, s:s}", "target", op->app, "detail", err.msg);
         pg_op_deny(op, 502, "provision.account", "mapping_failed",
                    "Your account cannot be built from your identity data.", f);
         return;
     }
+    json_decref(acct);
     groups = calloc(json_array_size(op->decision.entitlements) + 1,
                     sizeof(char *));
     if (groups == NULL) {

@@ -4279,6 +4279,31 @@ accounts(eval_state_t *es)
     return PG_OK;
 }
 
+/* See policy.h. */
+pg_status_t
+pg_policy_account(const pg_policy_set_t *ps, const json_t *attrs,
+                  const char *target, json_t **out)
+{
+    char why[WHY_MAX];
+    size_t i;
+    int ok = 0;
+
+    if (out == NULL) {
+        return PG_ERR_INVALID;
+    }
+    *out = NULL;
+    if (ps == NULL || target == NULL || !json_is_object(attrs)) {
+        return ps == NULL ? PG_OK : PG_ERR_INVALID;
+    }
+    for (i = 0; i < ps->nacct; i++) {
+        if (strcmp(pg_acct_target(ps->acct[i]), target) == 0) {
+            return pg_acct_build(ps->acct[i], attrs, out, &ok, why,
+                                 sizeof(why));
+        }
+    }
+    return PG_OK;
+}
+
 /*
  * Decide at time now (see policy.h). The order is fixed: birthright,
  * role assignment, role SoD, role grants, approval requests, entitlement

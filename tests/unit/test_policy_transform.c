@@ -360,6 +360,30 @@ test_required_refusal(void **state)
                                            &fd), PG_OK);
     assert_int_equal(fd.has_account, 1);
     json_decref(attrs);
+
+    /* pg_policy_account: the same account object for whoever builds it,
+     * refused or not; no rule for another target gives NULL */
+    {
+        json_t *acct = (json_t *)1, *in = json_loads(
+            "{\"email\": \"a@b\", \"department\": \"eng\"}", 0, NULL);
+
+        assert_int_equal(pg_policy_account(ps, in, "t", &acct), PG_OK);
+        assert_non_null(acct);
+        assert_string_equal(json_string_value(json_object_get(acct,
+                            "result")), "ok");
+        assert_string_equal(attr_of(acct, "dept"), "ENG");
+        json_decref(acct);
+        json_object_del(in, "email");
+        assert_int_equal(pg_policy_account(ps, in, "t", &acct), PG_OK);
+        assert_string_equal(json_string_value(json_object_get(acct,
+                            "result")), "refused");
+        json_decref(acct);
+        assert_int_equal(pg_policy_account(ps, in, "other", &acct), PG_OK);
+        assert_null(acct);
+        assert_int_equal(pg_policy_account(ps, in, NULL, &acct),
+                         PG_ERR_INVALID);
+        json_decref(in);
+    }
     pg_policy_scratch_free(sc);
     pg_policy_free(ps);
 }

@@ -644,6 +644,42 @@ test_build_user(void **state)
     json_decref(want);
     json_decref(user);
 
+    /* An account rule laid over the mapping: a path it names replaces
+     * that mapping (the username too), others are added, emails keeps
+     * the multi-valued shape; a non-string value is refused. */
+    {
+        json_t *ov = json_pack(
+            "{s:s, s:s, s:s, s:s}", "userName", "adoe", "name.givenName",
+            "Ada", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:"
+            "User:department", "ENG", "emails", "ada@example.org");
+
+        assert_int_equal(pg_scim_build_user_with(&t, attrs, ov, &user, &err),
+                         PG_OK);
+        assert_string_equal(json_string_value(json_object_get(user,
+                                                              "userName")),
+                            "adoe");
+        assert_string_equal(json_string_value(json_object_get(
+                                json_object_get(user, "name"), "givenName")),
+                            "Ada");
+        assert_string_equal(json_string_value(json_object_get(
+                                json_object_get(user,
+                                    "urn:ietf:params:scim:schemas:extension:"
+                                    "enterprise:2.0:User"), "department")),
+                            "ENG");
+        assert_string_equal(json_string_value(json_object_get(json_array_get(
+                                json_object_get(user, "emails"), 0),
+                                "value")), "ada@example.org");
+        /* the rest of the mapping is untouched */
+        assert_true(json_is_true(json_object_get(user, "active")));
+        json_decref(user);
+        json_object_set_new(ov, "title", json_integer(3));
+        assert_int_equal(pg_scim_build_user_with(&t, attrs, ov, &user, &err),
+                         PG_ERR_INVALID);
+        assert_null(user);
+        assert_non_null(strstr(err.msg, "title"));
+        json_decref(ov);
+    }
+
     /* Phone present: same multi-valued shape as emails. */
     json_object_set_new(attrs, "phone", json_string("+1 555"));
     assert_int_equal(pg_scim_build_user(&t, attrs, &user, &err), PG_OK);

@@ -292,8 +292,29 @@ pg_status_t
 pg_scim_build_user(const pg_target_cfg_t *t, const json_t *attrs,
                    json_t **out, pg_err_t *err)
 {
-    json_t *user, *value;
-    const char *ua;
+    return pg_scim_build_user_with(t, attrs, NULL, out, err);
+}
+
+/* The value of one attribute path: emails/phoneNumbers become the usual
+ * one-element multi-valued form. A new reference, NULL if s is not UTF-8
+ * (or on OOM). */
+static json_t *
+leaf_value(const char *path, const char *s)
+{
+    if (strcasecmp(path, "emails") == 0
+        || strcasecmp(path, "phoneNumbers") == 0) {
+        return multi_valued(s);
+    }
+    return json_string(s);
+}
+
+/* See scim.h. */
+pg_status_t
+pg_scim_build_user_with(const pg_target_cfg_t *t, const json_t *attrs,
+                        const json_t *overrides, json_t **out, pg_err_t *err)
+{
+    json_t *user, *value, *ov;
+    const char *ua, *path;
     pg_status_t st;
     size_t i;
 
@@ -309,6 +330,12 @@ pg_scim_build_user(const pg_target_cfg_t *t, const json_t *attrs,
     if (user == NULL) {
         return PG_ERR_NOMEM;
     }
+    if (overrides != NULL && !json_is_object(overrides)) {
+        pg_err_set(err, "mapping_failed: account attributes must be an "
+                   "object");
+        st = PG_ERR_INVALID;
+        goto fail;
+    }
     for (i = 0; i < t->nattrs; i++) {
         const pg_attr_map_t *m = &t->attrs[i];
         const char *leaf;
@@ -317,6 +344,10 @@ pg_scim_build_user(const pg_target_cfg_t *t, const json_t *attrs,
             pg_err_set(err, "mapping_failed: mapping %zu has no path", i);
             st = PG_ERR_INVALID;
             goto fail;
+        }
+        if (overrides != NULL
+            && json_object_get(overrides, m->scim_path) != NULL) {
+            continue; /* the account rule gives this one (below) */
         }
         if (m->tpl != NULL) {
             pg_err_t terr;
@@ -361,6 +392,23 @@ pg_scim_build_user(const pg_target_cfg_t *t, const json_t *attrs,
             goto fail;
         }
         st = set_path(user, m->scim_path, value, err);
+        if (st != PG_OK) {
+            goto fail;
+        }
+    }
+    json_object_foreach((json_t *) overrides, path, ov) {
+        if (!json_is_string(ov)) {
+            pg_err_set(err, "mapping_failed: %.64s: account attribute is "
+                       "not a string", path);
+            st = PG_ERR_INVALID;
+            goto fail;
+        }
+        value = leaf_value(path, json_string_value(ov));
+        if (value == NULL) {
+            st = PG_ERR_NOMEM;
+            goto fail;
+        }
+        st = set_path(user, path, value, err);
         if (st != PG_OK) {
             goto fail;
         }
