@@ -182,6 +182,13 @@ typedef struct pg_outbox_config {
     unsigned backoff_max_ms;  /* cap; default 300000 */
     unsigned status_ttl_s;    /* status stream lifetime; default 3600 */
     unsigned error_pause_ms;  /* pause after a Redis error; default 250 */
+    /* Optional: once host->exiting() says the process is shutting down,
+     * the consumer fetches more only while needed(arg) (the handler's arg)
+     * returns non-zero, e.g. while requests of this process still wait for
+     * operations; otherwise it idles, checking again every 200 ms. NULL:
+     * it stops fetching at once. Entries already delivered are always
+     * handed to the handler. */
+    int (*needed)(void *arg);
 } pg_outbox_config_t;
 
 typedef struct pg_outbox_consumer pg_outbox_consumer_t;

@@ -503,6 +503,20 @@ pg_ob_rate_take(pg_op_t *op, pg_status_t st)
     }
 }
 
+/*
+ * While the process quits, its consumer keeps fetching only for logins of
+ * this process that still wait for an operation (with several workers it
+ * may be theirs; after a reload the new workers take the rest). Non-zero
+ * while any waits.
+ */
+static int
+pg_ob_needed(void *arg)
+{
+    const pg_gate_t *g = arg;
+
+    return g->ob_waiters != NULL;
+}
+
 /* One delivered operation: rebuild the decision and apply it. */
 static void
 pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
@@ -515,10 +529,11 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
     const char *iid, *app;
     json_t *attrs, *ents;
 
-    /* Applied even while the process is exiting: the consumer fetches
-     * nothing new then, but an entry already delivered is this process's
-     * to finish (hold() keeps it alive); set aside, it would wait for the
-     * lease to lapse while someone's login waits for it. */
+    /* Applied even while the process is exiting: the consumer then fetches
+     * only for logins of this process still waiting (pg_ob_needed), but an
+     * entry already delivered is this process's to finish (hold() keeps it
+     * alive); set aside, it would wait for the lease to lapse while
+     * someone's login waits for it. */
     state = json_loads(e->state, 0, &jerr);
     iid = json_string_value(json_object_get(state, "iid"));
     app = json_string_value(json_object_get(state, "app"));
@@ -645,6 +660,7 @@ pg_ob_init(pg_gate_t *g, pg_err_t *err)
     oc.backoff_max_ms = cfg->outbox.backoff_max_ms;
     oc.status_ttl_s = cfg->outbox.status_ttl_s;
     oc.block_ms = 1000;
+    oc.needed = pg_ob_needed;
     st = pg_redis_new(g->host, &cfg->redis, &g->ob_redis);
     if (st == PG_OK) {
         st = pg_outbox_consumer_new(g->host, g->ob_redis, &oc, pg_ob_handle,

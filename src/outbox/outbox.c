@@ -1270,6 +1270,7 @@ struct pg_outbox_consumer {
     char *group, *consumer;
     unsigned batch, block_ms, claim_idle_ms, max_attempts;
     unsigned backoff_base_ms, backoff_max_ms, status_ttl_s, error_pause_ms;
+    int (*needed)(void *arg);
     char *k_stream, *k_delayed, *k_dead, *k_keybase;
 
     pg_redis_op_t *op;              /* the loop's current command */
@@ -1281,6 +1282,8 @@ struct pg_outbox_consumer {
     int depth, freeing;
     pg_outbox_stats_t stats;
 };
+
+#define OB_EXIT_RECHECK_MS 200      /* idle re-check while exiting */
 
 static void cycle(pg_outbox_consumer_t *c);
 static void step_claim(pg_outbox_consumer_t *c);
@@ -1830,10 +1833,15 @@ cycle(pg_outbox_consumer_t *c)
     if (c->op != NULL || c->pending > 0) {
         return; /* a step or a batch is in progress */
     }
-    if (c->host->exiting != NULL && c->host->exiting(c->host->ctx)) {
-        /* shutting down: fetch nothing more. What was delivered is applied
-         * by the handler; leaving an entry pending here would stall it
-         * until the lease lapses (an nginx reload must not do that). */
+    if (c->host->exiting != NULL && c->host->exiting(c->host->ctx)
+        && (c->needed == NULL || !c->needed(c->arg))) {
+        /* shutting down and nobody here needs more: fetch nothing (what
+         * was delivered is applied by the handler; an entry left pending
+         * would stall until the lease lapses). Look again shortly, in
+         * case a request of this process starts waiting. */
+        if (c->needed != NULL) {
+            c_schedule(c, OB_EXIT_RECHECK_MS);
+        }
         return;
     }
     if (!c->need_group) {
@@ -1893,6 +1901,7 @@ pg_outbox_consumer_new(const pg_host_t *host, pg_redis_t *rb,
     }
     c->status_ttl_s = cfg->status_ttl_s ? cfg->status_ttl_s : 3600;
     c->error_pause_ms = cfg->error_pause_ms ? cfg->error_pause_ms : 250;
+    c->needed = cfg->needed;
     c->need_group = 1;
     memcpy(c->cursor, "0-0", 4);
     c->group = strdup(group);
