@@ -20,8 +20,6 @@
 #include "provgate/util.h"
 #include "gate_int.h"
 
-/* Upper bound of one escaped chooser entry's markup around its values. */
-#define PG_CHOICE_LI_OVERHEAD 128
 
 /* 1 when name[0..len) is one of idps[0..n); *which = that entry. */
 static int
