@@ -96,7 +96,9 @@ PG_MUST_USE pg_status_t pg_gate_new(const pg_config_t *cfg,
                                     pg_err_t *err);
 void pg_gate_free(pg_gate_t *g);
 
-/* A protected location: valid session -> ALLOW; none -> start login. */
+/* A protected location: valid session -> ALLOW; none -> start login.
+ * With req->idps (several IdPs): a session of any of them is ALLOW; none
+ * -> the login of the chosen IdP, or the 200 chooser page (pg_idp_choice). */
 PG_MUST_USE pg_status_t pg_gate_access(pg_gate_t *g, const pg_gate_req_t *req,
                                        pg_gate_cb cb, void *arg,
                                        pg_gate_op_t **op_out,
