@@ -10,7 +10,9 @@
  *
  * Directives:
  *   provgate_config  <file>;          http      the provgate JSON config
- *   provgate         oidc:<idp> | off; http/srv/loc  protect with this IdP
+ *   provgate         oidc:<idp> | saml:<idp> ... | off;
+ *                                      http/srv/loc  protect with this IdP, or
+ *                                      let the user choose among several
  *   provgate_app     <target> | off;   http/srv/loc  account to provision
  *   provgate_callback;                 loc       the OIDC redirect URI
  *   provgate_logout;                   loc       end the session
@@ -61,7 +63,9 @@ typedef struct {
 
 typedef struct {
     ngx_int_t            mode;          /* NGX_HTTP_PROVGATE_OFF/OIDC */
-    ngx_str_t            idp;           /* NUL-terminated */
+    ngx_str_t            idp;           /* NUL-terminated; the first IdP */
+    ngx_array_t         *idps;          /* of char *: every IdP, NUL-
+                                           terminated, in directive order */
     ngx_str_t            app;           /* NUL-terminated; empty = none */
     ngx_uint_t           endpoint;      /* callback / logout */
     ngx_msec_t           wait_timeout;
@@ -112,7 +116,7 @@ static ngx_command_t  ngx_http_provgate_commands[] = {
       NULL },
 
     { ngx_string("provgate"),
-      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
       ngx_http_provgate,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
@@ -352,7 +356,14 @@ ngx_http_provgate_build_req(ngx_http_request_t *r,
 
     ngx_memzero(req, sizeof(pg_gate_req_t));
 
-    req->idp = plcf->idp.len ? (char *) plcf->idp.data : NULL;
+    if (plcf->idps != NULL && plcf->idps->nelts > 1) {
+        /* several IdPs: the gate accepts any and lets the user choose */
+        req->idps = plcf->idps->elts;
+        req->nidps = plcf->idps->nelts;
+
+    } else {
+        req->idp = plcf->idp.len ? (char *) plcf->idp.data : NULL;
+    }
     req->app = plcf->app.len ? (char *) plcf->app.data : NULL;
     req->method = ngx_http_provgate_pstrdup(r->pool, r->method_name.data,
                                             r->method_name.len);
@@ -1133,12 +1144,23 @@ ngx_http_provgate_config(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * provgate oidc:<idp> | saml:<idp> ... | off;
+ *
+ * One IdP binds the location to it; several (each defined in the JSON
+ * config with the type its prefix says, none twice, at most
+ * PG_GATE_MAX_IDPS) let the user choose among them (IdP discovery, see
+ * docs/directives.md). "off" stands alone.
+ */
 static char *
 ngx_http_provgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_provgate_loc_conf_t *plcf = conf;
 
+    char                          **name, **names;
     ngx_str_t                      *value, idp;
+    ngx_uint_t                      i, j, type;
+    const pg_idp_cfg_t             *d;
     ngx_http_provgate_main_conf_t  *pmcf;
 
     if (plcf->mode != NGX_CONF_UNSET) {
@@ -1147,57 +1169,104 @@ ngx_http_provgate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (ngx_strcmp(value[i].data, "off") == 0 && cf->args->nelts > 2) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "provgate: \"off\" cannot be combined with "
+                               "identity providers");
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (ngx_strcmp(value[1].data, "off") == 0) {
         plcf->mode = NGX_HTTP_PROVGATE_OFF;
         return NGX_CONF_OK;
     }
 
-    if (value[1].len > 5 && ngx_strncmp(value[1].data, "saml:", 5) == 0) {
-        plcf->mode = NGX_HTTP_PROVGATE_SAML;
-
-    } else if (value[1].len > 5
-               && ngx_strncmp(value[1].data, "oidc:", 5) == 0)
-    {
-        plcf->mode = NGX_HTTP_PROVGATE_OIDC;
-
-    } else {
+    if (cf->args->nelts - 1 > PG_GATE_MAX_IDPS) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: expected \"oidc:<idp>\", "
-                           "\"saml:<idp>\" or \"off\", got \"%V\"",
-                           &value[1]);
+                           "provgate: at most %d identity providers per "
+                           "location", PG_GATE_MAX_IDPS);
         return NGX_CONF_ERROR;
     }
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_provgate_module);
-    if (pmcf->cfg == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: \"provgate_config\" must come before "
-                           "\"provgate\" in the http block");
+
+    plcf->idps = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                  sizeof(char *));
+    if (plcf->idps == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    idp.data = value[1].data + 5;
-    idp.len = value[1].len - 5;
+    for (i = 1; i < cf->args->nelts; i++) {
 
-    if (pg_config_idp(pmcf->cfg, (char *) idp.data) == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: identity provider \"%V\" is not "
-                           "defined in %V", &idp, &pmcf->file);
-        return NGX_CONF_ERROR;
+        if (value[i].len > 5 && ngx_strncmp(value[i].data, "saml:", 5) == 0) {
+            type = NGX_HTTP_PROVGATE_SAML;
+
+        } else if (value[i].len > 5
+                   && ngx_strncmp(value[i].data, "oidc:", 5) == 0)
+        {
+            type = NGX_HTTP_PROVGATE_OIDC;
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "provgate: expected \"oidc:<idp>\", "
+                               "\"saml:<idp>\" or \"off\", got \"%V\"",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (pmcf->cfg == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "provgate: \"provgate_config\" must come "
+                               "before \"provgate\" in the http block");
+            return NGX_CONF_ERROR;
+        }
+
+        /* the argument is NUL-terminated, so is the name inside it */
+        idp.data = value[i].data + 5;
+        idp.len = value[i].len - 5;
+
+        d = pg_config_idp(pmcf->cfg, (char *) idp.data);
+        if (d == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "provgate: identity provider \"%V\" is not "
+                               "defined in %V", &idp, &pmcf->file);
+            return NGX_CONF_ERROR;
+        }
+
+        if (d->type != (type == NGX_HTTP_PROVGATE_SAML ? PG_IDP_SAML
+                                                       : PG_IDP_OIDC))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "provgate: identity provider \"%V\" is not "
+                               "%s provider", &idp,
+                               type == NGX_HTTP_PROVGATE_SAML
+                               ? "a SAML" : "an OpenID Connect");
+            return NGX_CONF_ERROR;
+        }
+
+        names = plcf->idps->elts;
+        for (j = 0; j < plcf->idps->nelts; j++) {
+            if (ngx_strcmp(names[j], idp.data) == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "provgate: identity provider \"%V\" is "
+                                   "listed twice", &idp);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        name = ngx_array_push(plcf->idps);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+        *name = (char *) idp.data;
+
+        if (i == 1) {
+            plcf->mode = type;
+            plcf->idp = idp;
+        }
     }
-
-    if (pg_config_idp(pmcf->cfg, (char *) idp.data)->type
-        != (plcf->mode == NGX_HTTP_PROVGATE_SAML ? PG_IDP_SAML : PG_IDP_OIDC))
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "provgate: identity provider \"%V\" is not %s "
-                           "provider", &idp,
-                           plcf->mode == NGX_HTTP_PROVGATE_SAML
-                           ? "a SAML" : "an OpenID Connect");
-        return NGX_CONF_ERROR;
-    }
-
-    plcf->idp = idp;
 
     return NGX_CONF_OK;
 }
@@ -1358,6 +1427,7 @@ ngx_http_provgate_create_loc_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     plcf->idp = { 0, NULL };
+     *     plcf->idps = NULL;
      *     plcf->app = { 0, NULL };
      */
 
@@ -1378,6 +1448,7 @@ ngx_http_provgate_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->mode == NGX_CONF_UNSET) {
         conf->mode = prev->mode;
         conf->idp = prev->idp;
+        conf->idps = prev->idps;
     }
     ngx_conf_merge_value(conf->mode, prev->mode, NGX_HTTP_PROVGATE_OFF);
     ngx_conf_merge_str_value(conf->app, prev->app, "");

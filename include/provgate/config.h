@@ -79,6 +79,9 @@ typedef struct pg_saml_idp_cfg {
 typedef struct pg_idp_cfg {
     pg_idp_type_t type;
     char *name;
+    char *display_name;         /* "display_name" (for the IdP choice page);
+                                   default name; at most 200 bytes, no
+                                   control characters; never NULL */
     pg_oidc_idp_cfg_t oidc;     /* when type == PG_IDP_OIDC */
     pg_saml_idp_cfg_t saml;     /* when type == PG_IDP_SAML */
 } pg_idp_cfg_t;

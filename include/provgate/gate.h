@@ -55,8 +55,23 @@ typedef struct pg_gate_result {
 
 /* What the host knows about the request. Strings need not be NUL-terminated
  * beyond their lengths; the gate copies what it keeps. */
+/* Several IdPs on one location (IdP discovery, docs/architecture.md):
+ * the most a location may list, the query parameter that carries the
+ * user's choice and the longest value of it (or of the remembering cookie
+ * "<session cookie>_idp") that is looked at. */
+#define PG_GATE_MAX_IDPS        32
+#define PG_IDP_CHOICE_PARAM     "provgate_idp"
+#define PG_IDP_CHOICE_MAX       64
+#define PG_IDP_CHOICE_MAX_AGE_S (90L * 24 * 3600)
+
 typedef struct pg_gate_req {
     const char *idp;                /* provgate oidc:<idp>, or NULL */
+    const char *const *idps;        /* provgate with several IdPs
+                                       (oidc:a saml:b ...): the location's
+                                       list, nidps >= 2, and idp is NULL; a
+                                       session of any of them is accepted,
+                                       a login lets the user choose */
+    size_t nidps;
     const char *app;                /* provgate_app target, or NULL */
     const char *method;
     const char *uri;                /* path + "?" + args as received */
@@ -81,7 +96,9 @@ PG_MUST_USE pg_status_t pg_gate_new(const pg_config_t *cfg,
                                     pg_err_t *err);
 void pg_gate_free(pg_gate_t *g);
 
-/* A protected location: valid session -> ALLOW; none -> start login. */
+/* A protected location: valid session -> ALLOW; none -> start login.
+ * With req->idps (several IdPs): a session of any of them is ALLOW; none
+ * -> the login of the chosen IdP, or the 200 chooser page (pg_idp_choice). */
 PG_MUST_USE pg_status_t pg_gate_access(pg_gate_t *g, const pg_gate_req_t *req,
                                        pg_gate_cb cb, void *arg,
                                        pg_gate_op_t **op_out,
@@ -126,6 +143,38 @@ PG_MUST_USE pg_status_t pg_gate_admin(pg_gate_t *g, const pg_gate_req_t *req,
                                       pg_gate_cb cb, void *arg,
                                       pg_gate_op_t **op_out,
                                       pg_gate_result_t **sync_res);
+
+/* How the IdP of a login on a location with several IdPs was chosen. */
+typedef enum {
+    PG_IDP_CHOOSE = 0,              /* nothing valid: show the chooser */
+    PG_IDP_CHOSEN_PARAM,            /* ?provgate_idp=<name> */
+    PG_IDP_CHOSEN_COOKIE            /* the remembered choice */
+} pg_idp_choice_t;
+
+/*
+ * The IdP choice of a browser request without a session on a location that
+ * allows idps[0..nidps) (pure; the gate's login uses it).
+ *
+ * uri[0..uri_len) is the request target as received ("path?query").
+ * A provgate_idp parameter decides when present: a value naming one of
+ * idps (at most PG_IDP_CHOICE_MAX bytes) chooses it; anything else (empty,
+ * "*", an IdP not allowed here, a repeated or malformed parameter) asks
+ * for the chooser, even when a choice is remembered. Without the
+ * parameter, the first value of cookie cookie_name (in the raw Cookie
+ * header values cookies[0..ncookies), each capped like the session cookie)
+ * that names one of idps chooses it; else the chooser.
+ *
+ * *chosen points into idps (never into the request) or is NULL;
+ * *return_uri (may be NULL: not wanted) is a malloc'd copy of uri without
+ * any provgate_idp parameter, or NULL when uri is over 8 KiB. Returns
+ * PG_ERR_NOMEM (outputs cleared) on OOM, else PG_OK.
+ */
+PG_MUST_USE pg_status_t pg_idp_choice(const char *const *idps, size_t nidps,
+                                      const char *uri, size_t uri_len,
+                                      const char *cookie_name,
+                                      const char *const *cookies,
+                                      size_t ncookies, pg_idp_choice_t *how,
+                                      const char **chosen, char **return_uri);
 
 void pg_gate_cancel(pg_gate_op_t *op);
 void pg_gate_result_free(pg_gate_result_t *res);

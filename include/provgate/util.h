@@ -115,6 +115,12 @@ char *pg_urldecode(const char *s, size_t n);
  * malloc'd decoded value or NULL when absent or malformed. */
 char *pg_query_param(const char *query, size_t n, const char *key);
 
+/* uri[0..n) ("path?query") without every parameter named key, malloc'd;
+ * *removed (may be NULL) counts the parameters removed. Empty segments and
+ * an empty '?' are dropped. NULL on OOM or input over 8 KiB. */
+char *pg_query_strip_param(const char *uri, size_t n, const char *key,
+                           size_t *removed);
+
 /* ---- templates ------------------------------------------------------- */
 
 /*

@@ -35,6 +35,7 @@
 #define MAX_CLAIMS 128u
 #define MAX_CORR 16u
 #define MAX_NAME 64u            /* idp / target / instance names */
+#define MAX_DISPLAY_NAME 200u   /* idps.<name>.display_name, in bytes */
 #define MIN_SESSION_KEY 32u
 
 #define TRY(x) do { st = (x); if (st != PG_OK) { return st; } } while (0)
@@ -591,7 +592,7 @@ parse_oidc(pg_oidc_idp_cfg_t *c, const json_t *o, const char *p,
         "allowed_algs", "claims_request", "post_logout_redirect_uri",
         "clock_skew_s", "state_ttl_s", "http_timeout_ms",
         "jwks_refresh_min_s", "metadata_ttl_s", "max_auth_age_s", "ca_file",
-        "insecure_skip_verify", NULL
+        "insecure_skip_verify", "display_name", NULL
     };
     static const char *const def_scopes[] = {"openid", "email", "profile",
                                              NULL};
@@ -676,7 +677,7 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
         "sp_cert_file", "idp_metadata_file", "nameid_format",
         "sign_authn_request", "require_signed_assertion",
         "require_signed_response", "allow_unsolicited", "clock_skew_s",
-        "state_ttl_s", NULL
+        "state_ttl_s", "display_name", NULL
     };
     pg_saml_sp_cfg_t sc;
     pg_err_t e2 = { "" };
@@ -807,6 +808,32 @@ check_type(const json_t *o, const char *p, const char *want,
     return PG_ERR_CONFIG;
 }
 
+/*
+ * The optional "display_name" of idp object o at path p (shown on the IdP
+ * choice page, see docs/configuration.md): 1..MAX_DISPLAY_NAME bytes
+ * without control characters; default the IdP's name. idp->name must be
+ * set; idp->display_name becomes a malloc'd copy owned by the config. A
+ * non-object o is left to the type check.
+ */
+static pg_status_t
+parse_display_name(pg_idp_cfg_t *idp, const json_t *o, const char *p,
+                   pg_err_t *err)
+{
+    pg_status_t st;
+
+    if (!json_is_object(o)) {
+        return PG_OK;
+    }
+    TRY(pg_cfg_str(o, p, "display_name", 0, idp->name, &idp->display_name,
+                   err));
+    if (strlen(idp->display_name) > MAX_DISPLAY_NAME) {
+        pg_err_set(err, "%s.display_name: longer than %u bytes", p,
+                   MAX_DISPLAY_NAME);
+        return PG_ERR_CONFIG;
+    }
+    return PG_OK;
+}
+
 /* "idps" (required, 1..32 entries) into cfg->idps. */
 static pg_status_t
 parse_idps(pg_config_t *cfg, const json_t *o, pg_err_t *err)
@@ -850,6 +877,7 @@ parse_idps(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         if (idp->name == NULL || idp->oidc.name == NULL) {
             return PG_ERR_NOMEM;
         }
+        TRY(parse_display_name(idp, v, p, err));
         if (json_is_object(v)
             && json_is_string(json_object_get(v, "type"))
             && strcmp(json_string_value(json_object_get(v, "type")), "saml")
@@ -1870,6 +1898,7 @@ pg_config_free(pg_config_t *cfg)
         pg_idp_cfg_t *d = &cfg->idps[i];
         pg_oidc_idp_cfg_t *o = &d->oidc;
         free(d->name);
+        free(d->display_name);
         free(o->name);
         free(o->issuer);
         free(o->discovery_url);

@@ -322,8 +322,8 @@ pg_access_session(pg_op_t *op, pg_status_t st)
                    NULL);
         return;
     }
-    if (op->idp != NULL && strcmp(json_string_value(idp), op->idp) != 0) {
-        /* signed in with another provider than this location requires */
+    if (!pg_op_idp_allowed(op, json_string_value(idp))) {
+        /* signed in with a provider this location does not accept */
         json_decref(op->session);
         op->session = NULL;
         pg_login_start(op);

@@ -132,8 +132,12 @@ pg_cookie_line_ss(const pg_config_t *cfg, const char *name, const char *value,
     return out;
 }
 
-/* Escape text for HTML element content and attribute values. */
-static void
+/*
+ * Escape text for HTML element content and attribute values (& < > " ').
+ * out is always NUL-terminated; when outsz is short the output stops
+ * before the first character (or entity) that does not fit. s NULL = "".
+ */
+void
 pg_html_escape(const char *s, char *out, size_t outsz)
 {
     size_t o = 0;
@@ -179,6 +183,35 @@ pg_status_title(int status)
 }
 
 /*
+ * The HTML document every gate page uses (error, "being prepared", IdP
+ * choice): one template and stylesheet. title is raw text (escaped here,
+ * capped at 255 bytes); head_html and body_html are markup the caller built
+ * with every value escaped. Returns a malloc'd string; NULL on OOM.
+ */
+char *
+pg_html_doc(const char *head_html, const char *title, const char *body_html)
+{
+    char t[256 * 6];
+    char *body = NULL;
+    char tcap[256];
+
+    snprintf(tcap, sizeof(tcap), "%s", title != NULL ? title : "");
+    pg_html_escape(tcap, t, sizeof(t));
+    if (asprintf(&body,
+                 "<!DOCTYPE html>\n<html lang=\"en\"><head>%s"
+                 "<meta charset=\"utf-8\"><title>%s</title>"
+                 "<meta name=\"viewport\" content=\"width=device-width\">"
+                 "<style>body{font-family:sans-serif;max-width:40em;"
+                 "margin:4em auto;padding:0 1em;color:#222}"
+                 "code{background:#eee;padding:0 .3em}</style></head>"
+                 "<body>%s</body></html>\n", head_html != NULL ? head_html : "",
+                 t, body_html != NULL ? body_html : "") < 0) {
+        return NULL;
+    }
+    return body;
+}
+
+/*
  * An error page: HTML for browsers, JSON otherwise. reason is a stable
  * code; event_id (may be NULL) lets an admin find the audit event. The
  * result is owned by the caller.
@@ -203,7 +236,7 @@ pg_page_retry(int status, int html, const char *reason, const char *message,
 {
     pg_gate_result_t *res = pg_result_new(PG_RES_PAGE, status);
     char t[256], m[1024], r[128], e[64], u[2048], meta[2200];
-    char *body = NULL;
+    char *body = NULL, *inner = NULL;
     int n;
 
     if (res == NULL) {
@@ -222,17 +255,15 @@ pg_page_retry(int status, int html, const char *reason, const char *message,
         pg_html_escape(message, m, sizeof(m));
         pg_html_escape(reason, r, sizeof(r));
         pg_html_escape(event_id != NULL ? event_id : "-", e, sizeof(e));
-        n = asprintf(&body,
-                     "<!DOCTYPE html>\n<html lang=\"en\"><head>%s"
-                     "<meta charset=\"utf-8\"><title>%s</title>"
-                     "<meta name=\"viewport\" content=\"width=device-width\">"
-                     "<style>body{font-family:sans-serif;max-width:40em;"
-                     "margin:4em auto;padding:0 1em;color:#222}"
-                     "code{background:#eee;padding:0 .3em}</style></head>"
-                     "<body><h1>%s</h1><p>%s</p>"
+        n = asprintf(&inner,
+                     "<h1>%s</h1><p>%s</p>"
                      "<p class=\"ref\">Reason: <code id=\"reason\">%s</code>"
-                     " &middot; Reference: <code id=\"ref\">%s</code></p>"
-                     "</body></html>\n", meta, t, t, m, r, e);
+                     " &middot; Reference: <code id=\"ref\">%s</code></p>",
+                     t, m, r, e);
+        if (n >= 0) {
+            body = pg_html_doc(meta, pg_status_title(status), inner);
+            free(inner);
+        }
         res->content_type = "text/html; charset=utf-8";
     } else {
         json_t *j = json_pack("{s:s, s:s, s:s?}", "error", reason,
@@ -292,7 +323,7 @@ pg_gate_error_page(int status, const char *reason, const char *message)
  * name and value (not NUL-terminated) and advances *p, or 0 at the end.
  * Pairs without '=' are skipped. The caller has capped the header length.
  */
-static int
+int
 pg_cookie_next(const char **p, const char **k, size_t *klen, const char **v,
                size_t *vlen)
 {
@@ -315,6 +346,32 @@ pg_cookie_next(const char **p, const char **k, size_t *klen, const char **v,
         *v = eq + 1;
         *vlen = len - *klen - 1;
         return 1;
+    }
+    return 0;
+}
+
+/*
+ * 1 when a session of IdP idp (NULL: unknown) may be used on req's
+ * location: the location names no IdP, idp is its IdP, or one of its IdPs.
+ */
+static int
+pg_req_idp_allowed(const pg_gate_req_t *req, const char *idp)
+{
+    size_t i;
+
+    if (req->idp == NULL && req->nidps == 0) {
+        return 1;
+    }
+    if (idp == NULL) {
+        return 0;
+    }
+    if (req->idp != NULL) {
+        return strcmp(idp, req->idp) == 0;
+    }
+    for (i = 0; i < req->nidps && req->idps != NULL; i++) {
+        if (req->idps[i] != NULL && strcmp(idp, req->idps[i]) == 0) {
+            return 1;
+        }
     }
     return 0;
 }
@@ -363,7 +420,7 @@ pg_access_fast(pg_gate_t *g, const pg_gate_req_t *req, char *sid,
         return NULL;
     }
     idp = json_string_value(json_object_get(sess, "idp"));
-    if ((req->idp != NULL && (idp == NULL || strcmp(idp, req->idp) != 0))
+    if (!pg_req_idp_allowed(req, idp)
         || (req->app != NULL
             && json_object_get(json_object_get(sess, "apps"), req->app)
                == NULL)) {
@@ -409,6 +466,42 @@ pg_op_new(pg_gate_t *g, int flow, const pg_gate_req_t *req, pg_gate_cb cb,
     op->args = pg_strndup_or_null(req->args, req->args_len);
     op->client_ip = req->client_ip ? strdup(req->client_ip) : NULL;
     op->request_id = req->request_id ? strdup(req->request_id) : NULL;
+    if (req->idp == NULL && req->nidps > 0 && req->idps != NULL) {
+        if (req->nidps > PG_GATE_MAX_IDPS) {
+            pg_op_free(op);
+            return NULL;
+        }
+        op->idps = calloc(req->nidps, sizeof(char *));
+        if (op->idps == NULL) {
+            pg_op_free(op);
+            return NULL;
+        }
+        for (i = 0; i < req->nidps; i++) {
+            op->idps[i] = strdup(req->idps[i]);
+            if (op->idps[i] == NULL) {
+                pg_op_free(op);
+                return NULL;
+            }
+            op->nidps = i + 1;
+        }
+        /* the remembered choice is read from these if a login starts */
+        if (req->ncookies > 0) {
+            op->raw_cookies = calloc(req->ncookies, sizeof(char *));
+            if (op->raw_cookies == NULL) {
+                pg_op_free(op);
+                return NULL;
+            }
+            for (i = 0; i < req->ncookies; i++) {
+                op->raw_cookies[i] = strndup(req->cookies[i],
+                                             PG_GATE_MAX_COOKIE + 1);
+                if (op->raw_cookies[i] == NULL) {
+                    pg_op_free(op);
+                    return NULL;
+                }
+                op->nraw_cookies = i + 1;
+            }
+        }
+    }
     if (req->body != NULL) {
         op->body = malloc(req->body_len + 1);
         if (op->body == NULL) {
@@ -528,6 +621,15 @@ pg_op_free(pg_op_t *op)
     pg_saml_slo_detach(op);
     json_decref(op->saml_subject);
     free(op->idp);
+    for (i = 0; i < op->nidps; i++) {
+        free(op->idps[i]);
+    }
+    free(op->idps);
+    for (i = 0; i < op->nraw_cookies; i++) {
+        free(op->raw_cookies[i]);
+    }
+    free(op->raw_cookies);
+    free(op->choice_cookie);
     free(op->app);
     free(op->uri);
     free(op->args);
@@ -594,6 +696,10 @@ pg_op_audit(pg_op_t *op, const char *type, const char *outcome,
     }
     if (fields != NULL) {
         if (op->idp) json_object_set_new(fields, "idp", json_string(op->idp));
+        if (op->idp_via) {
+            json_object_set_new(fields, "idp_choice",
+                                json_string(op->idp_via));
+        }
         if (op->app) json_object_set_new(fields, "app", json_string(op->app));
         if (op->client_ip) {
             json_object_set_new(fields, "client_ip", json_string(op->client_ip));
@@ -809,6 +915,12 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
         st = PG_ERR_NOMEM;
         goto fail;
     }
+    if (asprintf(&g->idp_cookie_name, "%s_idp",
+                 cfg->session.cookie_name) < 0) {
+        g->idp_cookie_name = NULL;
+        st = PG_ERR_NOMEM;
+        goto fail;
+    }
     g->providers = calloc(cfg->nidps ? cfg->nidps : 1, sizeof(pg_provider_t));
     if (g->providers == NULL) {
         st = PG_ERR_NOMEM;
@@ -857,6 +969,7 @@ pg_gate_free(pg_gate_t *g)
     pg_http_free(g->http);
     pg_redis_free(g->redis);
     free(g->state_cookie_prefix);
+    free(g->idp_cookie_name);
     free(g->scim_caps);
     free(g);
 }

@@ -87,6 +87,8 @@ struct pg_gate {
     const char             *header_names[6];
     pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
+    char                   *idp_cookie_name; /* "<cookie>_idp": the
+                                                remembered IdP choice */
     pg_scim_caps_t         *scim_caps;      /* per target (cfg order): the
                                                /ServiceProviderConfig read
                                                once by this process */
@@ -126,6 +128,19 @@ struct pg_gate_op {
 
     /* the request */
     char                   *idp;
+    char                  **idps;           /* the location's IdPs when it
+                                               has several (idp NULL until
+                                               the user chose one) */
+    size_t                  nidps;
+    const char             *idp_via;        /* "parameter" / "cookie": how
+                                               idp was chosen (audited) */
+    char                  **raw_cookies;    /* the Cookie header values,
+                                               kept only with idps (the
+                                               remembered choice) */
+    size_t                  nraw_cookies;
+    char                   *choice_cookie;  /* Set-Cookie remembering the
+                                               choice, for the login's
+                                               redirect (choice.c) */
     char                   *app;
     char                   *uri;
     char                   *args;
@@ -250,6 +265,20 @@ pg_gate_result_t *pg_page_retry(int status, int html, const char *reason,
                                 const char *refresh_url,
                                 unsigned retry_after_s);
 
+/* One "name=value" pair of a Cookie header value (not NUL-terminated);
+ * 1 and *p advanced, or 0 at the end. The caller caps the header. */
+int pg_cookie_next(const char **p, const char **k, size_t *klen,
+                   const char **v, size_t *vlen);
+/* Escape s for HTML text and attribute values into out (always NUL-
+ * terminated; truncated at an entity boundary when outsz is short). */
+void pg_html_escape(const char *s, char *out, size_t outsz);
+/* The gate's HTML page shell (the error page template and CSS) around
+ * head_html (extra <head> markup, may be ""), title (raw text, escaped
+ * here, capped at 255 bytes) and body_html (trusted markup: escape every
+ * value in it). malloc'd; NULL on OOM. */
+char *pg_html_doc(const char *head_html, const char *title,
+                  const char *body_html);
+
 /* "<prefix><a><b>" into a malloc'd key. */
 char *pg_key(pg_gate_t *g, const char *a, const char *b);
 
@@ -315,6 +344,20 @@ char *pg_saml_nameid_key(pg_gate_t *g, const char *idp, const char *name_id);
 
 /* login.c: continue a login whose op->claims/op->attrs are set. */
 void pg_login_claims_ready(pg_op_t *op);
+
+/* ---- choice.c: several IdPs on one location ------------------------- */
+/* 1 when name may sign in on op's location: its only IdP, one of its
+ * IdPs, or any IdP when it names none. */
+int pg_op_idp_allowed(const pg_op_t *op, const char *name);
+/* A browser login on a location with several IdPs (op->idps) and no IdP
+ * chosen yet: either op->idp, op->return_to (and op->choice_cookie for a
+ * choice made by parameter) are set and 0 is returned, so the login goes
+ * on with that IdP; or the op was finished (the chooser page, audited as
+ * login.start idp_choice, or an error) and 1 is returned. */
+int pg_login_choose(pg_op_t *op);
+/* Add op->choice_cookie (if any) to the login's redirect res. */
+PG_MUST_USE pg_status_t pg_login_choice_cookie(pg_op_t *op,
+                                               pg_gate_result_t *res);
 
 /* ---- login.c --------------------------------------------------------- */
 void pg_login_start(pg_op_t *op);

@@ -73,6 +73,11 @@ pg_login_saved(pg_op_t *op, pg_status_t st)
         return;
     }
     free(cookie);
+    if (pg_login_choice_cookie(op, res) != PG_OK) {
+        pg_gate_result_free(res);
+        pg_op_finish(op, NULL);
+        return;
+    }
     pg_op_audit(op, "login.start", "info", "redirect_to_idp", NULL, NULL);
     pg_op_finish(op, res);
 }
@@ -142,7 +147,9 @@ pg_login_meta(pg_op_t *op, pg_status_t st)
 
 /*
  * No valid session on a protected location. Browsers (GET/HEAD wanting
- * HTML) are sent to the provider; API clients get 401.
+ * HTML) are sent to the provider; API clients get 401. On a location with
+ * several IdPs the user's choice (parameter or remembered cookie) picks
+ * the provider first, or the chooser page is the answer (choice.c).
  */
 void
 pg_login_start(pg_op_t *op)
@@ -151,6 +158,11 @@ pg_login_start(pg_op_t *op)
         pg_op_deny(op, 401, "access.denied", "login_required",
                    "Authentication is required.", NULL);
         return;
+    }
+    if (op->idp == NULL && op->nidps > 0) {
+        if (pg_login_choose(op)) {
+            return;     /* the chooser page (or an error) was the answer */
+        }
     }
     if (op->uri != NULL && pg_return_path_ok(op->uri, strlen(op->uri))
         && op->return_to == NULL) {

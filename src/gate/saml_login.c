@@ -50,6 +50,9 @@ pg_saml_login_saved(pg_op_t *op, pg_status_t st)
                                "None");
     st = pg_result_cookie(res, cookie);
     free(cookie);
+    if (st == PG_OK) {
+        st = pg_login_choice_cookie(op, res);
+    }
     if (st != PG_OK) {
         pg_gate_result_free(res);
         pg_op_finish(op, NULL);

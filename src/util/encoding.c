@@ -371,3 +371,73 @@ pg_query_param(const char *query, size_t n, const char *key)
     }
     return urldecode_capped(found, found_len, PG_QUERY_MAX);
 }
+
+/*
+ * uri[0..n) (a request target "path?query" as received) without every query
+ * parameter whose decoded name is key ("key", "key=" and "key=value" alike;
+ * names are compared as pg_query_param() does). The other parameters keep
+ * their order and their bytes; empty segments ("a&&b", a trailing '&') are
+ * dropped, and so is the '?' when no parameter is left. Returns a malloc'd
+ * NUL-terminated string (the caller frees) and the number of parameters
+ * removed in *removed (may be NULL); NULL when uri is NULL or longer than
+ * 8 KiB (PG_URLDECODE_MAX), or on OOM. A name that does not decode is kept
+ * as it is (it cannot be key).
+ */
+char *
+pg_query_strip_param(const char *uri, size_t n, const char *key,
+                     size_t *removed)
+{
+    const char *q, *p, *end;
+    size_t keylen, o, nremoved = 0, kept = 0;
+    char *out;
+
+    if (removed != NULL) {
+        *removed = 0;
+    }
+    if (uri == NULL || key == NULL || n > PG_URLDECODE_MAX) {
+        return NULL;
+    }
+    out = malloc(n + 1);
+    if (out == NULL) {
+        return NULL;
+    }
+    keylen = strlen(key);
+    q = memchr(uri, '?', n);
+    o = q != NULL ? (size_t)(q - uri) : n;
+    memcpy(out, uri, o);
+    if (q != NULL) {
+        p = q + 1;
+        end = uri + n;
+        while (p < end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            const char *seg_end = amp != NULL ? amp : end;
+            const char *eq = memchr(p, '=', (size_t)(seg_end - p));
+            const char *kend = eq != NULL ? eq : seg_end;
+            size_t seglen = (size_t)(seg_end - p);
+            int match = 0;
+
+            if (kend > p) {
+                char *k = urldecode_capped(p, (size_t)(kend - p),
+                                           PG_URLDECODE_MAX);
+
+                match = k != NULL && strlen(k) == keylen
+                        && memcmp(k, key, keylen) == 0;
+                free(k);
+            }
+            if (match) {
+                nremoved++;
+            } else if (seglen > 0) {
+                out[o++] = kept == 0 ? '?' : '&';
+                memcpy(out + o, p, seglen);
+                o += seglen;
+                kept++;
+            }
+            p = amp != NULL ? amp + 1 : end;
+        }
+    }
+    out[o] = '\0';
+    if (removed != NULL) {
+        *removed = nremoved;
+    }
+    return out;
+}

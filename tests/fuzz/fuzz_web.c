@@ -7,7 +7,9 @@
  *    byte, and does not decode to "//" or "/\";
  *  - a base64url decode re-encodes to the input (minus padding);
  *  - seal/unseal round-trips the input, and fails under another aad;
- *  - a cleaned header value has no control bytes.
+ *  - a cleaned header value has no control bytes;
+ *  - stripping provgate_idp from a target never grows it, leaves no such
+ *    parameter behind, and a second strip changes nothing.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -97,6 +99,28 @@ check_seal(const uint8_t *data, size_t size)
     }
 }
 
+static void
+check_strip(const char *s, size_t n)
+{
+    size_t removed = 0, again = 0;
+    char *out = pg_query_strip_param(s, n, "provgate_idp", &removed);
+    char *out2;
+
+    if (out == NULL || memchr(s, '\0', n) != NULL) {
+        free(out);      /* a NUL cuts the C-string re-check short */
+        return;
+    }
+    if (strlen(out) > n) {
+        abort();
+    }
+    out2 = pg_query_strip_param(out, strlen(out), "provgate_idp", &again);
+    if (out2 != NULL && (again != 0 || strcmp(out, out2) != 0)) {
+        abort();
+    }
+    free(out2);
+    free(out);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -109,6 +133,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_return_path(s, size);
     check_b64(s, size);
     check_seal(data, size);
+    check_strip(s, size);
 
     v = pg_urldecode(s, size);
     free(v);

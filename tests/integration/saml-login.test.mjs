@@ -104,7 +104,7 @@ describe('IdP-initiated SAML sign-in, where the provider allows it', () => {
   let e;
   let idp;
   before(async () => {
-    ({ e, idp } = await startSamlEnv({ unsolicited: true }));
+    ({ e, idp } = await startSamlEnv({ corpExtra: { allow_unsolicited: true } }));
   });
   after(async () => {
     const reports = e ? sanitizerReports(e.prefix) : [];

@@ -211,6 +211,11 @@ apply_patch(json_t *root, const char *path, const char *value)
     }
 }
 
+/* 201 bytes: one over the display_name cap */
+#define DN10 "0123456789"
+#define DN201 DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 \
+              DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 DN10 "x"
+
 typedef struct bad_case {
     const char *patches[6];   /* path, value, path, value, ...; NULL ends */
     int del_mask;             /* bit i: patch i deletes (value ignored) */
@@ -222,6 +227,14 @@ typedef struct bad_case {
 static const bad_case_t bad_cases[] = {
     /* unknown fields */
     {{"bogus", "1"}, 0, 0, "$.bogus: unknown field"},
+    /* the IdP choice page's label */
+    {{"idps/corp/display_name", "\"\""}, 0, 0,
+     "$.idps.corp.display_name: "},
+    {{"idps/corp/display_name", "7"}, 0, 0, "$.idps.corp.display_name: "},
+    {{"idps/corp/display_name", "\"a\\nb\""}, 0, 0,
+     "$.idps.corp.display_name: must not contain control characters"},
+    {{"idps/corp/display_name", "\"" DN201 "\""}, 0, 0,
+     "$.idps.corp.display_name: longer than 200 bytes"},
     {{"idps/corp/scope", "[\"openid\"]"}, 0, 0,
      "$.idps.corp.scope: unknown field"},
     {{"targets/app/auth/tokn", "\"x\""}, 0, 0,
@@ -548,6 +561,40 @@ test_expiry_settings(void **state)
                      PG_DEPROV_DISABLE);
     assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 900);
     assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 7);
+    pg_config_free(cfg);
+}
+
+/* display_name: the IdP's name by default, else the configured text (any
+ * characters but control bytes, kept as written: pages escape it). */
+static void
+test_idp_display_name(void **state)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX];
+    pg_config_t *cfg = NULL;
+    json_error_t je;
+    json_t *root;
+    pg_err_t err;
+
+    (void)state;
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), 7002);
+    write_str(dir, "c.json", base_json);
+    memset(&err, 0, sizeof(err));
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_string_equal(pg_config_idp(cfg, "corp")->display_name, "corp");
+    pg_config_free(cfg);
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    apply_patch(root, "idps/corp/display_name",
+                "\"Corp <Staff> & \\\"Partners\\\"\"");
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_string_equal(pg_config_idp(cfg, "corp")->display_name,
+                        "Corp <Staff> & \"Partners\"");
     pg_config_free(cfg);
 }
 
@@ -1369,6 +1416,7 @@ main(void)
         cmocka_unit_test(test_saml_slo),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_expiry_settings),
+        cmocka_unit_test(test_idp_display_name),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_missing_and_huge_files),
         cmocka_unit_test(test_policy_errors_via_config),

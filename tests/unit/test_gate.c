@@ -168,6 +168,79 @@ test_api_without_session_is_sync_401(void **state)
     pg_gate_result_free(res);
 }
 
+/* pg_gate_access on a request for a location with several IdPs, answered
+ * without waiting: the result (the caller frees it). */
+static pg_gate_result_t *
+choice_access(env_t *e, const char *uri, const char *cookie)
+{
+    static const char *const idps[] = { "main", "other" };
+    const char *cookies[1] = { cookie };
+    pg_gate_req_t req;
+    pg_gate_op_t *op = NULL;
+    pg_gate_result_t *res = NULL;
+    int done = 0;
+    call_t c = { 0, NULL, NULL, NULL, &done };
+
+    browser_req(&req);
+    req.idp = NULL;
+    req.idps = idps;
+    req.nidps = 2;
+    req.uri = uri;
+    req.uri_len = strlen(uri);
+    req.cookies = cookies;
+    req.ncookies = cookie != NULL ? 1 : 0;
+    assert_int_equal(pg_gate_access(e->gate, &req, on_result, &c, &op, &res),
+                     PG_OK);
+    assert_null(op);
+    assert_non_null(res);
+    assert_int_equal(c.calls, 0);
+    return res;
+}
+
+/* Several IdPs: no session and no valid choice is the chooser page, with
+ * every value escaped; a choice by parameter starts that IdP's login (here
+ * "other" has no provider: 503 idp_not_configured, which proves it was
+ * chosen); a name not in the list, or a remembered one that is not, is
+ * the chooser again. */
+static void
+test_idp_chooser_page(void **state)
+{
+    env_t *e = *state;
+    pg_gate_result_t *res;
+
+    res = choice_access(e, "/x?a=\"1\"<b>", NULL);
+    assert_int_equal(res->kind, PG_RES_PAGE);
+    assert_int_equal(res->status, 200);
+    assert_true(res->no_store);
+    assert_string_equal(res->content_type, "text/html; charset=utf-8");
+    assert_non_null(strstr(res->body, "<a href=\"/x?a=&quot;1&quot;&lt;b&gt;"
+                                      "&amp;provgate_idp=main\" "
+                                      "data-idp=\"main\">main</a>"));
+    assert_non_null(strstr(res->body, "provgate_idp=other\""));
+    assert_null(strstr(res->body, "<b>"));
+    assert_int_equal(res->nset_cookies, 0);
+    pg_gate_result_free(res);
+
+    res = choice_access(e, "/x?provgate_idp=other", NULL);
+    assert_int_equal(res->status, 503);
+    assert_non_null(strstr(res->body, "idp_not_configured"));
+    pg_gate_result_free(res);
+
+    res = choice_access(e, "/x?provgate_idp=nope", "provgate_session_idp=other");
+    assert_int_equal(res->status, 200);
+    assert_non_null(strstr(res->body, "id=\"idp-choice\""));
+    pg_gate_result_free(res);
+
+    res = choice_access(e, "/x", "provgate_session_idp=nope");
+    assert_int_equal(res->status, 200);
+    assert_non_null(strstr(res->body, "id=\"idp-choice\""));
+    pg_gate_result_free(res);
+
+    res = choice_access(e, "/x", "provgate_session_idp=other");
+    assert_int_equal(res->status, 503);
+    pg_gate_result_free(res);
+}
+
 /* A tampered cookie on an API request: still 401, never an error. */
 static void
 test_tampered_cookie_is_no_session(void **state)
@@ -550,6 +623,8 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_api_without_session_is_sync_401,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(test_idp_chooser_page, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_tampered_cookie_is_no_session,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_sibling_while_waking,

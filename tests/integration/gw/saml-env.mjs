@@ -40,9 +40,11 @@ export const SAML_USERS = {
 /* Start the gateway (SAML provider "corp" on /sapp/) and the IdP peer.
  * slo: Single Logout configured (slo_url /saml/slo, provgate_saml_slo,
  * provgate_logout at /saml/logout) and published in the IdP metadata;
- * workers: nginx worker processes; unsolicited: allow_unsolicited (IdP-
- * initiated responses accepted at /saml/acs). */
-export async function startSamlEnv({ slo = false, workers = 1, unsolicited = false } = {}) {
+ * workers: nginx worker processes; corpExtra / mainExtra: more fields of the
+ * "corp" / "main" IdP objects; extraServer: more nginx server{} lines. */
+export async function startSamlEnv({
+  slo = false, workers = 1, corpExtra = {}, mainExtra = {}, extraServer = '',
+} = {}) {
   const idpPort = await freePort();
   const dir = tempDir('pg-saml-login-');
   const mdFile = path.join(dir, 'idp-metadata.xml');
@@ -52,6 +54,7 @@ export async function startSamlEnv({ slo = false, workers = 1, unsolicited = fal
     cfgOver: (env) => ({
       idps: {
         ...provgateConfig(env).idps,
+        main: { ...provgateConfig(env).idps.main, ...mainExtra },
         corp: {
           type: 'saml',
           sp_entity_id: `${env.base}/saml/sp`,
@@ -60,7 +63,7 @@ export async function startSamlEnv({ slo = false, workers = 1, unsolicited = fal
           sp_cert_file: path.join(FIX, 'sp-cert.pem'),
           idp_metadata_file: mdFile,
           ...(slo ? { slo_url: `${env.base}/saml/slo` } : {}),
-          ...(unsolicited ? { allow_unsolicited: true } : {}),
+          ...corpExtra,
         },
       },
     }),
@@ -69,7 +72,8 @@ export async function startSamlEnv({ slo = false, workers = 1, unsolicited = fal
         location = /saml/acs { provgate_saml_acs; }
         location /sapp/ { provgate saml:corp; provgate_app demoapp; proxy_pass http://echo; }${slo ? `
         location = /saml/slo { provgate_saml_slo corp; }
-        location = /saml/logout { provgate_logout; }` : ''}`,
+        location = /saml/logout { provgate_logout; }` : ''}
+        ${extraServer}`,
   });
   const sp = await e.browser().request('GET', `${e.base}/saml/metadata`);
   assert.equal(sp.status, 200);
