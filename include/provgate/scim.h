@@ -35,7 +35,8 @@ typedef struct pg_scim_result {
     const char *reason;      /* stable code: "ok", "target_unavailable",
                                 "target_timeout", "target_rejected",
                                 "target_auth", "bad_response",
-                                "group_unknown", "mapping_failed" */
+                                "group_unknown", "mapping_failed",
+                                "username_taken" */
     char detail[256];        /* human detail, no secrets */
     /* Added for pg_scim_run(); all valid only while the callback runs
      * (owned by the op; take a reference to keep them). */
@@ -46,7 +47,12 @@ typedef struct pg_scim_result {
     const char *etag;        /* version of resource (ETag or meta.version) */
     unsigned retries;        /* delayed retries made (429/5xx/transport) */
     int reread;              /* a 412 made the op re-read and write again */
+    unsigned collisions;     /* usernames skipped as other people's (the
+                                account got candidate number collisions) */
 } pg_scim_result_t;
+
+/* Longest username collision handling builds (bytes). */
+#define PG_SCIM_USERNAME_MAX 256
 
 typedef void (*pg_scim_cb)(void *arg, const pg_scim_result_t *res);
 
@@ -150,6 +156,20 @@ typedef struct pg_scim_request {
     /* Added: NULL = the original behaviour (no discovery, no If-Match, no
      * retries; a 412 on the user PATCH still re-reads once). Copied. */
     const pg_scim_options_t *opts;
+    /* Username collisions (a policy account rule's "username_collision";
+     * docs/policies.md). collision_tries 0 = off: an account found by the
+     * username is adopted. Otherwise, without known_id, an account found
+     * under the username is adopted only when it is this person's: the
+     * desired User has an externalId and the account's equals it. Another
+     * person's account makes the next candidate of
+     * pg_policy_username_candidate(username, collision_start,
+     * collision_tries, collision_max_len, k) the username (k = 1, 2, ...),
+     * looked up and created in turn; after collision_tries candidates the
+     * operation fails with reason "username_taken". Only a top-level
+     * username_attr ("userName") is renamed; a nested one turns this off. */
+    unsigned collision_tries;
+    unsigned collision_start;
+    unsigned collision_max_len;
 } pg_scim_request_t;
 
 /* Build the desired SCIM User from the target's mapping and identity

@@ -83,6 +83,11 @@ pg_prov_recorded(pg_op_t *op, pg_status_t st)
                   "account", op->scim.account_id, "created", op->scim.created,
                   "adopted", op->scim.adopted, "updated", op->scim.updated,
                   "groups_added", (int) op->scim.groups_added);
+    if (f != NULL && op->scim.collisions > 0) {
+        /* the rule's username was someone else's: say which one was used */
+        json_object_set_new(f, "username_collisions",
+                            json_integer(op->scim.collisions));
+    }
     pg_op_audit(op, "provision.account", "success", "ok", f, NULL);
     next(op, PG_OK);
 }
@@ -363,15 +368,23 @@ pg_ent_vec(const json_t *ents, size_t *n)
  * account for op->attrs (a required attribute or the username cannot be
  * built), PG_ERR_DENIED with the reason in err. *out is the caller's.
  */
+typedef struct pg_prov_coll {
+    unsigned start, tries, max_len;     /* tries 0: no collision handling */
+} pg_prov_coll_t;
+
 static pg_status_t
-pg_prov_account(pg_op_t *op, json_t **out, pg_err_t *err)
+pg_prov_account(pg_op_t *op, json_t **out, pg_prov_coll_t *coll,
+                pg_err_t *err)
 {
     const pg_target_cfg_t *t = op->target;
-    json_t *acct = NULL, *o;
+    json_t *acct = NULL, *o, *c;
     const char *key, *result;
     pg_status_t st;
 
     *out = NULL;
+    if (coll != NULL) {
+        memset(coll, 0, sizeof(*coll));
+    }
     st = pg_policy_account(op->g->cfg->policies, op->attrs, op->app, &acct);
     if (st != PG_OK || acct == NULL) {
         return st;
@@ -397,6 +410,16 @@ pg_prov_account(pg_op_t *op, json_t **out, pg_err_t *err)
         json_decref(o);
         json_decref(acct);
         return PG_ERR_NOMEM;
+    }
+    c = json_object_get(acct, "username_collision");
+    if (coll != NULL && json_is_string(json_object_get(acct, "username"))
+        && json_is_object(c)) {
+        coll->start = (unsigned) json_integer_value(json_object_get(c,
+                                                                  "start"));
+        coll->tries = (unsigned) json_integer_value(json_object_get(c,
+                                                        "max_tries"));
+        coll->max_len = (unsigned) json_integer_value(json_object_get(c,
+                                                        "max_length"));
     }
     json_decref(acct);
     *out = o;
@@ -453,7 +476,7 @@ pg_prov_render(pg_op_t *op, json_t **out, const char **key, pg_err_t *err)
         json_t *acct = NULL, *v;
         const char *k;
 
-        st = pg_prov_account(op, &acct, err);
+        st = pg_prov_account(op, &acct, NULL, err);
         json_object_foreach(acct, k, v) {
             if (st == PG_OK && json_object_set(o, k, v) != 0) {
                 st = PG_ERR_NOMEM;
@@ -682,6 +705,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
     pg_scim_options_t sopts;
     pg_err_t err = { "" };
     json_t *desired = NULL, *acct = NULL, *e, *f;
+    pg_prov_coll_t coll;
     const char **groups;
     size_t i, n = 0;
 
@@ -710,7 +734,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
         pg_prov_scim_deprovision(op);
         return;
     }
-    st = pg_prov_account(op, &acct, &err);
+    st = pg_prov_account(op, &acct, &coll, &err);
     if (st == PG_ERR_DENIED) {
         pg_prov_refused(op, &err);
         return;
@@ -749,6 +773,9 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
     req.groups = groups;
     req.on_call = pg_prov_scim_call;
     req.opts = pg_prov_scim_opts(op, &sopts);
+    req.collision_tries = coll.tries;
+    req.collision_start = coll.start;
+    req.collision_max_len = coll.max_len;
     st = pg_scim_ensure(op->g->http, &req, pg_prov_scim_done, op, &op->sop);
     json_decref(desired);
     free(groups);

@@ -20,6 +20,7 @@ const POLICIES = {
         { attr: 'family_name' }],
       transforms: ['trim', 'lower', { replace: { regex: '[^a-z0-9]', with: '' } }],
       max_length: 16,
+      collision: { start: 2, max_tries: 3 },
     },
     attributes: {
       displayName: { template: '${family_name}, ${given_name}' },
@@ -43,9 +44,20 @@ const GUS = {
   },
 };
 
+// more people called D. Doe: their usernames collide with dave's
+const doe = (name, n) => ({
+  password: `${name}-pw`,
+  claims: {
+    sub: `sub-${name}-00${n}`, email: `${name}@example.com`, email_verified: true,
+    preferred_username: name, name: `${name[0].toUpperCase()}${name.slice(1)} Doe`,
+    given_name: `${name[0].toUpperCase()}${name.slice(1)}`, family_name: 'Doe',
+    groups: ['staff'], employee_type: 'employee', department: 'eng', employee_number: `70${n}`,
+  },
+});
+
 describe('account rules shape the provisioned account', () => {
   let e;
-  before(async () => { e = await startEnv(undefined, { policies: POLICIES, users: { gus: GUS } }); });
+  before(async () => { e = await startEnv(undefined, { policies: POLICIES, users: { gus: GUS, dan: doe('dan', 1), deb: doe('deb', 2), dora: doe('dora', 3) } }); });
   after(async () => {
     const reports = e ? sanitizerReports(e.prefix) : [];
     await cleanupAll();
@@ -71,6 +83,35 @@ describe('account rules shape the provisioned account', () => {
     const { res } = await e.login('dave', '/app/again');
     assert.equal(res.status, 200, JSON.stringify(e.audit().filter((x) => x.type === 'provision.account').slice(-2)));
     assert.equal((await e.scimUsers('ddoe')).length, 1);
+  });
+
+  test('a username taken by another person gets the next candidate, checked against the target', async () => {
+    const [dave] = await e.scimUsers('ddoe');
+    const { res } = await e.login('dan', '/app/hello');
+    assert.equal(res.status, 200, res.body.slice(0, 300));
+    const [dan] = await e.scimUsers('ddoe2');
+    assert.ok(dan, 'dan Doe became ddoe2');
+    assert.equal(dan.displayName, 'Doe, Dan');
+    assert.notEqual(dan.externalId, dave.externalId);
+    const [still] = await e.scimUsers('ddoe');
+    assert.equal(still.displayName, 'Doe, Dave', "dave's account is untouched");
+    const a = e.audit().filter((x) => x.type === 'provision.account' && x.outcome === 'success' && x.username_collisions).pop();
+    assert.equal(a?.username_collisions, 1);
+    // dan again: his own account, by its remembered id; no third one
+    assert.equal((await e.login('dan', '/app/x')).res.status, 200);
+    assert.equal((await e.scimUsers()).filter((u) => u.userName.startsWith('ddoe')).length, 2);
+  });
+
+  test('when every candidate is taken, the account is refused, not merged into someone else\'s', async () => {
+    assert.equal((await e.login('deb', '/app/hello')).res.status, 200);
+    assert.ok((await e.scimUsers('ddoe3'))[0], 'deb Doe became ddoe3');
+    const { res } = await e.login('dora', '/app/hello');
+    assert.equal(res.status, 502, res.body.slice(0, 300));
+    const f = e.audit().filter((x) => x.type === 'provision.account' && x.reason === 'username_taken').pop();
+    assert.ok(f, 'audited with reason username_taken');
+    const does = (await e.scimUsers()).filter((u) => u.userName.startsWith('ddoe'));
+    assert.equal(does.length, 3);
+    assert.ok(!does.some((u) => u.displayName === 'Doe, Dora'), 'nobody\'s account was taken over');
   });
 
   test('a required attribute that cannot be built refuses the account: 403, nothing provisioned', async () => {

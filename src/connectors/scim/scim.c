@@ -52,6 +52,7 @@
 #include <strings.h>
 #include <time.h>
 #include "provgate/scim.h"
+#include "provgate/policy.h"
 #include "provgate/util.h"
 
 #define SCIM_USER_SCHEMA "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -482,6 +483,10 @@ struct pg_scim_op {
     char *path;                /* of the call in flight, relative to base */
     uint64_t t0;               /* start of the call in flight (ms) */
     int user_retried;          /* 409 on POST /Users handled once */
+    unsigned coll_tries;       /* collision handling: candidates in all */
+    unsigned coll_start, coll_max_len;
+    unsigned coll_k;           /* the candidate in use (0 = base) */
+    char *coll_base;           /* candidate 0, the rule's username */
 
     size_t gi;                 /* current group index */
     char *gid;                 /* id of groups[gi] */
@@ -571,6 +576,7 @@ scim_op_free(pg_scim_op_t *op)
     }
     free(op->groups);
     free(op->username);
+    free(op->coll_base);
     if (op->auth_header != NULL) {
         memset(op->auth_header, 0, strlen(op->auth_header));
         free(op->auth_header);
@@ -1254,6 +1260,55 @@ user_put_body(const json_t *desired, const json_t *existing)
     return out;
 }
 
+/*
+ * Collision handling: an account of this person that already has one of
+ * the candidates of the rule's username (jdoe2 when jdoe was taken) keeps
+ * it; renaming it back to the base would collide again. A name that is
+ * no candidate (the base changed: a new family name) is replaced by the
+ * base as usual. existing is borrowed.
+ */
+static pg_status_t
+coll_keep_name(pg_scim_op_t *op, const json_t *existing)
+{
+    char name[PG_SCIM_USERNAME_MAX + 1];
+    const char *ua, *have;
+    unsigned k;
+
+    if (op->coll_tries == 0) {
+        return PG_OK;
+    }
+    ua = op->target->username_attr != NULL
+                 && op->target->username_attr[0] != '\0'
+             ? op->target->username_attr : "userName";
+    have = json_string_value(json_object_get(existing, ua));
+    if (have == NULL || strcmp(have, op->username) == 0) {
+        return PG_OK;
+    }
+    for (k = 1; k < op->coll_tries; k++) {
+        if (pg_policy_username_candidate(op->coll_base, op->coll_start,
+                                         op->coll_tries, op->coll_max_len, k,
+                                         name, sizeof(name)) != PG_OK) {
+            break;
+        }
+        if (strcmp(name, have) == 0) {
+            char *dup = strdup(have);
+
+            if (dup == NULL || json_object_set_new(op->desired, ua,
+                                                   json_string(have)) != 0) {
+                free(dup);
+                return PG_ERR_NOMEM;
+            }
+            free(op->username);
+            op->username = dup;
+            op->res.collisions = k;
+            return PG_OK;
+        }
+    }
+    return PG_OK;
+}
+
+static void step_groups(pg_scim_op_t *op);
+
 /* Account known (adopted or found by id): PATCH what differs (or PUT the
  * whole account when PATCH is not supported), or go on with the groups.
  * existing is borrowed. */
@@ -1264,6 +1319,10 @@ step_update(pg_scim_op_t *op, const json_t *existing)
     const char *ver = use_etag(op) ? op->version : NULL;
     int nomem;
 
+    if (coll_keep_name(op, existing) != PG_OK) {
+        scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
+        return;
+    }
     patch = user_patch(op->desired, existing, &nomem);
     if (patch == NULL) {
         if (nomem) {
@@ -1491,6 +1550,66 @@ on_reread(pg_scim_op_t *op, const pg_http_response_t *resp)
     json_decref(r);
 }
 
+/*
+ * Collision handling (pg_scim_request_t.collision_tries): 1 when the
+ * account r found under the username belongs to someone else, i.e. the
+ * desired User has an externalId and r's differs (a missing one differs).
+ */
+static int
+coll_foreign(const pg_scim_op_t *op, const json_t *r)
+{
+    const char *want, *have;
+
+    if (op->coll_tries == 0) {
+        return 0;
+    }
+    want = json_string_value(json_object_get(op->desired, "externalId"));
+    if (want == NULL) {
+        return 0; /* nothing to tell them apart by: adopt as before */
+    }
+    have = json_string_value(json_object_get(r, "externalId"));
+    return have == NULL || strcmp(have, want) != 0;
+}
+
+/*
+ * The username is someone else's: move to the next candidate and look it
+ * up, or fail with "username_taken" after the last one.
+ */
+static void
+coll_next(pg_scim_op_t *op)
+{
+    char name[PG_SCIM_USERNAME_MAX + 1];
+    const char *ua = op->target->username_attr != NULL
+                             && op->target->username_attr[0] != '\0'
+                         ? op->target->username_attr : "userName";
+    char *dup;
+    pg_status_t st;
+
+    op->coll_k++;
+    st = pg_policy_username_candidate(op->coll_base, op->coll_start,
+                                      op->coll_tries, op->coll_max_len,
+                                      op->coll_k, name, sizeof(name));
+    if (st != PG_OK) {
+        scim_fail(op, PG_ERR_CONFLICT, "username_taken",
+                  "the username \"%.64s\" and its %u candidates are taken "
+                  "by other accounts", op->coll_base,
+                  op->coll_tries > 0 ? op->coll_tries - 1 : 0);
+        return;
+    }
+    dup = strdup(name);
+    if (dup == NULL
+        || json_object_set_new(op->desired, ua, json_string(name)) != 0) {
+        free(dup);
+        scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
+        return;
+    }
+    free(op->username);
+    op->username = dup;
+    op->user_retried = 0;
+    op->res.collisions = op->coll_k;
+    step_lookup(op);
+}
+
 static void
 on_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
@@ -1514,6 +1633,8 @@ on_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
         if (first == NULL) {
             scim_fail(op, PG_ERR_INVALID, "bad_response",
                       "GET /Users: match without Resources");
+        } else if (coll_foreign(op, first)) {
+            coll_next(op);
         } else if (take_account(op, first)) {
             op->res.adopted = 1;
             remember_version(op, NULL, first);
@@ -1989,6 +2110,20 @@ pg_scim_ensure(pg_http_t *http, const pg_scim_request_t *req, pg_scim_cb cb,
     op->res.reason = "ok";
     op->desired = json_deep_copy(req->desired);
     op->username = strdup(json_string_value(uv));
+    if (req->collision_tries > 0 && strchr(ua, '.') == NULL
+        && strchr(ua, ':') == NULL) {
+        op->coll_tries = req->collision_tries;
+        op->coll_start = req->collision_start;
+        op->coll_max_len = req->collision_max_len > 0
+                               && req->collision_max_len
+                                      <= PG_SCIM_USERNAME_MAX
+                               ? req->collision_max_len
+                               : PG_SCIM_USERNAME_MAX;
+        op->coll_base = strdup(json_string_value(uv));
+        if (op->coll_base == NULL) {
+            goto nomem;
+        }
+    }
     op->base = strdup(t->base_url);
     if (op->desired == NULL || op->username == NULL || op->base == NULL) {
         goto nomem;
