@@ -213,6 +213,10 @@ pg_saml_meta_tick(void *arg)
     if (p->hop != NULL) {
         return;
     }
+    if (p->gate->host->exiting != NULL
+        && p->gate->host->exiting(p->gate->host->ctx)) {
+        return;     /* a quitting worker fetches nothing more */
+    }
     memset(&req, 0, sizeof(req));
     req.method = "GET";
     req.url = c->idp_metadata_url;
