@@ -99,6 +99,9 @@ typedef struct pg_saml_prov {
     pg_http_op_t           *hop;            /* metadata fetch in flight */
     pg_timer_t             *timer;          /* next fetch (URL only) */
     unsigned                backoff_s;      /* last retry delay, 0 after ok */
+    char                    digest[64];     /* SHA-256 of the fetched
+                                               document in use, "" before */
+    unsigned                swaps;          /* fetched documents applied */
 } pg_saml_prov_t;
 
 struct pg_gate {

@@ -15,10 +15,12 @@
  * Fetch policy: the first fetch starts as soon as the worker runs; after a
  * failure the next try comes after 1 s, doubling up to metadata_refresh_s;
  * after a success, metadata_refresh_s later. A refused or failed refresh
- * keeps the last good metadata (logged at WARN). The entityID is pinned
+ * keeps the last good metadata (logged at WARN); an unchanged document
+ * (same SHA-256) is checked but not rebuilt. The entityID is pinned
  * to the first good metadata of this process (or the bootstrap file's):
  * a document for another entity is refused.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,11 +91,13 @@ pg_saml_bind_get(pg_gate_t *g, const char *idp)
 /*
  * Check a fetched document and make it the one in use: SP (and SLO
  * context when slo_url is set) from the same bytes, entityID pinned. md is
- * NUL-terminated (the HTTP client's copy). On failure nothing changes.
+ * NUL-terminated (the HTTP client's copy). *changed is 0 when md is the
+ * document already in use (checked, not rebuilt). On failure nothing
+ * changes.
  */
 static pg_status_t
 pg_saml_meta_apply(pg_saml_prov_t *p, const char *md, size_t len,
-                   pg_err_t *err)
+                   int *changed, pg_err_t *err)
 {
     const pg_saml_idp_cfg_t *c = &p->d->saml;
     pg_saml_sp_t *sp = NULL;
@@ -101,11 +105,20 @@ pg_saml_meta_apply(pg_saml_prov_t *p, const char *md, size_t len,
     pg_saml_sp_cfg_t sc;
     pg_saml_bind_t *b, *old;
     char *eid = NULL;
+    char dig[64];
     pg_status_t st;
 
     st = pg_saml_idp_metadata_check(md, len, p->entity_id, &eid, err);
     if (st != PG_OK) {
         return st;
+    }
+    *changed = 0;
+    if (pg_sha256_b64url(md, len, dig, sizeof(dig)) != PG_OK) {
+        dig[0] = '\0';
+    } else if (p->cur != NULL && strcmp(dig, p->digest) == 0) {
+        /* the same document as the one in use: nothing to rebuild */
+        free(eid);
+        return PG_OK;
     }
     st = pg_saml_sp_rebind(c->sp, md, len, &sp, err);
     if (st == PG_OK && c->slo_url != NULL) {
@@ -128,6 +141,9 @@ pg_saml_meta_apply(pg_saml_prov_t *p, const char *md, size_t len,
     old = p->cur;
     p->cur = b;
     pg_saml_bind_put(old);
+    snprintf(p->digest, sizeof(p->digest), "%s", dig);
+    p->swaps++;
+    *changed = 1;
     if (p->entity_id == NULL) {
         p->entity_id = eid;
     } else {
@@ -185,14 +201,19 @@ pg_saml_meta_fetched(void *arg, pg_status_t st, const pg_http_response_t *resp)
                st == PG_ERR_TOO_LARGE ? " (document over the size cap)" : "",
                keep);
     } else {
-        st = pg_saml_meta_apply(p, resp->body, resp->body_len, &err);
+        int changed = 0;
+
+        st = pg_saml_meta_apply(p, resp->body, resp->body_len, &changed,
+                                &err);
         if (st != PG_OK) {
             pg_log(h, PG_LOG_WARN, "saml idp %s: metadata refused: %s (%s)",
                    name, err.msg, keep);
+        } else if (!changed) {
+            pg_log(h, PG_LOG_DEBUG, "saml idp %s: metadata unchanged", name);
         } else {
             pg_log(h, PG_LOG_INFO, "saml idp %s: metadata loaded from %s "
-                   "(entityID %s)", name, p->d->saml.idp_metadata_url,
-                   p->entity_id);
+                   "(entityID %s, version %u)", name,
+                   p->d->saml.idp_metadata_url, p->entity_id, p->swaps);
         }
     }
     pg_saml_meta_schedule(p, st == PG_OK);

@@ -31,6 +31,8 @@ function metadataServer(port, idpPort) {
     big: good.replace('</md:EntityDescriptor>', `<!--${'a'.repeat(600 * 1024)}--></md:EntityDescriptor>`),
     other_entity: good.replace(/entityID="[^"]*"/, 'entityID="https://evil.example.test/metadata"'),
     other_key: good.replace(goodCert, otherCert),
+    // the same metadata, other bytes: applied as a new SP on each switch
+    good_alt: `${good}<!-- another copy -->\n`,
   };
   const s = {
     mode: 'good', hits: 0, server: null,
@@ -94,6 +96,7 @@ describe('SAML IdP metadata from idp_metadata_url', () => {
         location = /saml/metadata { provgate_saml_metadata corp; }
         location = /saml/acs { provgate_saml_acs; }
         location = /saml/slo { provgate_saml_slo corp; }
+        location = /saml/logout { provgate_logout; }
         location /sapp/ { provgate saml:corp; provgate_app demoapp; proxy_pass http://echo; }`,
     });
     // the SP metadata endpoint needs no IdP metadata: the IdP imports it
@@ -155,6 +158,47 @@ describe('SAML IdP metadata from idp_metadata_url', () => {
     const page = await b.get(`${e.base}/sapp/hello`);
     assert.equal(page.status, 200);
     assert.ok(e.audit().some((x) => x.type === 'login.success' && x.idp === 'corp'));
+    // Single Logout was set up from the fetched metadata: a signed
+    // LogoutRequest to the IdP's SingleLogoutService
+    const out = await b.request('GET', `${e.base}/saml/logout`);
+    assert.equal(out.status, 302, out.body.slice(0, 300));
+    const loc = new URL(out.location);
+    assert.equal(`${loc.origin}${loc.pathname}`, `${idp.url}/slo`);
+    assert.ok(loc.searchParams.get('SAMLRequest'));
+    assert.ok(loc.searchParams.get('Signature'));
+  });
+
+  test('sign-ins keep working while refreshes swap the SP under them', async () => {
+    const swapsBefore = (e.nginx.errorLog().match(/metadata loaded from/g) || []).length;
+    let stop = false;
+    const flipper = (async () => {
+      let alt = true;
+      while (!stop) {
+        md.mode = alt ? 'good_alt' : 'good';
+        alt = !alt;
+        await sleep(REFRESH_S * 1000 + 100);
+      }
+      md.mode = 'good';
+    })();
+    const results = [];
+    const worker = async () => {
+      const end = Date.now() + 3 * REFRESH_S * 1000 + 1000;
+      while (Date.now() < end) {
+        const { r } = await signIn();
+        results.push(r.status);
+      }
+    };
+    try {
+      await Promise.all([worker(), worker(), worker()]);
+    } finally {
+      stop = true;
+      await flipper;
+    }
+    assert.ok(results.length >= 6, `only ${results.length} sign-ins`);
+    assert.deepEqual([...new Set(results)], [302], results.join(' '));
+    const swaps = (e.nginx.errorLog().match(/metadata loaded from/g) || []).length - swapsBefore;
+    assert.ok(swaps >= 2, `the SP was swapped ${swaps} times`);
+    assert.doesNotMatch(e.nginx.errorLog(), /\[(alert|emerg)\]|signal \d+/);
   });
 
   for (const [mode, why] of [
