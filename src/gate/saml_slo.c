@@ -284,13 +284,14 @@ pg_slo_job_run(void *arg)
 
     j->reason = "malformed";
     if (j->is_response) {
-        j->st = pg_saml_logout_response_verify(j->bind->slo, j->binding, j->input,
-                                               j->len, j->now, &j->resp,
-                                               &j->reason, &j->err);
+        j->st = pg_saml_logout_response_verify(j->bind->slo, j->binding,
+                                               j->input, j->len, j->now,
+                                               &j->resp, &j->reason,
+                                               &j->err);
     } else {
-        j->st = pg_saml_logout_request_verify(j->bind->slo, j->binding, j->input,
-                                              j->len, j->now, &j->req,
-                                              &j->reason, &j->err);
+        j->st = pg_saml_logout_request_verify(j->bind->slo, j->binding,
+                                              j->input, j->len, j->now,
+                                              &j->req, &j->reason, &j->err);
     }
 }
 
