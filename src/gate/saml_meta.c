@@ -266,6 +266,7 @@ pg_saml_meta_init(pg_gate_t *g, pg_err_t *err)
 
     g->saml = calloc(cfg->nidps ? cfg->nidps : 1, sizeof(*g->saml));
     if (g->saml == NULL) {
+        pg_err_set(err, "saml idps: out of memory");
         return PG_ERR_NOMEM;
     }
     for (i = 0; i < cfg->nidps; i++) {
@@ -283,6 +284,7 @@ pg_saml_meta_init(pg_gate_t *g, pg_err_t *err)
             p->cur = pg_saml_bind_new(d->saml.sp, d->saml.slo, 0);
             p->entity_id = strdup(pg_saml_sp_idp_entity_id(d->saml.sp));
             if (p->cur == NULL || p->entity_id == NULL) {
+                pg_err_set(err, "saml idp %s: out of memory", d->name);
                 return PG_ERR_NOMEM;
             }
         }
