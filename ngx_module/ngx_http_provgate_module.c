@@ -1373,7 +1373,9 @@ ngx_http_provgate_saml_metadata(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    if (cmd->offset == NGX_HTTP_PROVGATE_SAML_SLO && idp->saml.slo == NULL) {
+    if (cmd->offset == NGX_HTTP_PROVGATE_SAML_SLO
+        && idp->saml.slo_url == NULL)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "provgate: SAML identity provider \"%V\" has no "
                            "\"slo_url\" in %V: Single Logout is not "

@@ -55,14 +55,22 @@ struct pg_saml_slo;            /* include/provgate/saml_slo.h */
 
 /* One SAML 2.0 identity provider ("idps": {"<name>": {"type": "saml", ...}}).
  * The SP (keys, certificate, IdP metadata) is built at load, so that a bad
- * key or metadata file fails the configuration check. */
+ * key or metadata file fails the configuration check. With
+ * idp_metadata_url the IdP metadata is fetched by each worker at run time
+ * (src/gate/saml_meta.c); the SP built here then holds the IdP of
+ * idp_metadata_file (the bootstrap copy) when that is given too, else it
+ * describes the SP only (SP metadata endpoint) and slo is NULL. */
 typedef struct pg_saml_idp_cfg {
     char *sp_entity_id;
     char *acs_url;
     char *slo_url;             /* optional */
     char *sp_key_file;
     char *sp_cert_file;
-    char *idp_metadata_file;
+    char *idp_metadata_file;   /* this and/or idp_metadata_url */
+    char *idp_metadata_url;    /* optional: fetched without blocking */
+    unsigned metadata_refresh_s; /* default 3600: refetch period of the URL */
+    unsigned http_timeout_ms;  /* default 3000: one metadata fetch */
+    pg_http_tls_t tls;         /* ca_file, insecure_skip_verify (URL only) */
     char *nameid_format;       /* optional */
     int sign_authn_request;    /* default 0 */
     int require_signed_assertion; /* default 1 */

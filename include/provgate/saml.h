@@ -23,7 +23,8 @@
 #define PG_SAML_MAX_POST_BODY   (256u * 1024u) /* form body of the ACS POST */
 #define PG_SAML_MAX_XML         (128u * 1024u) /* decoded response XML */
 #define PG_SAML_MAX_INFLATED    (64u * 1024u)  /* inflated Redirect message */
-#define PG_SAML_MAX_METADATA    (512u * 1024u) /* IdP metadata file */
+#define PG_SAML_MAX_METADATA    (512u * 1024u) /* IdP metadata, from a file
+                                                  or fetched from a URL */
 #define PG_SAML_MAX_PEM         (64u * 1024u)  /* key / certificate file */
 #define PG_SAML_DEFAULT_SKEW    60u
 
@@ -33,7 +34,10 @@ typedef struct pg_saml_sp_cfg {
     const char *slo_url;            /* optional: SLO endpoint (metadata only) */
     const char *key_path;           /* required: SP private key (PEM) */
     const char *cert_path;          /* required: SP certificate (PEM) */
-    const char *idp_metadata_path;  /* required: one md:EntityDescriptor */
+    const char *idp_metadata_path;  /* optional: one md:EntityDescriptor */
+    const char *idp_metadata;       /* optional: the same as a buffer
+                                       (NUL-terminated; wins over the path) */
+    size_t idp_metadata_len;
     const char *nameid_format;      /* optional: requested NameIDPolicy */
     int sign_authn_request;         /* sign the Redirect AuthnRequest */
     int require_signed_assertion;   /* the Assertion itself must be signed */
@@ -46,18 +50,57 @@ typedef struct pg_saml_sp pg_saml_sp_t;
 
 /*
  * Build an SP from cfg: reads the key, certificate and IdP metadata files
- * (capped at PG_SAML_MAX_PEM / PG_SAML_MAX_METADATA; a DOCTYPE in the
- * metadata is refused), learns the IdP entity id and signing key from the
- * metadata only. *out is owned by the caller: pg_saml_sp_free(). cfg
- * strings are copied. Safe to call from several threads (lasso is
- * initialised once).
+ * (capped at PG_SAML_MAX_PEM / PG_SAML_MAX_METADATA; the metadata must
+ * pass pg_saml_idp_metadata_check()), learns the IdP entity id and signing
+ * key from the metadata only. The metadata comes from cfg->idp_metadata
+ * (a buffer) or else cfg->idp_metadata_path; with neither the SP describes
+ * itself only: pg_saml_sp_metadata() works, the key is checked, but
+ * pg_saml_authn_request() answers PG_ERR_NOT_FOUND and
+ * pg_saml_acs_validate() refuses ("idp_unavailable") until an SP with an
+ * IdP is made by pg_saml_sp_rebind(). *out is owned by the caller:
+ * pg_saml_sp_free(). cfg strings are copied. Safe to call from several
+ * threads (lasso is initialised once).
  */
 PG_MUST_USE pg_status_t pg_saml_sp_new(const pg_saml_sp_cfg_t *cfg,
                                        pg_saml_sp_t **out, pg_err_t *err);
 void pg_saml_sp_free(pg_saml_sp_t *sp);
 
-/* The IdP entity id learned from metadata (owned by sp). */
+/*
+ * A new SP with base's settings, key and certificate (copied: no file is
+ * read) and the IdP from the metadata md[0..md_len) (NUL-terminated, e.g.
+ * a fetched document; checked with pg_saml_idp_metadata_check(), then
+ * given to lasso). base is not changed and may be SP-only. *out is the
+ * caller's (pg_saml_sp_free()). PG_ERR_CONFIG with detail in err when the
+ * metadata is refused.
+ */
+PG_MUST_USE pg_status_t pg_saml_sp_rebind(const pg_saml_sp_t *base,
+                                          const char *md, size_t md_len,
+                                          pg_saml_sp_t **out, pg_err_t *err);
+
+/* 1 when sp has IdP metadata (it can log in), 0 for an SP-only object. */
+int pg_saml_sp_has_idp(const pg_saml_sp_t *sp);
+
+/* The IdP entity id learned from metadata (owned by sp), NULL when the SP
+ * has none. */
 const char *pg_saml_sp_idp_entity_id(const pg_saml_sp_t *sp);
+
+/*
+ * Check IdP metadata bytes before anything else reads them (pure; the
+ * same checks for a file and for a fetched document): at most
+ * PG_SAML_MAX_METADATA bytes (PG_ERR_TOO_LARGE), no NUL byte and no
+ * DOCTYPE or other "<!" declaration (PG_ERR_INVALID, checked before any
+ * parsing), well-formed, the root is one md:EntityDescriptor with a
+ * non-empty entityID (at most 1024 bytes) and an md:IDPSSODescriptor that
+ * has a signing key (a KeyDescriptor without "use" or with use="signing"
+ * holding a ds:X509Certificate) (PG_ERR_INVALID). When want_entity_id is
+ * non-NULL the entityID must equal it (PG_ERR_DENIED: a refresh may not
+ * change the IdP). On PG_OK *entity_id (when entity_id is non-NULL) is a
+ * malloc'd copy of the entityID; err has the reason otherwise.
+ */
+PG_MUST_USE pg_status_t pg_saml_idp_metadata_check(const char *md, size_t len,
+                                                   const char *want_entity_id,
+                                                   char **entity_id,
+                                                   pg_err_t *err);
 
 /*
  * SP-initiated login, HTTP-Redirect binding (signed when

@@ -40,16 +40,19 @@ typedef enum pg_saml_binding {
 
 /*
  * Build the SLO context from the same cfg the SP was built from. sp must
- * be that SP (it guarantees the libxml2/xmlsec/OpenSSL initialisation and
- * supplies the IdP entity id). Required here: cfg->slo_url (our SLO
- * endpoint, also the Destination every incoming message must carry),
- * cfg->key_path (our signing key), cfg->idp_metadata_path with an
- * IDPSSODescriptor that has an HTTP-Redirect SingleLogoutService and at
- * least one signing certificate (at most PG_SAML_SLO_MAX_IDP_KEYS are
- * used). Files are capped as in saml.h; a DOCTYPE in the metadata is
- * refused. *out is the caller's: pg_saml_slo_free(). PG_ERR_CONFIG on any
- * configuration problem (detail in err). The context is read-only after
- * creation: its functions may run on several threads at once.
+ * be that SP, with its IdP (it guarantees the libxml2/xmlsec/OpenSSL
+ * initialisation and supplies the IdP entity id). Our signing key is read
+ * from cfg->key_path when set, else taken from the SP (no file is read:
+ * the gate's metadata refresh). Required here: cfg->slo_url (our SLO
+ * endpoint, also the Destination every incoming message must carry), the
+ * IdP metadata the SP was given (cfg->idp_metadata, else
+ * cfg->idp_metadata_path) with an IDPSSODescriptor that has an
+ * HTTP-Redirect SingleLogoutService and at least one signing certificate
+ * (at most PG_SAML_SLO_MAX_IDP_KEYS are used). Files are capped as in
+ * saml.h; a DOCTYPE in the metadata is refused. *out is the caller's:
+ * pg_saml_slo_free(). PG_ERR_CONFIG on any configuration problem (detail
+ * in err). The context is read-only after creation: its functions may run
+ * on several threads at once.
  */
 PG_MUST_USE pg_status_t pg_saml_slo_new(const pg_saml_sp_t *sp,
                                         const pg_saml_sp_cfg_t *cfg,

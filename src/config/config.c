@@ -677,10 +677,17 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
         "sp_cert_file", "idp_metadata_file", "nameid_format",
         "sign_authn_request", "require_signed_assertion",
         "require_signed_response", "allow_unsolicited", "clock_skew_s",
-        "state_ttl_s", "display_name", NULL
+        "state_ttl_s", "display_name", "idp_metadata_url", "metadata_refresh_s",
+        "http_timeout_ms", "ca_file", "insecure_skip_verify", NULL
+    };
+    static const char *const url_only[] = {
+        "metadata_refresh_s", "http_timeout_ms", "ca_file",
+        "insecure_skip_verify", NULL
     };
     pg_saml_sp_cfg_t sc;
     pg_err_t e2 = { "" };
+    char *ca = NULL;
+    size_t i;
     pg_status_t st;
 
     TRY(pg_cfg_keys(o, p, keys, err));
@@ -691,9 +698,33 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
     TRY(check_readable(c->sp_key_file, p, "sp_key_file", err));
     TRY(pg_cfg_path(o, p, "sp_cert_file", 1, &c->sp_cert_file, err));
     TRY(check_readable(c->sp_cert_file, p, "sp_cert_file", err));
-    TRY(pg_cfg_path(o, p, "idp_metadata_file", 1, &c->idp_metadata_file,
+    TRY(pg_cfg_path(o, p, "idp_metadata_file", 0, &c->idp_metadata_file,
                     err));
     TRY(check_readable(c->idp_metadata_file, p, "idp_metadata_file", err));
+    TRY(cfg_url(o, p, "idp_metadata_url", 0, PG_URL_NO_FRAGMENT,
+                &c->idp_metadata_url, err));
+    if (c->idp_metadata_file == NULL && c->idp_metadata_url == NULL) {
+        pg_err_set(err, "%s: one of idp_metadata_file and idp_metadata_url "
+                   "is required (both: the file is used until the first "
+                   "successful fetch)", p);
+        return PG_ERR_CONFIG;
+    }
+    for (i = 0; c->idp_metadata_url == NULL && url_only[i] != NULL; i++) {
+        if (json_object_get(o, url_only[i]) != NULL) {
+            pg_err_set(err, "%s.%s: only meaningful with idp_metadata_url",
+                       p, url_only[i]);
+            return PG_ERR_CONFIG;
+        }
+    }
+    TRY(pg_cfg_uint(o, p, "metadata_refresh_s", 3600, 1, 604800,
+                    &c->metadata_refresh_s, err));
+    TRY(pg_cfg_uint(o, p, "http_timeout_ms", 3000, 10, 60000,
+                    &c->http_timeout_ms, err));
+    TRY(pg_cfg_path(o, p, "ca_file", 0, &ca, err));
+    c->tls.ca_file = ca;
+    TRY(check_readable(ca, p, "ca_file", err));
+    TRY(pg_cfg_bool(o, p, "insecure_skip_verify", 0,
+                    &c->tls.insecure_skip_verify, err));
     TRY(pg_cfg_str(o, p, "nameid_format", 0, NULL, &c->nameid_format, err));
     TRY(pg_cfg_bool(o, p, "sign_authn_request", 0, &c->sign_authn_request,
                     err));
@@ -731,9 +762,10 @@ parse_saml(pg_saml_idp_cfg_t *c, const json_t *o, const char *p,
         pg_err_set(err, "%s: %s", p, e2.msg);
         return PG_ERR_CONFIG;
     }
-    if (c->slo_url != NULL) {
+    if (c->slo_url != NULL && c->idp_metadata_file != NULL) {
         /* Single Logout: the IdP must have a Redirect SingleLogoutService
-         * and a signing key in its metadata, or the config is refused */
+         * and a signing key in its metadata, or the config is refused
+         * (fetched metadata is held to the same rule at run time) */
         st = pg_saml_slo_new(c->sp, &sc, &c->slo, &e2);
         if (st != PG_OK) {
             pg_err_set(err, "%s/slo_url: Single Logout cannot be set up "
@@ -1918,6 +1950,8 @@ pg_config_free(pg_config_t *cfg)
         free(d->saml.sp_key_file);
         free(d->saml.sp_cert_file);
         free(d->saml.idp_metadata_file);
+        free(d->saml.idp_metadata_url);
+        free_tls(&d->saml.tls);
         free(d->saml.nameid_format);
     }
     free(cfg->idps);

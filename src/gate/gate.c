@@ -935,6 +935,10 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
         n++;
     }
     g->nproviders = n;
+    st = pg_saml_meta_init(g, err);
+    if (st != PG_OK) {
+        goto fail;
+    }
 
     g->header_names[0] = cfg->headers.user;
     g->header_names[1] = cfg->headers.email;
@@ -963,6 +967,7 @@ pg_gate_free(pg_gate_t *g)
         pg_provider_clear(&g->providers[i]);
     }
     free(g->providers);
+    pg_saml_meta_free(g);
     pg_ob_free(g);
     pg_cache_free(&g->cache);
     pg_audit_free(g->audit);

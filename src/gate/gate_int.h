@@ -76,6 +76,34 @@ struct pg_provider {
     pg_op_t                *waking;         /* ops whose step is about to run */
 };
 
+/*
+ * The SAML SP and Single Logout context one IdP uses now (saml_meta.c),
+ * reference-counted on the loop thread: a flow or a verification job
+ * holds a reference while it uses sp/slo, so a metadata refresh that swaps
+ * them in never frees one in use. owned: sp/slo are freed with the last
+ * reference (fetched metadata); else they belong to the config.
+ */
+typedef struct pg_saml_bind {
+    unsigned                refs;
+    int                     owned;
+    struct pg_saml_sp      *sp;
+    struct pg_saml_slo     *slo;            /* NULL without slo_url */
+} pg_saml_bind_t;
+
+/* Per-process runtime state of one SAML IdP (saml_meta.c). */
+typedef struct pg_saml_prov {
+    pg_gate_t              *gate;
+    const pg_idp_cfg_t     *d;
+    pg_saml_bind_t         *cur;            /* NULL until good metadata */
+    char                   *entity_id;      /* pinned IdP entityID */
+    pg_http_op_t           *hop;            /* metadata fetch in flight */
+    pg_timer_t             *timer;          /* next fetch (URL only) */
+    unsigned                backoff_s;      /* last retry delay, 0 after ok */
+    char                    digest[64];     /* SHA-256 of the fetched
+                                               document in use, "" before */
+    unsigned                swaps;          /* fetched documents applied */
+} pg_saml_prov_t;
+
 struct pg_gate {
     const pg_config_t      *cfg;
     const pg_host_t        *host;
@@ -84,6 +112,8 @@ struct pg_gate {
     pg_audit_t             *audit;
     pg_provider_t          *providers;      /* one per OIDC idp, cfg order */
     size_t                  nproviders;
+    pg_saml_prov_t         *saml;           /* one per SAML idp, cfg order */
+    size_t                  nsaml;
     const char             *header_names[6];
     pg_cache_t              cache;
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
@@ -321,6 +351,19 @@ PG_MUST_USE pg_status_t pg_provider_ready(pg_op_t *op, int need_jwks,
                                           int *parked);
 void pg_provider_unpark(pg_op_t *op);
 void pg_provider_clear(pg_provider_t *p);
+
+/* ---- saml_meta.c ----------------------------------------------------- */
+/* Per-process SAML IdP state: the config's SP/SLO for a metadata file;
+ * with idp_metadata_url the first fetch is armed (never blocks). */
+PG_MUST_USE pg_status_t pg_saml_meta_init(pg_gate_t *g, pg_err_t *err);
+/* Cancel fetches and drop this process's references (jobs still running
+ * keep theirs). */
+void pg_saml_meta_free(pg_gate_t *g);
+/* A new reference to the SP/SLO idp uses now, or NULL when idp is not a
+ * SAML IdP of this process or has no good metadata yet (answer 503
+ * idp_unavailable). Loop thread only; pair with pg_saml_bind_put(). */
+pg_saml_bind_t *pg_saml_bind_get(pg_gate_t *g, const char *idp);
+void pg_saml_bind_put(pg_saml_bind_t *b);
 
 /* ---- saml_login.c ---------------------------------------------------- */
 void pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d);

@@ -74,12 +74,24 @@ pg_saml_login_start(pg_op_t *op, const pg_idp_cfg_t *d)
     pg_err_t err = { "" };
     json_t *rec;
     pg_status_t st;
+    pg_saml_bind_t *b;
 
+    b = pg_saml_bind_get(op->g, d->name);
+    if (b == NULL) {
+        /* idp_metadata_url and no good metadata fetched yet */
+        pg_op_deny(op, 503, "login.start", "idp_unavailable",
+                   "Sign-in with this identity provider is not available "
+                   "yet: its metadata could not be loaded. Please try again "
+                   "shortly.", NULL);
+        return;
+    }
     if (pg_random_token(PG_RELAY_BYTES, relay, sizeof(relay)) != PG_OK) {
+        pg_saml_bind_put(b);
         pg_op_finish(op, NULL);
         return;
     }
-    st = pg_saml_authn_request(d->saml.sp, relay, &url, &reqid, &err);
+    st = pg_saml_authn_request(b->sp, relay, &url, &reqid, &err);
+    pg_saml_bind_put(b);
     if (st != PG_OK) {
         json_t *f = json_pack("{s:s}", "detail", err.msg);
 
@@ -169,10 +181,13 @@ pg_saml_claims(const pg_saml_assertion_t *a)
  * job owns copies of everything it reads; if the request goes away while
  * it runs, the op only detaches and the job frees itself when done. lasso
  * loads the IdP key lazily, so verifications are serialised per process.
+ * The job holds a reference to the SP it verifies with (taken and dropped
+ * on the loop thread), so a metadata refresh never frees it meanwhile.
  */
 typedef struct pg_saml_job {
     pg_op_t                *op;             /* NULL once detached */
     const pg_saml_idp_cfg_t *saml;
+    pg_saml_bind_t         *bind;           /* our reference */
     char                   *body;
     size_t                  body_len;
     char                   *request_id;
@@ -191,6 +206,7 @@ static void
 pg_saml_job_free(pg_saml_job_t *j)
 {
     pg_saml_assertion_clear(&j->a);
+    pg_saml_bind_put(j->bind);
     free(j->body);
     free(j->request_id);
     free(j);
@@ -219,7 +235,7 @@ pg_saml_job_run(void *arg)
     j->reason = "malformed";
     pthread_mutex_lock(&pg_saml_lock);
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    j->st = pg_saml_acs_validate(j->saml->sp, j->body, j->body_len, &exp,
+    j->st = pg_saml_acs_validate(j->bind->sp, j->body, j->body_len, &exp,
                                  &j->a, &j->reason, &j->err);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     pthread_mutex_unlock(&pg_saml_lock);
@@ -377,6 +393,17 @@ pg_saml_acs_verify(pg_op_t *op, const pg_idp_cfg_t *d, const char *reqid)
     pg_saml_job_t *j;
 
     j = calloc(1, sizeof(*j));
+    if (j != NULL) {
+        j->bind = pg_saml_bind_get(op->g, op->idp);
+    }
+    if (j != NULL && j->bind == NULL) {
+        pg_saml_job_free(j);
+        pg_op_deny(op, 503, "login.failure", "idp_unavailable",
+                   "Sign-in with this identity provider is not available "
+                   "right now: its metadata could not be loaded. Please try "
+                   "again shortly.", NULL);
+        return;
+    }
     if (j != NULL) {
         j->saml = &d->saml;
         j->body = malloc(op->body_len + 1);

@@ -35,16 +35,19 @@
 #define PG_SLO_PENDING_TTL  "300"   /* >= PG_SAML_SLO_MAX_AGE + skew */
 #define PG_SLO_MAX_ID       128u    /* our request ids are "_" + 40 hex */
 
-/* The SLO context of SAML IdP idp, or NULL (not SAML, no slo_url). */
-static const pg_saml_slo_t *
-pg_slo_of(const pg_config_t *cfg, const char *idp)
+/* A reference to what SAML IdP idp uses now when it has Single Logout
+ * (slo_url, and metadata loaded), else NULL. The caller drops it with
+ * pg_saml_bind_put(). */
+static pg_saml_bind_t *
+pg_slo_bind(pg_gate_t *g, const char *idp)
 {
-    const pg_idp_cfg_t *d = idp != NULL ? pg_config_idp(cfg, idp) : NULL;
+    pg_saml_bind_t *b = idp != NULL ? pg_saml_bind_get(g, idp) : NULL;
 
-    if (d == NULL || d->type != PG_IDP_SAML) {
+    if (b != NULL && b->slo == NULL) {
+        pg_saml_bind_put(b);
         return NULL;
     }
-    return d->saml.slo;
+    return b;
 }
 
 /*
@@ -162,7 +165,7 @@ pg_saml_logout_redirect(pg_op_t *op)
     const pg_config_t *cfg = op->g->cfg;
     const json_t *saml = json_object_get(op->session, "saml");
     const char *idp = json_string_value(json_object_get(op->session, "idp"));
-    const pg_saml_slo_t *slo = pg_slo_of(cfg, idp);
+    pg_saml_bind_t *bind;
     pg_saml_logout_subject_t who;
     pg_err_t err = { "" };
     char *url = NULL, *reqid = NULL, *json = NULL, *key = NULL, *cookie;
@@ -170,7 +173,7 @@ pg_saml_logout_redirect(pg_op_t *op)
     pg_status_t st;
     json_t *rec, *f;
 
-    if (slo == NULL || !json_is_object(saml)) {
+    if (!json_is_object(saml)) {
         return 0;
     }
     memset(&who, 0, sizeof(who));
@@ -185,10 +188,15 @@ pg_saml_logout_redirect(pg_op_t *op)
     if (who.name_id == NULL) {
         return 0;
     }
+    bind = pg_slo_bind(op->g, idp);
+    if (bind == NULL) {
+        return 0;   /* no SLO, or no IdP metadata yet: local sign-out */
+    }
     free(op->idp);
     op->idp = strdup(idp);
-    st = pg_saml_logout_request(slo, &who, NULL, (int64_t) time(NULL), &url,
-                                &reqid, &err);
+    st = pg_saml_logout_request(bind->slo, &who, NULL, (int64_t) time(NULL),
+                                &url, &reqid, &err);
+    pg_saml_bind_put(bind);
     if (st != PG_OK || op->idp == NULL) {
         free(url);
         free(reqid);
@@ -237,7 +245,7 @@ pg_saml_logout_redirect(pg_op_t *op)
  */
 typedef struct pg_slo_job {
     pg_op_t                    *op;         /* NULL once detached */
-    const pg_saml_slo_t        *slo;
+    pg_saml_bind_t             *bind;       /* our reference: bind->slo */
     pg_saml_binding_t           binding;
     int                         is_response;
     char                       *input;
@@ -256,6 +264,7 @@ pg_slo_job_free(pg_slo_job_t *j)
 {
     pg_saml_logout_result_clear(&j->resp);
     pg_saml_logout_request_in_clear(&j->req);
+    pg_saml_bind_put(j->bind);
     free(j->input);
     free(j);
 }
@@ -279,13 +288,14 @@ pg_slo_job_run(void *arg)
 
     j->reason = "malformed";
     if (j->is_response) {
-        j->st = pg_saml_logout_response_verify(j->slo, j->binding, j->input,
-                                               j->len, j->now, &j->resp,
-                                               &j->reason, &j->err);
+        j->st = pg_saml_logout_response_verify(j->bind->slo, j->binding,
+                                               j->input, j->len, j->now,
+                                               &j->resp, &j->reason,
+                                               &j->err);
     } else {
-        j->st = pg_saml_logout_request_verify(j->slo, j->binding, j->input,
-                                              j->len, j->now, &j->req,
-                                              &j->reason, &j->err);
+        j->st = pg_saml_logout_request_verify(j->bind->slo, j->binding,
+                                              j->input, j->len, j->now,
+                                              &j->req, &j->reason, &j->err);
     }
 }
 
@@ -424,7 +434,7 @@ static const char pg_slo_end_script[] =
 static void
 pg_slo_answer(pg_op_t *op, const char *status, const char *sub_status)
 {
-    const pg_saml_slo_t *slo = pg_slo_of(op->g->cfg, op->idp);
+    pg_saml_bind_t *bind = pg_slo_bind(op->g, op->idp);
     const char *relay = json_string_value(json_object_get(op->session,
                                                           "relay"));
     const char *id = json_string_value(json_object_get(op->session, "id"));
@@ -433,10 +443,11 @@ pg_slo_answer(pg_op_t *op, const char *status, const char *sub_status)
     char *url = NULL;
     json_t *f;
 
-    if (slo == NULL || id == NULL
-        || pg_saml_logout_response(slo, id, status, sub_status, relay,
+    if (bind == NULL || id == NULL
+        || pg_saml_logout_response(bind->slo, id, status, sub_status, relay,
                                    (int64_t) time(NULL), &url, &err)
            != PG_OK) {
+        pg_saml_bind_put(bind);
         f = json_pack("{s:s, s:s}", "saml_slo", "idp_initiated", "detail",
                       err.msg);
         pg_op_deny(op, 503, "logout.failure", "response_failed",
@@ -444,6 +455,7 @@ pg_slo_answer(pg_op_t *op, const char *status, const char *sub_status)
                    "identity provider could not be built.", f);
         return;
     }
+    pg_saml_bind_put(bind);
     res = pg_result_new(PG_RES_REDIRECT, 302);
     if (res == NULL) {
         free(url);
@@ -632,7 +644,9 @@ void
 pg_saml_slo_start(pg_op_t *op)
 {
     const pg_host_t *h = op->g->host;
-    const pg_saml_slo_t *slo = pg_slo_of(op->g->cfg, op->idp);
+    const pg_idp_cfg_t *d = op->idp != NULL ? pg_config_idp(op->g->cfg,
+                                                            op->idp) : NULL;
+    pg_saml_bind_t *bind;
     const char *in = op->slo_post ? op->body : op->args;
     size_t len = op->slo_post ? op->body_len : (op->args ? strlen(op->args)
                                                           : 0);
@@ -641,7 +655,7 @@ pg_saml_slo_start(pg_op_t *op)
     json_t *f;
 
     op->wants_html = 1;     /* always a browser sent by the IdP */
-    if (slo == NULL) {
+    if (d == NULL || d->type != PG_IDP_SAML || d->saml.slo_url == NULL) {
         pg_op_fail(op, 404, "slo_not_configured",
                    "Single Logout is not configured for this identity "
                    "provider.", NULL);
@@ -659,9 +673,19 @@ pg_saml_slo_start(pg_op_t *op)
                    "This sign-out message is too large.", f);
         return;
     }
+    bind = pg_slo_bind(op->g, op->idp);
+    if (bind == NULL) {
+        /* idp_metadata_url and no good metadata fetched yet */
+        f = json_pack("{s:s}", "saml_slo", "unknown");
+        pg_op_deny(op, 503, "logout.failure", "idp_unavailable",
+                   "Sign-out with this identity provider is not available "
+                   "right now: its metadata could not be loaded.", f);
+        return;
+    }
     resp = pg_query_param(in, len, "SAMLResponse");
     j = calloc(1, sizeof(*j));
     if (j == NULL || (j->input = malloc(len + 1)) == NULL) {
+        pg_saml_bind_put(bind);
         free(resp);
         free(j);
         pg_op_finish(op, NULL);
@@ -672,7 +696,7 @@ pg_saml_slo_start(pg_op_t *op)
     memcpy(j->input, in, len);
     j->input[len] = '\0';
     j->len = len;
-    j->slo = slo;
+    j->bind = bind;
     j->binding = op->slo_post ? PG_SAML_BINDING_POST : PG_SAML_BINDING_REDIRECT;
     j->now = (int64_t) time(NULL);
     j->op = op;

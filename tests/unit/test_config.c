@@ -22,6 +22,7 @@
 #include <openssl/evp.h>
 #include "provgate/config.h"
 #include "provgate/policy.h"
+#include "provgate/saml.h"
 
 static char g_fix[PATH_MAX];   /* tests/unit/fixtures/config (absolute) */
 static char g_root[PATH_MAX];  /* repository root (absolute) */
@@ -689,14 +690,14 @@ test_saml_unsolicited_acs(void **state)
     (void)state;
     fmt(extra, sizeof(extra), second, "true",
         "https://gw.example/saml/acs?idp=2", g_fix, g_fix, g_fix, "true");
-    assert_int_equal(load_saml(920, "idp-metadata.xml", extra, &cfg, &err),
+    assert_int_equal(load_saml(930, "idp-metadata.xml", extra, &cfg, &err),
                      PG_ERR_CONFIG);
     assert_non_null(strstr(err.msg, ".allow_unsolicited: "));
     assert_non_null(strstr(err.msg, "also accepts IdP-initiated"));
 
     fmt(extra, sizeof(extra), second, "true", "https://gw.example/saml/acs",
         g_fix, g_fix, g_fix, "false");
-    if (load_saml(921, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
+    if (load_saml(931, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
         fail_msg("one unsolicited provider per ACS refused: %s", err.msg);
     }
     assert_int_equal(pg_config_idp(cfg, "corp")->saml.allow_unsolicited, 1);
@@ -704,10 +705,104 @@ test_saml_unsolicited_acs(void **state)
 
     fmt(extra, sizeof(extra), second, "true", "https://gw.example/saml/acs2",
         g_fix, g_fix, g_fix, "true");
-    if (load_saml(922, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
+    if (load_saml(932, "idp-metadata.xml", extra, &cfg, &err) != PG_OK) {
         fail_msg("two ACS paths refused: %s", err.msg);
     }
     pg_config_free(cfg);
+}
+
+/* The same SAML IdP with its metadata fields given by the caller. */
+static const char saml_url_json[] =
+    "{"
+    " \"session\": {\"key_file\": \"k.key\"},"
+    " \"idps\": {\"corp\": {\"type\": \"saml\","
+    "   \"sp_entity_id\": \"https://gw.example/saml\","
+    "   \"acs_url\": \"https://gw.example/saml/acs\","
+    "   \"sp_key_file\": \"%s/saml/sp-key.pem\","
+    "   \"sp_cert_file\": \"%s/saml/sp-cert.pem\"%s}},"
+    " \"targets\": {\"app\": {\"type\": \"scim\","
+    "   \"base_url\": \"https://app.example/scim/v2\","
+    "   \"auth\": {\"type\": \"none\"},"
+    "   \"attributes\": {\"userName\": \"${username}\"}}},"
+    " \"policy_files\": [\"p.json\"]"
+    "}";
+
+static pg_status_t
+load_saml_url(int idx, const char *extra, pg_config_t **cfg, pg_err_t *err)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX], fix[PATH_MAX], text[4096];
+
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), idx);
+    fmt(fix, sizeof(fix), "%s/..", g_fix);
+    fmt(text, sizeof(text), saml_url_json, fix, fix, extra);
+    write_str(dir, "c.json", text);
+    *cfg = NULL;
+    return pg_config_load(cfgpath, cfg, err);
+}
+
+/* idp_metadata_url: an SP-only object at load (SP metadata works, no IdP
+ * yet, no SLO context even with slo_url); neither source, a bad URL or
+ * URL-only options without a URL are refused with their path. */
+static void
+test_saml_metadata_url(void **state)
+{
+    pg_config_t *cfg = NULL;
+    pg_err_t err = { "" };
+    const pg_idp_cfg_t *idp;
+    char extra[PATH_MAX + 256];
+
+    (void)state;
+    if (load_saml_url(920, ", \"idp_metadata_url\": "
+                      "\"https://idp.example/metadata\", \"slo_url\": "
+                      "\"https://gw.example/saml/slo\"", &cfg, &err)
+        != PG_OK) {
+        fail_msg("saml url config rejected: %s", err.msg);
+    }
+    idp = pg_config_idp(cfg, "corp");
+    assert_non_null(idp->saml.sp);
+    assert_false(pg_saml_sp_has_idp(idp->saml.sp));
+    assert_null(idp->saml.slo);
+    assert_string_equal(idp->saml.idp_metadata_url,
+                        "https://idp.example/metadata");
+    assert_int_equal(idp->saml.metadata_refresh_s, 3600);
+    assert_int_equal(idp->saml.http_timeout_ms, 3000);
+    pg_config_free(cfg);
+
+    /* both: the file is the bootstrap copy, checked at load */
+    fmt(extra, sizeof(extra), ", \"idp_metadata_url\": "
+        "\"http://127.0.0.1:9/md\", \"metadata_refresh_s\": 5, "
+        "\"idp_metadata_file\": \"%s/../saml/idp-metadata.xml\"", g_fix);
+    if (load_saml_url(921, extra, &cfg, &err) != PG_OK) {
+        fail_msg("saml file+url config rejected: %s", err.msg);
+    }
+    idp = pg_config_idp(cfg, "corp");
+    assert_true(pg_saml_sp_has_idp(idp->saml.sp));
+    assert_int_equal(idp->saml.metadata_refresh_s, 5);
+    pg_config_free(cfg);
+
+    assert_int_equal(load_saml_url(922, "", &cfg, &err), PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp: one of idp_metadata_file "
+                                    "and idp_metadata_url is required"));
+    assert_int_equal(load_saml_url(923, ", \"idp_metadata_url\": "
+                                   "\"ftp://idp.example/md\"", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.idp_metadata_url: must be "
+                                    "an absolute http"));
+    assert_int_equal(load_saml_url(924, ", \"idp_metadata_url\": "
+                                   "\"metadata.xml\"", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.idp_metadata_url"));
+    assert_int_equal(load_saml_url(925, ", \"idp_metadata_url\": "
+                                   "\"https://idp.example/md\", "
+                                   "\"metadata_refresh_s\": 0", &cfg, &err),
+                     PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.metadata_refresh_s"));
+    fmt(extra, sizeof(extra), ", \"metadata_refresh_s\": 60, "
+        "\"idp_metadata_file\": \"%s/../saml/idp-metadata.xml\"", g_fix);
+    assert_int_equal(load_saml_url(926, extra, &cfg, &err), PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.idps.corp.metadata_refresh_s: only "
+                                    "meaningful with idp_metadata_url"));
+    assert_null(cfg);
 }
 
 /* slo_url builds the Single Logout context at load; an IdP metadata without
@@ -1414,6 +1509,7 @@ main(void)
         cmocka_unit_test(test_saml_idp),
         cmocka_unit_test(test_saml_unsolicited_acs),
         cmocka_unit_test(test_saml_slo),
+        cmocka_unit_test(test_saml_metadata_url),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_expiry_settings),
         cmocka_unit_test(test_idp_display_name),

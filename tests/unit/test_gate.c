@@ -361,7 +361,7 @@ static int
 setup_slo(void **state)
 {
     env_t *e = calloc(1, sizeof(*e));
-    char cfg[32768], path[512], fix[PATH_MAX];
+    char cfg[65536], path[512], fix[PATH_MAX];
     pg_err_t err = { "" };
 
     assert_non_null(e);
@@ -390,13 +390,20 @@ setup_slo(void **state)
              "   \"acs_url\": \"https://gw.example/saml/acs\","
              "   \"sp_key_file\": \"%s/sp-key.pem\","
              "   \"sp_cert_file\": \"%s/sp-cert.pem\","
-             "   \"idp_metadata_file\": \"%s/idp-metadata.xml\"}},"
+             "   \"idp_metadata_file\": \"%s/idp-metadata.xml\"},"
+             "  \"byurl\": {\"type\": \"saml\","
+             "   \"sp_entity_id\": \"https://gw.example/saml-url\","
+             "   \"acs_url\": \"https://gw.example/saml/acs\","
+             "   \"slo_url\": \"" SLO_URL "\","
+             "   \"sp_key_file\": \"%s/sp-key.pem\","
+             "   \"sp_cert_file\": \"%s/sp-cert.pem\","
+             "   \"idp_metadata_url\": \"http://127.0.0.1:1/md\"}},"
              " \"targets\": {\"app\": {\"type\": \"scim\","
              "   \"base_url\": \"http://127.0.0.1:1/scim\","
              "   \"auth\": {\"type\": \"none\"},"
              "   \"attributes\": {\"userName\": \"${username}\"}}},"
              " \"policy_files\": [\"policies.json\"]}",
-             fix, fix, fix, fix, fix, fix);
+             fix, fix, fix, fix, fix, fix, fix, fix);
     write_file(e->dir, "provgate.json", cfg);
     snprintf(path, sizeof(path), "%s/provgate.json", e->dir);
     if (pg_config_load(path, &e->cfg, &err) != PG_OK) {
@@ -581,6 +588,28 @@ test_slo_empty_and_unconfigured(void **state)
     pg_gate_result_free(res);
 }
 
+/* A URL-only IdP whose metadata could not be fetched (nothing listens):
+ * SLO answers 503 idp_unavailable (audited), never a crash; its SP
+ * metadata is served all the same. */
+static void
+test_slo_metadata_url_unavailable(void **state)
+{
+    env_t *e = *state;
+    pg_gate_result_t *res = slo_call(e, "byurl", "SAMLRequest=x");
+
+    assert_int_equal(res->status, 503);
+    assert_int_equal(res->kind, PG_RES_PAGE);
+    assert_non_null(strstr(res->body, "idp_unavailable"));
+    assert_true(audit_has(e, "\"idp_unavailable\""));
+    pg_gate_result_free(res);
+    res = pg_gate_saml_metadata(e->cfg, "byurl");
+    assert_non_null(res);
+    assert_int_equal(res->status, 200);
+    assert_non_null(strstr(res->body,
+                           "entityID=\"https://gw.example/saml-url\""));
+    pg_gate_result_free(res);
+}
+
 /* An unsigned LogoutRequest is refused (400 "unsigned"), audited without
  * the message, before Redis is ever asked. */
 static void
@@ -636,6 +665,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_slo_unsigned_refused,
                                         setup_slo, teardown_slo),
         cmocka_unit_test_setup_teardown(test_slo_signed_redis_down_503,
+                                        setup_slo, teardown_slo),
+        cmocka_unit_test_setup_teardown(test_slo_metadata_url_unavailable,
                                         setup_slo, teardown_slo),
     };
 

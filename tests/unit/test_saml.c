@@ -1209,6 +1209,179 @@ test_bad_config(void **s)
     assert_null(sp);
 }
 
+/* The fixture IdP metadata, NUL-terminated, malloc'd. */
+static char *
+read_idp_md(size_t *len)
+{
+    char md[PBUF], *buf = NULL;
+    pg_err_t err = {{0}};
+
+    fix_path(md, sizeof(md), "idp-metadata.xml");
+    assert_int_equal(pg_read_file(md, PG_SAML_MAX_METADATA, 0, &buf, len,
+                                  &err), PG_OK);
+    return buf;
+}
+
+/* s with the first occurrence of from replaced by to (malloc'd). */
+static char *
+replace1(const char *s, const char *from, const char *to)
+{
+    const char *at = strstr(s, from);
+    size_t n;
+    char *r;
+
+    assert_non_null(at);
+    n = strlen(s) - strlen(from) + strlen(to) + 1;
+    r = malloc(n);
+    assert_non_null(r);
+    snprintf(r, n, "%.*s%s%s", (int)(at - s), s, to, at + strlen(from));
+    return r;
+}
+
+static pg_status_t
+md_check(const char *md, const char *want, char **eid)
+{
+    pg_err_t err = {{0}};
+
+    return pg_saml_idp_metadata_check(md, strlen(md), want, eid, &err);
+}
+
+static void
+test_idp_metadata_check(void **s)
+{
+    size_t len = 0;
+    char *md = read_idp_md(&len), *eid = NULL, *bad, *big;
+    pg_err_t err = {{0}};
+    (void)s;
+
+    assert_int_equal(md_check(md, NULL, &eid), PG_OK);
+    assert_string_equal(eid, IDP_ID);
+    free(eid);
+    assert_int_equal(md_check(md, IDP_ID, NULL), PG_OK);
+    /* another entity than the pinned one */
+    assert_int_equal(md_check(md, "https://evil.example.test/saml", &eid),
+                     PG_ERR_DENIED);
+    assert_null(eid);
+    /* a DOCTYPE (XXE / billion laughs) is refused before parsing */
+    bad = replace1(md, "<md:EntityDescriptor",
+                   "<!DOCTYPE md [<!ENTITY x \"y\">]><md:EntityDescriptor");
+    assert_int_equal(pg_saml_idp_metadata_check(bad, strlen(bad), NULL, &eid,
+                                                &err), PG_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "DOCTYPE"));
+    free(bad);
+    /* a NUL byte inside */
+    assert_int_equal(pg_saml_idp_metadata_check(md, len + 1, NULL, NULL,
+                                                &err), PG_ERR_INVALID);
+    /* over the cap, even when well-formed (a long comment) */
+    big = malloc(PG_SAML_MAX_METADATA + len + 16);
+    assert_non_null(big);
+    memcpy(big, md, len);
+    memcpy(big + len, "<!--", 4);
+    memset(big + len + 4, 'a', PG_SAML_MAX_METADATA);
+    memcpy(big + len + 4 + PG_SAML_MAX_METADATA, "-->", 4);
+    assert_int_equal(md_check(big, NULL, NULL), PG_ERR_TOO_LARGE);
+    free(big);
+    /* no signing key: only an encryption KeyDescriptor */
+    bad = replace1(md, "use=\"signing\"", "use=\"encryption\"");
+    assert_int_equal(pg_saml_idp_metadata_check(bad, strlen(bad), NULL, NULL,
+                                                &err), PG_ERR_INVALID);
+    assert_non_null(strstr(err.msg, "signing key"));
+    free(bad);
+    /* an empty certificate is no key either */
+    {
+        const char *c0 = strstr(md, "<ds:X509Certificate>");
+        const char *c1 = strstr(md, "</ds:X509Certificate>");
+        size_t n;
+
+        assert_non_null(c0);
+        assert_non_null(c1);
+        c0 += strlen("<ds:X509Certificate>");
+        n = (size_t)(c0 - md) + strlen(c1) + 1;
+        bad = malloc(n);
+        assert_non_null(bad);
+        snprintf(bad, n, "%.*s%s", (int)(c0 - md), md, c1);
+        assert_int_equal(md_check(bad, NULL, NULL), PG_ERR_INVALID);
+        free(bad);
+    }
+    /* no IDPSSODescriptor (an SP's metadata) */
+    bad = replace1(md, "IDPSSODescriptor", "SPSSODescriptor");
+    {
+        char *bad2 = replace1(bad, "/md:IDPSSODescriptor",
+                              "/md:SPSSODescriptor");
+        assert_int_equal(md_check(bad2, NULL, NULL), PG_ERR_INVALID);
+        free(bad2);
+    }
+    free(bad);
+    /* not well-formed, empty */
+    assert_int_equal(md_check("<md:EntityDescriptor", NULL, NULL),
+                     PG_ERR_INVALID);
+    assert_int_equal(md_check("", NULL, NULL), PG_ERR_INVALID);
+    free(md);
+}
+
+static void
+test_sp_only_then_rebind(void **s)
+{
+    char key[PBUF], cert[PBUF], *md, *xml = NULL, *url = NULL, *id = NULL;
+    pg_saml_sp_cfg_t cfg = {0};
+    pg_saml_sp_t *sp = NULL, *full = NULL;
+    pg_saml_assertion_t a;
+    const char *reason = NULL;
+    pg_err_t err = {{0}};
+    opts_t o = defaults();
+    size_t len = 0;
+    (void)s;
+
+    fix_path(key, sizeof(key), "sp-key.pem");
+    fix_path(cert, sizeof(cert), "sp-cert.pem");
+    cfg.entity_id = SP_ID;
+    cfg.acs_url = ACS;
+    cfg.key_path = key;
+    cfg.cert_path = cert;
+    cfg.require_signed_assertion = 1;
+    /* no IdP metadata: the SP describes itself, cannot log in */
+    assert_int_equal(pg_saml_sp_new(&cfg, &sp, &err), PG_OK);
+    assert_false(pg_saml_sp_has_idp(sp));
+    assert_null(pg_saml_sp_idp_entity_id(sp));
+    assert_int_equal(pg_saml_sp_metadata(sp, &xml), PG_OK);
+    assert_non_null(strstr(xml, "entityID=\"" SP_ID "\""));
+    free(xml);
+    assert_int_equal(pg_saml_authn_request(sp, "r", &url, &id, &err),
+                     PG_ERR_NOT_FOUND);
+    assert_null(url);
+    assert_int_not_equal(run(sp, &o, NULL, REQ_ID, NOW, &a, &reason), PG_OK);
+    assert_string_equal(reason, "idp_unavailable");
+    /* fetched metadata (a buffer) gives a full SP from the same settings */
+    md = read_idp_md(&len);
+    assert_int_equal(pg_saml_sp_rebind(sp, md, len, &full, &err), PG_OK);
+    assert_true(pg_saml_sp_has_idp(full));
+    assert_string_equal(pg_saml_sp_idp_entity_id(full), IDP_ID);
+    assert_int_equal(pg_saml_authn_request(full, "r", &url, &id, &err), PG_OK);
+    free(url);
+    free(id);
+    assert_int_equal(run(full, &o, NULL, REQ_ID, NOW, &a, &reason), PG_OK);
+    check_alice(&a);
+    pg_saml_assertion_clear(&a);
+    pg_saml_sp_free(sp);    /* the rebound SP owns its copies */
+    assert_int_equal(pg_saml_authn_request(full, "r", &url, &id, &err), PG_OK);
+    free(url);
+    free(id);
+    pg_saml_sp_free(full);
+    /* a refused document makes no SP */
+    assert_int_equal(pg_saml_sp_new(&cfg, &sp, &err), PG_OK);
+    assert_int_equal(pg_saml_sp_rebind(sp, "<x/>", 4, &full, &err),
+                     PG_ERR_CONFIG);
+    assert_null(full);
+    /* the same buffer through pg_saml_sp_new */
+    cfg.idp_metadata = md;
+    cfg.idp_metadata_len = len;
+    assert_int_equal(pg_saml_sp_new(&cfg, &full, &err), PG_OK);
+    assert_string_equal(pg_saml_sp_idp_entity_id(full), IDP_ID);
+    pg_saml_sp_free(full);
+    pg_saml_sp_free(sp);
+    free(md);
+}
+
 int
 main(void)
 {
@@ -1247,6 +1420,8 @@ main(void)
         cmocka_unit_test(test_inflate_bomb),
         cmocka_unit_test(test_sp_metadata),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_idp_metadata_check),
+        cmocka_unit_test(test_sp_only_then_rebind),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1592,6 +1592,50 @@ test_config(void **state)
     assert_null(slo);
 }
 
+/* Fetched metadata (gate refresh): the IdP metadata as a buffer and no key
+ * file, the key comes from the SP; an SP without IdP metadata is refused. */
+static void
+test_config_buffer(void **state)
+{
+    char key[PBUF], cert[PBUF], md[PBUF], *buf = NULL, *url = NULL,
+         *id = NULL;
+    pg_saml_sp_cfg_t cfg;
+    pg_saml_sp_t *sp = NULL, *bare = NULL;
+    pg_saml_slo_t *slo = NULL;
+    pg_saml_logout_subject_t who;
+    pg_err_t err = {{0}};
+    size_t len = 0;
+
+    (void)state;
+    make_cfg(&cfg, key, cert, md, "idp-metadata.xml");
+    assert_int_equal(pg_read_file(md, PG_SAML_MAX_METADATA, 0, &buf, &len,
+                                  &err), PG_OK);
+    cfg.idp_metadata_path = NULL;
+    assert_int_equal(pg_saml_sp_new(&cfg, &bare, &err), PG_OK);
+    /* SP-only: no IdP entity, no SLO context */
+    assert_int_equal(pg_saml_slo_new(bare, &cfg, &slo, &err), PG_ERR_CONFIG);
+    assert_null(slo);
+    assert_int_equal(pg_saml_sp_rebind(bare, buf, len, &sp, &err), PG_OK);
+    cfg.key_path = NULL;
+    cfg.idp_metadata = buf;
+    cfg.idp_metadata_len = len;
+    if (pg_saml_slo_new(sp, &cfg, &slo, &err) != PG_OK) {
+        fail_msg("pg_saml_slo_new from a buffer: %s", err.msg);
+    }
+    memset(&who, 0, sizeof(who));
+    who.name_id = "alice@example.com";
+    assert_int_equal(pg_saml_logout_request(slo, &who, NULL, NOW, &url, &id,
+                                            &err), PG_OK);
+    assert_non_null(strstr(url, "SAMLRequest="));
+    assert_non_null(strstr(url, "Signature="));
+    free(url);
+    free(id);
+    pg_saml_slo_free(slo);
+    pg_saml_sp_free(sp);
+    pg_saml_sp_free(bare);
+    free(buf);
+}
+
 /* Key rollover: a metadata with two signing keys accepts either. */
 static void
 test_rollover_keys(void **state)
@@ -1656,6 +1700,7 @@ main(void)
         cmocka_unit_test(test_encrypted_id),
         cmocka_unit_test(test_build_logout_response),
         cmocka_unit_test(test_config),
+        cmocka_unit_test(test_config_buffer),
         cmocka_unit_test(test_rollover_keys),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

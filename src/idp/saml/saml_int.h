@@ -58,4 +58,10 @@ const char *pg_sx_attr(xmlNode *n, const char *name);
  * el's own ID, with only the allowed transforms. */
 int pg_sx_reference_ok(xmlNode *el, xmlNode *sig);
 
+struct pg_saml_sp;
+
+/* The SP's private key as PEM (NUL-terminated, owned by sp, *len bytes):
+ * Single Logout signs with the same key without reading the file again. */
+const char *pg_saml_sp_key_pem(const struct pg_saml_sp *sp, size_t *len);
+
 #endif

@@ -551,17 +551,19 @@ pg_saml_slo_new(const pg_saml_sp_t *sp, const pg_saml_sp_cfg_t *cfg,
                 pg_saml_slo_t **out, pg_err_t *err)
 {
     pg_saml_slo_t *slo;
-    char *key = NULL, *md = NULL;
+    char *md = NULL, *kbuf = NULL;
+    const char *key, *mdp;
     size_t klen = 0, mdlen = 0;
     BIO *bio;
     pg_status_t st;
 
     *out = NULL;
-    if (sp == NULL || cfg == NULL || cfg->entity_id == NULL ||
-        cfg->slo_url == NULL || cfg->slo_url[0] == '\0' ||
-        cfg->key_path == NULL || cfg->idp_metadata_path == NULL) {
-        pg_err_set(err, "saml slo: SP, entity_id, slo_url, key and IdP "
-                        "metadata are required");
+    if (sp == NULL || !pg_saml_sp_has_idp(sp) || cfg == NULL ||
+        cfg->entity_id == NULL || cfg->slo_url == NULL ||
+        cfg->slo_url[0] == '\0' ||
+        (cfg->idp_metadata == NULL && cfg->idp_metadata_path == NULL)) {
+        pg_err_set(err, "saml slo: SP with its IdP, entity_id, slo_url and "
+                        "IdP metadata are required");
         return PG_ERR_CONFIG;
     }
     slo = calloc(1, sizeof(*slo));
@@ -577,9 +579,16 @@ pg_saml_slo_new(const pg_saml_sp_t *sp, const pg_saml_sp_cfg_t *cfg,
         st = PG_ERR_NOMEM;
         goto fail;
     }
-    st = pg_read_file(cfg->key_path, PG_SAML_MAX_PEM, 0, &key, &klen, err);
-    if (st != PG_OK) {
-        goto fail;
+    if (cfg->key_path != NULL) {
+        st = pg_read_file(cfg->key_path, PG_SAML_MAX_PEM, 0, &kbuf, &klen,
+                          err);
+        if (st != PG_OK) {
+            goto fail;
+        }
+        key = kbuf;
+    } else {
+        /* the SP's key, already read and checked by pg_saml_sp_new() */
+        key = pg_saml_sp_key_pem(sp, &klen);
     }
     bio = BIO_new_mem_buf(key, (int)klen);
     if (bio == NULL) {
@@ -590,7 +599,7 @@ pg_saml_slo_new(const pg_saml_sp_t *sp, const pg_saml_sp_cfg_t *cfg,
     BIO_free(bio);
     if (slo->sp_key == NULL || EVP_PKEY_base_id(slo->sp_key) != EVP_PKEY_RSA) {
         pg_err_set(err, "saml slo: %s is not an RSA private key (PEM)",
-                   cfg->key_path);
+                   cfg->key_path != NULL ? cfg->key_path : "the SP key");
         st = PG_ERR_CONFIG;
         goto fail;
     }
@@ -599,28 +608,37 @@ pg_saml_slo_new(const pg_saml_sp_t *sp, const pg_saml_sp_cfg_t *cfg,
                                                 xmlSecKeyDataFormatPem, NULL,
                                                 NULL, NULL);
     if (slo->sp_xkey == NULL) {
-        pg_err_set(err, "saml slo: xmlsec cannot load %s", cfg->key_path);
+        pg_err_set(err, "saml slo: xmlsec cannot load %s",
+                   cfg->key_path != NULL ? cfg->key_path : "the SP key");
         st = PG_ERR_CONFIG;
         goto fail;
     }
-    st = pg_read_file(cfg->idp_metadata_path, PG_SAML_MAX_METADATA, 0, &md,
-                      &mdlen, err);
+    if (cfg->idp_metadata != NULL) {
+        mdp = cfg->idp_metadata;
+        mdlen = cfg->idp_metadata_len;
+    } else {
+        st = pg_read_file(cfg->idp_metadata_path, PG_SAML_MAX_METADATA, 0,
+                          &md, &mdlen, err);
+        if (st != PG_OK) {
+            goto fail;
+        }
+        mdp = md;
+    }
+    st = load_idp_metadata(slo, mdp, mdlen, err);
     if (st != PG_OK) {
         goto fail;
     }
-    st = load_idp_metadata(slo, md, mdlen, err);
-    if (st != PG_OK) {
-        goto fail;
+    if (kbuf != NULL) {
+        memset(kbuf, 0, klen);
+        free(kbuf);
     }
-    memset(key, 0, klen);
-    free(key);
     free(md);
     *out = slo;
     return PG_OK;
 fail:
-    if (key != NULL) {
-        memset(key, 0, klen);
-        free(key);
+    if (kbuf != NULL) {
+        memset(kbuf, 0, klen);
+        free(kbuf);
     }
     free(md);
     pg_saml_slo_free(slo);

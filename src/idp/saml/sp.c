@@ -441,56 +441,167 @@ pg_saml_sp_idp_entity_id(const pg_saml_sp_t *sp)
     return sp->idp_entity_id;
 }
 
-/* Learn the IdP entity id: root must be one md:EntityDescriptor with an
- * IDPSSODescriptor. */
-static pg_status_t
-idp_entity_from_metadata(const char *md, size_t len, char **out,
-                         pg_err_t *err)
+/* 1 when the IDPSSODescriptor idp has a KeyDescriptor for signing (no
+ * "use", or use="signing") with a non-empty ds:X509Certificate. */
+static int
+idp_has_signing_key(xmlNode *idp)
+{
+    xmlNode *c, *cert;
+    const char *use;
+    char *txt;
+    int bad, ok;
+
+    for (c = idp->children; c != NULL; c = c->next) {
+        if (!pg_sx_is_el(c, NS_MD, "KeyDescriptor")) {
+            continue;
+        }
+        use = pg_sx_attr(c, "use");
+        if (use != NULL && strcmp(use, "signing") != 0) {
+            continue;
+        }
+        cert = pg_sx_first_child(pg_sx_first_child(pg_sx_first_child(c,
+                   NS_DS, "KeyInfo"), NS_DS, "X509Data"), NS_DS,
+                   "X509Certificate");
+        if (cert == NULL) {
+            continue;
+        }
+        txt = pure_text(cert, &bad);
+        ok = txt != NULL && strspn(txt, " \t\r\n") < strlen(txt);
+        free(txt);
+        if (ok) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* See saml.h. Cap, pre-scan (DOCTYPE/NUL), safe parse, then the shape:
+ * root md:EntityDescriptor with a non-empty entityID (equal to
+ * want_entity_id when given) and an IDPSSODescriptor with a signing key. */
+pg_status_t
+pg_saml_idp_metadata_check(const char *md, size_t len,
+                           const char *want_entity_id, char **entity_id,
+                           pg_err_t *err)
 {
     xmlDocPtr doc;
-    xmlNode *root;
+    xmlNode *root, *idp;
     const char *eid;
+    pg_status_t st = PG_OK;
 
+    if (entity_id != NULL) {
+        *entity_id = NULL;
+    }
+    if (md == NULL || len == 0) {
+        pg_err_set(err, "IdP metadata: empty");
+        return PG_ERR_INVALID;
+    }
+    if (len > PG_SAML_MAX_METADATA) {
+        pg_err_set(err, "IdP metadata: larger than %u bytes",
+                   PG_SAML_MAX_METADATA);
+        return PG_ERR_TOO_LARGE;
+    }
     if (!pg_sx_prescan_ok((const unsigned char *)md, len)) {
         pg_err_set(err, "IdP metadata: DOCTYPE or NUL refused");
-        return PG_ERR_CONFIG;
+        return PG_ERR_INVALID;
     }
     doc = xml_parse((const unsigned char *)md, len);
     if (doc == NULL) {
         pg_err_set(err, "IdP metadata: not well-formed XML");
-        return PG_ERR_CONFIG;
+        return PG_ERR_INVALID;
     }
     root = xmlDocGetRootElement(doc);
     eid = pg_sx_attr(root, "entityID");
-    if (!pg_sx_is_el(root, NS_MD, "EntityDescriptor") || eid == NULL ||
-        eid[0] == '\0' || pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") == NULL) {
-        xmlFreeDoc(doc);
+    idp = pg_sx_is_el(root, NS_MD, "EntityDescriptor")
+              ? pg_sx_first_child(root, NS_MD, "IDPSSODescriptor") : NULL;
+    if (idp == NULL || eid == NULL || eid[0] == '\0') {
         pg_err_set(err, "IdP metadata: need one md:EntityDescriptor with an "
                         "IDPSSODescriptor and an entityID");
-        return PG_ERR_CONFIG;
+        st = PG_ERR_INVALID;
+    } else if (strlen(eid) > 1024) {
+        pg_err_set(err, "IdP metadata: entityID longer than 1024 bytes");
+        st = PG_ERR_INVALID;
+    } else if (want_entity_id != NULL && strcmp(eid, want_entity_id) != 0) {
+        pg_err_set(err, "IdP metadata: entityID \"%.200s\" is not the "
+                   "expected \"%.200s\"", eid, want_entity_id);
+        st = PG_ERR_DENIED;
+    } else if (!idp_has_signing_key(idp)) {
+        pg_err_set(err, "IdP metadata: the IDPSSODescriptor has no signing "
+                        "key (KeyDescriptor with an X509Certificate)");
+        st = PG_ERR_INVALID;
+    } else if (entity_id != NULL) {
+        *entity_id = strdup(eid);
+        st = *entity_id != NULL ? PG_OK : PG_ERR_NOMEM;
     }
-    *out = strdup(eid);
     xmlFreeDoc(doc);
-    return *out ? PG_OK : PG_ERR_NOMEM;
+    return st;
 }
 
-/* See saml.h. Reads three files (capped), builds our metadata, then the
- * lasso server with our key and the IdP as its only provider. */
+/* Give sp its IdP: check md, build our metadata, then the lasso server with
+ * our key and (when md is non-NULL) the IdP as its only provider. Without
+ * md the SP describes itself only (pg_saml_sp_has_idp() is 0). */
+static pg_status_t
+sp_finish(pg_saml_sp_t *sp, const char *md, size_t md_len, pg_err_t *err)
+{
+    char *spmd;
+    pg_status_t st;
+    int rc;
+
+    if (md != NULL) {
+        st = pg_saml_idp_metadata_check(md, md_len, NULL, &sp->idp_entity_id,
+                                        err);
+        if (st != PG_OK) {
+            return st == PG_ERR_NOMEM ? st : PG_ERR_CONFIG;
+        }
+    }
+    spmd = build_sp_metadata(sp);
+    if (spmd == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    /* No certificate for lasso: it only signs Redirect queries (no
+     * KeyInfo), and given one, lasso 2.8.1 first tries it as a file name
+     * and leaks a BIO in xmlsec on every signed request. Our metadata
+     * carries the certificate instead. */
+    sp->server = lasso_server_new_from_buffers(spmd, sp->key_pem, NULL, NULL);
+    free(spmd);
+    if (sp->server == NULL) {
+        pg_err_set(err, "saml: lasso rejected the SP key/certificate");
+        return PG_ERR_CONFIG;
+    }
+    if (md == NULL) {
+        return PG_OK;
+    }
+    rc = lasso_server_add_provider_from_buffer(sp->server,
+                                               LASSO_PROVIDER_ROLE_IDP, md,
+                                               NULL, NULL);
+    if (rc != 0) {
+        pg_err_set(err, "saml: lasso rejected the IdP metadata: %s",
+                   lasso_strerror(rc));
+        return PG_ERR_CONFIG;
+    }
+    sp->idp = lasso_server_get_provider(sp->server, sp->idp_entity_id);
+    if (sp->idp == NULL) {
+        pg_err_set(err, "saml: IdP %s not registered", sp->idp_entity_id);
+        return PG_ERR_CONFIG;
+    }
+    return PG_OK;
+}
+
+/* See saml.h. Reads the key, certificate and (when a path and no buffer is
+ * given) the IdP metadata file, all capped, then sp_finish(). */
 pg_status_t
 pg_saml_sp_new(const pg_saml_sp_cfg_t *cfg, pg_saml_sp_t **out, pg_err_t *err)
 {
     pg_saml_sp_t *sp;
-    char *cert = NULL, *md = NULL, *spmd = NULL;
+    char *cert = NULL, *md = NULL;
+    const char *mdp = NULL;
     size_t cert_len = 0, md_len = 0;
     pg_status_t st;
-    int rc;
 
     *out = NULL;
     if (cfg == NULL || cfg->entity_id == NULL || cfg->acs_url == NULL ||
-        cfg->key_path == NULL || cfg->cert_path == NULL ||
-        cfg->idp_metadata_path == NULL) {
-        pg_err_set(err, "saml: entity_id, acs_url, key, cert and IdP "
-                        "metadata are required");
+        cfg->key_path == NULL || cfg->cert_path == NULL) {
+        pg_err_set(err, "saml: entity_id, acs_url, key and cert are "
+                        "required");
         return PG_ERR_CONFIG;
     }
     st = saml_init(err);
@@ -526,10 +637,16 @@ pg_saml_sp_new(const pg_saml_sp_cfg_t *cfg, pg_saml_sp_t **out, pg_err_t *err)
     if (st != PG_OK) {
         goto fail;
     }
-    st = pg_read_file(cfg->idp_metadata_path, PG_SAML_MAX_METADATA, 0, &md,
-                      &md_len, err);
-    if (st != PG_OK) {
-        goto fail;
+    if (cfg->idp_metadata != NULL) {
+        mdp = cfg->idp_metadata;
+        md_len = cfg->idp_metadata_len;
+    } else if (cfg->idp_metadata_path != NULL) {
+        st = pg_read_file(cfg->idp_metadata_path, PG_SAML_MAX_METADATA, 0,
+                          &md, &md_len, err);
+        if (st != PG_OK) {
+            goto fail;
+        }
+        mdp = md;
     }
     sp->sp_cert_b64 = pem_cert_body(cert);
     if (sp->sp_cert_b64 == NULL) {
@@ -537,51 +654,82 @@ pg_saml_sp_new(const pg_saml_sp_cfg_t *cfg, pg_saml_sp_t **out, pg_err_t *err)
         st = PG_ERR_CONFIG;
         goto fail;
     }
-    st = idp_entity_from_metadata(md, md_len, &sp->idp_entity_id, err);
+    st = sp_finish(sp, mdp, md_len, err);
     if (st != PG_OK) {
-        goto fail;
-    }
-    spmd = build_sp_metadata(sp);
-    if (spmd == NULL) {
-        st = PG_ERR_NOMEM;
-        goto fail;
-    }
-    /* No certificate for lasso: it only signs Redirect queries (no
-     * KeyInfo), and given one, lasso 2.8.1 first tries it as a file name
-     * and leaks a BIO in xmlsec on every signed request. Our metadata
-     * carries the certificate instead. */
-    sp->server = lasso_server_new_from_buffers(spmd, sp->key_pem, NULL, NULL);
-    if (sp->server == NULL) {
-        pg_err_set(err, "saml: lasso rejected the SP key/certificate");
-        st = PG_ERR_CONFIG;
-        goto fail;
-    }
-    rc = lasso_server_add_provider_from_buffer(sp->server,
-                                               LASSO_PROVIDER_ROLE_IDP, md,
-                                               NULL, NULL);
-    if (rc != 0) {
-        pg_err_set(err, "saml: lasso rejected the IdP metadata: %s",
-                   lasso_strerror(rc));
-        st = PG_ERR_CONFIG;
-        goto fail;
-    }
-    sp->idp = lasso_server_get_provider(sp->server, sp->idp_entity_id);
-    if (sp->idp == NULL) {
-        pg_err_set(err, "saml: IdP %s not registered", sp->idp_entity_id);
-        st = PG_ERR_CONFIG;
         goto fail;
     }
     free(cert);
     free(md);
-    free(spmd);
     *out = sp;
     return PG_OK;
 fail:
     free(cert);
     free(md);
-    free(spmd);
     pg_saml_sp_free(sp);
     return st;
+}
+
+/* See saml.h: copies of base's settings, key and certificate (no file is
+ * read), then sp_finish() with md. */
+pg_status_t
+pg_saml_sp_rebind(const pg_saml_sp_t *base, const char *md, size_t md_len,
+                  pg_saml_sp_t **out, pg_err_t *err)
+{
+    pg_saml_sp_t *sp;
+    pg_status_t st;
+
+    *out = NULL;
+    if (base == NULL || md == NULL) {
+        pg_err_set(err, "saml: SP and IdP metadata are required");
+        return PG_ERR_INVALID;
+    }
+    sp = calloc(1, sizeof(*sp));
+    if (sp == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    sp->entity_id = dupstr(base->entity_id);
+    sp->acs_url = dupstr(base->acs_url);
+    sp->slo_url = dupstr(base->slo_url);
+    sp->nameid_format = dupstr(base->nameid_format);
+    sp->sp_cert_b64 = dupstr(base->sp_cert_b64);
+    sp->key_pem = malloc(base->key_pem_len + 1);
+    sp->sign_authn_request = base->sign_authn_request;
+    sp->require_signed_assertion = base->require_signed_assertion;
+    sp->require_signed_response = base->require_signed_response;
+    sp->allow_unsolicited = base->allow_unsolicited;
+    sp->skew = base->skew;
+    if (sp->entity_id == NULL || sp->acs_url == NULL ||
+        (base->slo_url && !sp->slo_url) ||
+        (base->nameid_format && !sp->nameid_format) ||
+        sp->sp_cert_b64 == NULL || sp->key_pem == NULL) {
+        pg_saml_sp_free(sp);
+        return PG_ERR_NOMEM;
+    }
+    memcpy(sp->key_pem, base->key_pem, base->key_pem_len);
+    sp->key_pem[base->key_pem_len] = '\0';
+    sp->key_pem_len = base->key_pem_len;
+    st = sp_finish(sp, md, md_len, err);
+    if (st != PG_OK) {
+        pg_saml_sp_free(sp);
+        return st;
+    }
+    *out = sp;
+    return PG_OK;
+}
+
+/* See saml.h. */
+int
+pg_saml_sp_has_idp(const pg_saml_sp_t *sp)
+{
+    return sp != NULL && sp->idp != NULL;
+}
+
+/* See saml_int.h: the SP key PEM (owned by sp). */
+const char *
+pg_saml_sp_key_pem(const pg_saml_sp_t *sp, size_t *len)
+{
+    *len = sp->key_pem_len;
+    return sp->key_pem;
 }
 
 /* See saml.h: the same document lasso was given; *xml is malloc'd. */
@@ -613,6 +761,10 @@ pg_saml_authn_request(pg_saml_sp_t *sp, const char *relay_state,
     if (relay_state != NULL && strlen(relay_state) > 80) {
         pg_err_set(err, "saml: RelayState over 80 bytes");
         return PG_ERR_TOO_LARGE;
+    }
+    if (sp->idp == NULL) {
+        pg_err_set(err, "saml: no IdP metadata yet");
+        return PG_ERR_NOT_FOUND;
     }
     login = lasso_login_new(sp->server);
     if (login == NULL) {
@@ -1545,6 +1697,11 @@ pg_saml_acs_validate(pg_saml_sp_t *sp, const char *post_body, size_t len,
     if (sp == NULL || post_body == NULL || exp == NULL) {
         *reason = "malformed";
         return PG_ERR_INVALID;
+    }
+    if (sp->idp == NULL) {
+        *reason = "idp_unavailable";
+        pg_err_set(err, "saml: no IdP metadata yet");
+        return PG_ERR_DENIED;
     }
     st = acs_validate(&c, post_body, len, out);
     if (st != PG_OK) {
