@@ -170,6 +170,10 @@ typedef struct pg_scim_request {
     unsigned collision_tries;
     unsigned collision_start;
     unsigned collision_max_len;
+    /* An account rule's "initial_state": "disabled": a new account is
+     * created with "active": false, and "active" is left out of every
+     * update, so that enabling it (a person, an approval) sticks. */
+    int create_disabled;
 } pg_scim_request_t;
 
 /* Build the desired SCIM User from the target's mapping and identity

@@ -370,6 +370,7 @@ pg_ent_vec(const json_t *ents, size_t *n)
  */
 typedef struct pg_prov_coll {
     unsigned start, tries, max_len;     /* tries 0: no collision handling */
+    int create_disabled;                /* initial_state "disabled" */
 } pg_prov_coll_t;
 
 static pg_status_t
@@ -410,6 +411,12 @@ pg_prov_account(pg_op_t *op, json_t **out, pg_prov_coll_t *coll,
         json_decref(o);
         json_decref(acct);
         return PG_ERR_NOMEM;
+    }
+    if (coll != NULL) {
+        const char *is = json_string_value(json_object_get(acct,
+                                                           "initial_state"));
+
+        coll->create_disabled = is != NULL && strcmp(is, "disabled") == 0;
     }
     c = json_object_get(acct, "username_collision");
     if (coll != NULL && json_is_string(json_object_get(acct, "username"))
@@ -776,6 +783,7 @@ pg_prov_known(pg_op_t *op, pg_status_t st)
     req.collision_tries = coll.tries;
     req.collision_start = coll.start;
     req.collision_max_len = coll.max_len;
+    req.create_disabled = coll.create_disabled;
     st = pg_scim_ensure(op->g->http, &req, pg_prov_scim_done, op, &op->sop);
     json_decref(desired);
     free(groups);

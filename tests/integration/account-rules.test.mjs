@@ -12,7 +12,8 @@ const POLICIES = {
   ...DEFAULT_POLICIES,
   accounts: [{
     target: 'demoapp',
-    description: 'jdoe-style names; the department from a lookup table',
+    description: 'jdoe-style names; the department from a lookup table; created disabled',
+    initial_state: 'disabled',
     required: ['displayName', `${ENTERPRISE}:employeeNumber`],
     username: {
       concat: [
@@ -83,6 +84,19 @@ describe('account rules shape the provisioned account', () => {
     const { res } = await e.login('dave', '/app/again');
     assert.equal(res.status, 200, JSON.stringify(e.audit().filter((x) => x.type === 'provision.account').slice(-2)));
     assert.equal((await e.scimUsers('ddoe')).length, 1);
+  });
+
+  test('initial_state "disabled": created inactive; once someone enables it, logins leave it enabled', async () => {
+    const [u] = await e.scimUsers('ddoe');
+    assert.equal(u.active, false, 'created disabled, although the target mapping says active: true');
+    const r = await e.scim.request('PATCH', `/Users/${u.id}`, {
+      schemas: ['urn:ietf:params:scim:api:messages:2.0:PatchOp'],
+      Operations: [{ op: 'replace', path: 'active', value: true }],
+    });
+    assert.equal(r.status, 200, r.text);
+    assert.equal((await e.login('dave', '/app/later')).res.status, 200);
+    const [after] = await e.scimUsers('ddoe');
+    assert.equal(after.active, true, 'not disabled again by the next login');
   });
 
   test('a username taken by another person gets the next candidate, checked against the target', async () => {

@@ -486,6 +486,8 @@ struct pg_scim_op {
     unsigned coll_tries;       /* collision handling: candidates in all */
     unsigned coll_start, coll_max_len;
     unsigned coll_k;           /* the candidate in use (0 = base) */
+    int create_disabled;       /* POST with "active": false; never set
+                                  "active" on an existing account */
     char *coll_base;           /* candidate 0, the rule's username */
 
     size_t gi;                 /* current group index */
@@ -1610,6 +1612,27 @@ coll_next(pg_scim_op_t *op)
     step_lookup(op);
 }
 
+/*
+ * The POST /Users body: the desired User, created disabled ("active":
+ * false) when the request asks for it (an account rule's initial_state).
+ * A new reference, NULL on OOM.
+ */
+static json_t *
+create_body(const pg_scim_op_t *op)
+{
+    json_t *b;
+
+    if (!op->create_disabled) {
+        return json_incref(op->desired);
+    }
+    b = json_copy(op->desired);
+    if (b != NULL && json_object_set_new(b, "active", json_false()) != 0) {
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
 static void
 on_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
@@ -1645,7 +1668,14 @@ on_lookup(pg_scim_op_t *op, const pg_http_response_t *resp)
         scim_fail(op, PG_ERR_CONFLICT, "target_rejected",
                   "POST /Users: HTTP 409 but no account matches");
     } else {
-        (void)scim_next(op, S_CREATE, "POST", strdup("/Users"), op->desired);
+        json_t *body = create_body(op);
+
+        if (body == NULL) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
+        } else {
+            (void)scim_next(op, S_CREATE, "POST", strdup("/Users"), body);
+            json_decref(body);
+        }
     }
     json_decref(list);
 }
@@ -2110,6 +2140,12 @@ pg_scim_ensure(pg_http_t *http, const pg_scim_request_t *req, pg_scim_cb cb,
     op->res.reason = "ok";
     op->desired = json_deep_copy(req->desired);
     op->username = strdup(json_string_value(uv));
+    if (req->create_disabled && op->desired != NULL) {
+        /* the state is set at creation only: later updates leave it to
+         * whoever enables the account */
+        op->create_disabled = 1;
+        json_object_del(op->desired, "active");
+    }
     if (req->collision_tries > 0 && strchr(ua, '.') == NULL
         && strchr(ua, ':') == NULL) {
         op->coll_tries = req->collision_tries;
