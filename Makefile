@@ -37,7 +37,7 @@ all: lib unit module tools
 TOOLS := $(BUILD)/provgatectl $(BUILD)/bench_policy $(BUILD)/bench_recon $(BUILD)/provgated
 tools: $(TOOLS)
 
-# provgatectl: the command-line tool (policy check/explain today)
+# provgatectl: the command-line tool (policy tools offline; admin commands over libcurl, in PKG_LIBS)
 $(BUILD)/provgatectl: tools/provgatectl/provgatectl.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
