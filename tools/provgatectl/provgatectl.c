@@ -1,6 +1,12 @@
 /*
- * provgatectl: offline administration commands over the provgate core.
+ * provgatectl: the provgate command line.
  *
+ * Admin commands (status, import, events, reconcile against the sidecar's
+ * HTTP API; requests, dlq against the gateway's admin API) are described
+ * in docs/provgatectl.md and in the "admin API client" part below; exit
+ * status there: 0 ok, 1 refused or failed, 2 usage, 3 cannot connect.
+ *
+ * Offline policy commands:
  *   provgatectl policy check FILE...
  *   provgatectl policy explain --identity IDENTITY.json [--app APP]
  *                              [--now YYYY-MM-DD] FILE...
@@ -11,7 +17,7 @@
  * JSON; nothing is provisioned and no network is used. Targets are not
  * checked against a configuration (no configuration is read).
  *
- * Exit status: 0 ok, 1 policy or identity error, 2 usage error.
+ * Exit status (policy): 0 ok, 1 policy or identity error, 2 usage error.
  * Build: see docs/policies.md ("provgatectl").
  */
 #include <errno.h>
