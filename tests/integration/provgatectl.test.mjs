@@ -91,12 +91,12 @@ function ctlAsync(args, { env = {}, input } = {}) {
   });
 }
 
-function ctlUser(name, groups) {
+function ctlUser(name, groups, department = 'ops') {
   return {
     password: `${name}-pw`,
     claims: {
       sub: `sub-${name}`, email: `${name}@example.com`, email_verified: true, preferred_username: name,
-      name: `${name} Test`, given_name: name, family_name: 'Test', groups, employee_type: 'employee', department: 'ops',
+      name: `${name} Test`, given_name: name, family_name: 'Test', groups, employee_type: 'employee', department,
     },
   };
 }
@@ -111,6 +111,9 @@ const CTL_POLICIES = {
     { id: 'db-staff', kind: 'birthright', who: { attr: 'employee_type', eq: 'employee' },
       grants: [{ target: 'hrdb', entitlements: [{ type: 'group', value: 'staff' }] }] },
     { id: 'it-admins', kind: 'role', who: { group: 'it-admins' }, roles: ['provgate-admin'] },
+    { id: 'payroll-approval', kind: 'approval', who: { attr: 'department', eq: 'finance' },
+      grants: [{ target: 'demoapp', entitlements: [{ type: 'group', value: 'payroll' }] }],
+      approvers: { group: 'payroll-approvers' }, request_expires_s: 3600 },
   ],
 };
 const HEADER = 'emp_id,login,email,name,given,family,dept,type,end_date';
@@ -151,13 +154,18 @@ describe('provgatectl against a real sidecar and gateway', () => {
     e = await startEnv(undefined, {
       workers: 1,
       policies: CTL_POLICIES,
-      users: { ada: ctlUser('ada', ['staff', 'it-admins']), ivy: ctlUser('ivy', ['staff']) },
+      users: {
+        ada: ctlUser('ada', ['staff', 'it-admins']), ivy: ctlUser('ivy', ['staff']),
+        fay: ctlUser('fay', [], 'finance'), gil: ctlUser('gil', [], 'finance'),
+      },
       extraServer: 'location /provgate/admin/ { provgate_admin; }',
       cfgOver: (env) => {
         hrFile = path.join(env.dir, 'hr.csv');
+        const t = env.baseConfig().targets;
         return {
           targets: {
-            ...env.baseConfig().targets,
+            ...t,
+            demoapp: { ...t.demoapp, create_missing_groups: true },
             hrdb: accountsSqlTarget(pg, { reconcile: { orphaned: 'report', rogue: 'report', missing: 'report', drift: 'report', sod: 'report' } }),
           },
           hr_source: {
@@ -360,5 +368,34 @@ describe('provgatectl against a real sidecar and gateway', () => {
       { env: { PROVGATE_SESSION_COOKIE: `provgate_session=${ivyB.getCookie(`${e.base}/provgate/admin/`, 'provgate_session')}` } });
     assert.equal(ivy.code, 1);
     assert.match(ivy.err, /HTTP 403: .*not_an_admin/);
+  });
+
+  test('requests approve/deny through provgatectl: approved is provisioned, a second decision is refused', async () => {
+    const gw = `${e.base}/provgate/admin/`;
+    await e.login('fay', '/app/payroll');
+    await e.login('gil', '/app/payroll');
+    const { b } = await e.login('ada', '/app/x');
+    const env = { PROVGATE_GATEWAY: gw, PROVGATE_SESSION_COOKIE: `provgate_session=${b.getCookie(gw, 'provgate_session')}` };
+    const list = await ctlAsync(['--json', 'requests', 'list'], { env });
+    assert.equal(list.code, 0, list.err);
+    const reqs = JSON.parse(list.out).requests;
+    const fay = reqs.find((r) => r.user === 'fay');
+    const gil = reqs.find((r) => r.user === 'gil');
+    assert.ok(fay && gil, list.out);
+    const text = await ctlAsync(['requests', 'list'], { env });
+    assert.match(text.out, new RegExp(`^${fay.rid}\tfay\tdemoapp\tgroup:payroll\tpending\t`, 'm'));
+    const ok = await ctlAsync(['requests', 'approve', fay.rid], { env });
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(ok.out, `${fay.rid}: approve\n`);
+    const no = await ctlAsync(['--json', 'requests', 'deny', gil.rid], { env });
+    assert.equal(no.code, 0, no.err);
+    assert.equal(JSON.parse(no.out).request.state, 'denied');
+    const twice = await ctlAsync(['requests', 'deny', fay.rid], { env });
+    assert.equal(twice.code, 1);
+    assert.match(twice.err, /HTTP 409: .*not_pending/);
+    await until('fay in payroll', async () => {
+      const [u] = await e.scimUsers('fay');
+      return u && (await e.scim.state()).groups.some((g) => g.displayName === 'payroll' && g.members.some((m) => m.value === u.id));
+    });
   });
 });
