@@ -1732,31 +1732,32 @@ main(int argc, char **argv)
     c.sidecar = DEFAULT_SIDECAR;
     c.gateway = getenv("PROVGATE_GATEWAY");
     c.timeout_s = DEFAULT_TIMEOUT_S;
-    rest = calloc((size_t) argc + 1, sizeof(*rest));
+    /* rest[0] is the program name, the command and its arguments follow */
+    rest = calloc((size_t) argc + 2, sizeof(*rest));
     if (rest == NULL) {
         fputs("provgatectl: out of memory\n", stderr);
         return EX_FAIL;
     }
-    rc = global_opts(argc, argv, &c, rest, &n);
-    if (rc != EX_OK) {
-        free(rest);
-        return rc;
-    }
-    if (n == 0) {
-        free(rest);
-        if (argc >= 2) {   /* only global options: --help among them? */
+    rest[0] = argv[0];
+    rc = global_opts(argc, argv, &c, rest + 1, &n);
+    if (rc != EX_OK || n == 0) {
+        if (rc == EX_OK) {
             fputs(USAGE, stderr);
-            return EX_USAGE;
         }
-        fputs(USAGE, stderr);
-        return EX_USAGE;
+        free(rest);
+        return rc != EX_OK ? rc : EX_USAGE;
     }
-    cmd = rest[0];
+    cmd = rest[1];
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0
         || strcmp(cmd, "help") == 0) {
         fputs(USAGE, stdout);
         free(rest);
         return EX_OK;
+    }
+    if (strcmp(cmd, "policy") == 0) {   /* global options before it */
+        rc = cmd_policy(n + 1, rest);
+        free(rest);
+        return rc;
     }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fputs("provgatectl: curl_global_init failed\n", stderr);
@@ -1764,21 +1765,21 @@ main(int argc, char **argv)
         return EX_FAIL;
     }
     if (strcmp(cmd, "status") == 0) {
-        rc = cmd_status(&c, n - 1, rest + 1);
+        rc = cmd_status(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "import") == 0) {
-        rc = cmd_import(&c, n - 1, rest + 1);
+        rc = cmd_import(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "events") == 0) {
-        rc = cmd_events(&c, n - 1, rest + 1);
+        rc = cmd_events(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "reconcile") == 0) {
-        rc = cmd_reconcile(&c, n - 1, rest + 1);
+        rc = cmd_reconcile(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "requests") == 0) {
         rc = gateway_cmd(&c, REQUESTS_HELP, "requests", "approve", "deny",
-                         n - 1, rest + 1);
+                         n - 1, rest + 2);
     } else if (strcmp(cmd, "dlq") == 0) {
         rc = gateway_cmd(&c, DLQ_HELP, "dead", "retry", "discard", n - 1,
-                         rest + 1);
+                         rest + 2);
     } else if (strcmp(cmd, "identity") == 0) {
-        rc = cmd_identity(n - 1, rest + 1);
+        rc = cmd_identity(n - 1, rest + 2);
     } else {
         rc = usage_error(USAGE, "unknown command %s", cmd);
     }
