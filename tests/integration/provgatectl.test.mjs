@@ -87,6 +87,8 @@ function ctlAsync(args, { env = {}, input } = {}) {
     p.stdout.on('data', (d) => { out += d; });
     p.stderr.on('data', (d) => { err += d; });
     p.on('close', (code) => resolve({ code, out, err }));
+    // a usage error exits before reading stdin: EPIPE is not a failure
+    p.stdin.on('error', () => {});
     p.stdin.end(input ?? '');
   });
 }
