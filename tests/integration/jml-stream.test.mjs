@@ -207,6 +207,7 @@ describe('JML events from a Redis Stream through the sidecar', () => {
     await until('rex applied from the pending list', () => dbRow('rex'));
     await until('acknowledged', async () => (await pendingCount()) === 0);
     assert.equal(eventAudits('st-join-pia-1').filter((x) => x.reason === 'applied').length, 1);
+    assert.ok(!sc.output.includes('reclaimed an idle entry'), 'read from its own pending list, not reclaimed');
   });
 
   test('an entry of a dead consumer is claimed after claim_idle_ms', async () => {
@@ -220,6 +221,7 @@ describe('JML events from a Redis Stream through the sidecar', () => {
     assert.equal(dbRow('sam'), null, 'not before it is idle long enough');
     await until('sam applied after the claim', () => dbRow('sam'), 10000);
     await until('acknowledged', async () => (await pendingCount()) === 0);
+    assert.ok(sc.output.includes('reclaimed an idle entry'));
   });
 
   test('two sidecars on one stream: each event applied once', async () => {
