@@ -247,4 +247,22 @@ describe('JML events from a Redis Stream through the sidecar', () => {
       await sc2.stop();
     }
   });
+
+  test('Redis down: the consumer pauses and retries (no busy loop), then goes on', async () => {
+    const errors = async () => Number(/^provgated_jml_stream_redis_errors_total (\d+)$/m
+      .exec((await jsonRequest('GET', `http://127.0.0.1:${scPort}/metrics`)).text)[1]);
+    const before = await errors();
+    await e.redis.stop();
+    try {
+      await sleep(2500);
+      const during = (await errors()) - before;
+      assert.ok(during >= 1 && during <= 6, `${during} Redis errors in 2.5 s`);
+      const h = (await jsonRequest('GET', `http://127.0.0.1:${scPort}/healthz`)).json;
+      assert.equal(h.event_stream.state, 'paused');
+    } finally {
+      await e.redis.restart();
+    }
+    await xadd({ id: 'st-join-tom-1', type: 'join', key: '5007', attributes: person('tom', 'eng') });
+    await until('tom applied after Redis came back', () => dbRow('tom'));
+  });
 });
