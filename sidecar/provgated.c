@@ -21,7 +21,10 @@
  *    event, 100 ms for the last Redis writes, everything freed, exit 0);
  *  - HTTP on --listen (default 127.0.0.1:9180, port 0 = any free port,
  *    the bound address is logged): GET /healthz and GET /metrics;
- *  - audit events (pg_audit): daemon.start, config.reload, daemon.stop.
+ *  - audit events (pg_audit): daemon.start, config.reload, daemon.stop;
+ *  - JML events from POST /events and, with hr_source.event_stream
+ *    enabled, from a Redis Stream (pg_jmlstream, its own Redis client;
+ *    counted in /metrics, its state in /healthz; docs/sidecar.md).
  *
  * Exit status: 0 after SIGTERM/SIGINT, 1 on a start-up failure, 2 on a
  * usage error.
@@ -51,6 +54,7 @@
 #include "provgate/expiry.h"
 #include "provgate/gate.h"
 #include "provgate/jml.h"
+#include "provgate/jmlstream.h"
 #include "provgate/recon.h"   /* reconciliation (recon block) */
 #include <event2/keyvalq_struct.h>   /* recon block */
 #include "provgate/redis.h"
@@ -103,6 +107,13 @@ typedef struct daemon {
     json_t *last_summary;        /* of the last import */
     unsigned long long imports, import_failures;
     char *admin_token;           /* --admin-token-file; NULL: POST refused */
+
+    /* JML events from a Redis Stream (hr_source.event_stream): its own
+     * Redis client, as XREADGROUP BLOCK holds the connection */
+    pg_redis_t *stream_redis;
+    pg_jmlstream_t *stream;
+    pg_jmlstream_stats_t stream_base; /* counters of consumers replaced
+                                         by a reload */
 } daemon_t;
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -546,6 +557,90 @@ expiry_restart(daemon_t *d)
 }
 /* ==== END expiry ========================================================== */
 
+/* ---- JML events from a Redis Stream ------------------------------------- */
+
+/*
+ * Start the stream consumer when d->cfg enables it (and d->jml exists).
+ * Its consumer name is "<instance>@<listen address>", stable across
+ * restarts on a fixed --listen, so the entries it left pending are read
+ * again first. Failures are logged; the daemon runs on without it.
+ */
+static void
+stream_setup(daemon_t *d)
+{
+    char name[400];
+    pg_err_t err = { "" };
+    pg_status_t st;
+
+    if (d->jml == NULL || !d->cfg->jml_stream.enabled || d->stream != NULL) {
+        return;
+    }
+    snprintf(name, sizeof(name), "%s@%s", d->cfg->instance, d->listen_addr);
+    st = pg_redis_new(d->host, &d->cfg->redis, &d->stream_redis);
+    if (st != PG_OK) {
+        d->stream_redis = NULL;
+        pg_err_set(&err, "redis client: %s", pg_status_str(st));
+    } else {
+        st = pg_jmlstream_new(d->cfg, d->host, d->stream_redis, d->jml,
+                              d->audit, name, &d->stream, &err);
+    }
+    if (st == PG_OK) {
+        st = pg_jmlstream_start(d->stream);
+    }
+    if (st != PG_OK) {
+        dlog(d, PG_LOG_ERROR, json_pack("{s:s}", "error", err.msg),
+             "JML event stream not started: %s", err.msg[0] != '\0'
+             ? err.msg : pg_status_str(st));
+        pg_jmlstream_free(d->stream);
+        d->stream = NULL;
+        pg_redis_free(d->stream_redis);
+        d->stream_redis = NULL;
+        return;
+    }
+    dlog(d, PG_LOG_INFO, json_pack("{s:s, s:s}", "stream",
+                                   d->cfg->jml_stream.stream, "consumer",
+                                   name),
+         "JML event stream consumer started");
+}
+
+/* Free the consumer; call after pg_jml_free (the jml may hold a callback
+ * into it). Its counters are kept in stream_base. */
+static void
+stream_teardown(daemon_t *d)
+{
+    pg_jmlstream_stats_t s;
+
+    if (d->stream != NULL) {
+        pg_jmlstream_get_stats(d->stream, &s);
+        d->stream_base.applied += s.applied;
+        d->stream_base.duplicate += s.duplicate;
+        d->stream_base.invalid += s.invalid;
+        d->stream_base.retried += s.retried;
+        d->stream_base.redis_errors += s.redis_errors;
+    }
+    pg_jmlstream_free(d->stream);
+    d->stream = NULL;
+    pg_redis_free(d->stream_redis);
+    d->stream_redis = NULL;
+}
+
+/* The counters so far (this consumer and the ones before a reload). */
+static void
+stream_stats(const daemon_t *d, pg_jmlstream_stats_t *out)
+{
+    pg_jmlstream_stats_t s;
+
+    *out = d->stream_base;
+    if (d->stream != NULL) {
+        pg_jmlstream_get_stats(d->stream, &s);
+        out->applied += s.applied;
+        out->duplicate += s.duplicate;
+        out->invalid += s.invalid;
+        out->retried += s.retried;
+        out->redis_errors += s.redis_errors;
+    }
+}
+
 /*
  * SIGHUP: reopen the log file, load the configuration again. Success:
  * new Redis client + audit emitter replace the old ones (pending PING and
@@ -595,6 +690,7 @@ reload(daemon_t *d)
     recon_teardown(d, 0);   /* recon block: it borrows the old runtime */
     expiry_stop();   /* expiry block: before what it borrows is freed */
     pg_jml_free(d->jml);
+    stream_teardown(d);  /* after the jml, which may call back into it */
     pg_gate_free(d->gate);
     pg_audit_free(d->audit);
     cancel_health(d);
@@ -608,6 +704,7 @@ reload(daemon_t *d)
     d->have_last = 0;   /* an import cut short by the reload runs again */
     (void) recon_setup(d);  /* recon block */
     expiry_restart(d);  /* expiry block */
+    stream_setup(d);
     d->reloads++;
     dlog(d, PG_LOG_INFO, json_pack("{s:s}", "event", "config.reload"),
          "configuration reloaded from %s", d->config_path);
@@ -643,6 +740,16 @@ serve_healthz(daemon_t *d, struct evhttp_request *req)
 {
     json_t *o = json_pack("{s:s,s:s}", "status", d->redis_up ? "ok" : "unavailable",
                           "redis", d->redis_up ? "up" : "down");
+
+    if (o != NULL && d->stream != NULL) {
+        pg_jmlstream_stats_t s;
+
+        stream_stats(d, &s);
+        json_object_set_new(o, "event_stream", json_pack(
+            "{s:s, s:I, s:I, s:I}", "state", pg_jmlstream_state(d->stream),
+            "applied", (json_int_t) s.applied, "duplicate",
+            (json_int_t) s.duplicate, "invalid", (json_int_t) s.invalid));
+    }
     char *text = o != NULL ? json_dumps(o, JSON_COMPACT) : NULL;
 
     json_decref(o);
@@ -662,8 +769,9 @@ serve_healthz(daemon_t *d, struct evhttp_request *req)
 static void
 serve_metrics(daemon_t *d, struct evhttp_request *req)
 {
-    char body[2048];
-    int n;
+    char body[4096];
+    pg_jmlstream_stats_t js;
+    int n, m;
 
     n = snprintf(body, sizeof(body),
         "# HELP provgated_up 1 while the daemon is running.\n"
@@ -685,6 +793,35 @@ serve_metrics(daemon_t *d, struct evhttp_request *req)
         "# TYPE process_start_time_seconds gauge\n"
         "process_start_time_seconds %.3f\n",
         d->redis_up ? 1 : 0, d->reloads, d->reload_failures, d->start_time);
+    stream_stats(d, &js);
+    m = n < 0 || (size_t)n >= sizeof(body) ? -1 : snprintf(body + n,
+        sizeof(body) - (size_t)n,
+        "# HELP provgated_jml_stream_events_total JML events from the Redis "
+        "Stream by result (applied, duplicate event id, invalid: "
+        "dead-lettered).\n"
+        "# TYPE provgated_jml_stream_events_total counter\n"
+        "provgated_jml_stream_events_total{result=\"applied\"} %llu\n"
+        "provgated_jml_stream_events_total{result=\"duplicate\"} %llu\n"
+        "provgated_jml_stream_events_total{result=\"invalid\"} %llu\n"
+        "# HELP provgated_jml_stream_retries_total Stream events tried "
+        "again (busy or not applied).\n"
+        "# TYPE provgated_jml_stream_retries_total counter\n"
+        "provgated_jml_stream_retries_total %llu\n"
+        "# HELP provgated_jml_stream_redis_errors_total Pauses of the "
+        "stream consumer after a Redis error.\n"
+        "# TYPE provgated_jml_stream_redis_errors_total counter\n"
+        "provgated_jml_stream_redis_errors_total %llu\n"
+        "# HELP provgated_jml_stream_up 1 while the stream consumer runs.\n"
+        "# TYPE provgated_jml_stream_up gauge\n"
+        "provgated_jml_stream_up %d\n",
+        (unsigned long long) js.applied, (unsigned long long) js.duplicate,
+        (unsigned long long) js.invalid, (unsigned long long) js.retried,
+        (unsigned long long) js.redis_errors, d->stream != NULL ? 1 : 0);
+    if (m < 0 || (size_t)m >= sizeof(body) - (size_t)n) {
+        n = -1;
+    } else {
+        n += m;
+    }
     if (n < 0 || (size_t)n >= sizeof(body)) {
         evhttp_send_error(req, 500, "Internal Server Error");
         return;
@@ -1288,6 +1425,7 @@ on_sigstop(evutil_socket_t sig, short what, void *arg)
         evhttp_free(d->http);
         d->http = NULL;
     }
+    pg_jmlstream_stop(d->stream);   /* fetch nothing more */
     dlog(d, PG_LOG_INFO, json_pack("{s:s}", "signal", strsignal((int)sig)),
          "stopping");
     audit(d, "daemon.stop", "info", NULL,
@@ -1322,6 +1460,7 @@ shutdown_all(daemon_t *d)
     expiry_stop();   /* expiry block */
     pg_jml_free(d->jml);
     d->jml = NULL;
+    stream_teardown(d);   /* after the jml, which may call back into it */
     pg_gate_free(d->gate);
     d->gate = NULL;
     json_decref(d->last_summary);
@@ -1516,6 +1655,7 @@ main(int argc, char **argv)
     d.host->timer_arm(d.health_timer, 0);
     d.host->timer_arm(d.poll_timer, 0);
     expiry_start(&d);   /* expiry block */
+    stream_setup(&d);
     dlog(&d, PG_LOG_INFO,
          json_pack("{s:s,s:s,s:i}", "listen", d.listen_addr, "config",
                    d.config_path, "pid", (int)getpid()),

@@ -211,6 +211,20 @@ typedef struct pg_outbox_cfg {
 
 struct pg_policy_set;          /* include/provgate/policy.h */
 
+/*
+ * "hr_source": {"event_stream": {...}} (the sidecar's Redis Stream input
+ * of JML events, docs/sidecar.md "Events from a Redis Stream").
+ */
+typedef struct pg_jml_stream_cfg {
+    int enabled;               /* "enabled", default false */
+    char *stream;              /* key under redis.key_prefix, default
+                                  "jml:events" */
+    char *group;               /* consumer group, default "provgated" */
+    unsigned block_ms;         /* XREADGROUP BLOCK, default 1000 */
+    unsigned claim_idle_ms;    /* XAUTOCLAIM min idle, default 60000 */
+    unsigned max_event_bytes;  /* cap of one entry's "event", default 65536 */
+} pg_jml_stream_cfg_t;
+
 typedef struct pg_config {
     char *file;                /* path it was loaded from */
     char *instance;            /* default: hostname */
@@ -223,6 +237,7 @@ typedef struct pg_config {
     json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
     char *hr_file;             /* hr_source.file, resolved */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
+    pg_jml_stream_cfg_t jml_stream; /* hr_source.event_stream */
     unsigned expiry_sweep_s;   /* "expiry": {"sweep_s"}, default 60 */
     unsigned expiry_test_divisor; /* "expiry": {"test_time_divisor"}: jit
                                   lifetimes are divided by it (tests only;

@@ -1297,14 +1297,76 @@ parse_outbox(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 }
 
 /*
+ * "hr_source.event_stream" (optional): {"enabled", "stream", "group",
+ * "block_ms", "claim_idle_ms", "max_event_bytes"}. Defaults are set even
+ * when absent (enabled = 0). stream and group are Redis words (A-Z a-z 0-9
+ * and - _ . :, at most 128 bytes), so they are safe in keys and logs.
+ * Strings are owned by cfg (freed by pg_config_free).
+ */
+static pg_status_t
+parse_event_stream(pg_config_t *cfg, const json_t *o, pg_err_t *err)
+{
+    static const char *const keys[] = {"enabled", "stream", "group",
+                                       "block_ms", "claim_idle_ms",
+                                       "max_event_bytes", NULL};
+    const char *p = "$.hr_source.event_stream";
+    pg_jml_stream_cfg_t *s = &cfg->jml_stream;
+    json_t *empty = NULL;
+    pg_status_t st;
+
+    if (o == NULL) {
+        o = empty = json_object();
+        if (o == NULL) {
+            return PG_ERR_NOMEM;
+        }
+    } else if (!json_is_object(o)) {
+        pg_err_set(err, "%s: must be an object", p);
+        return PG_ERR_CONFIG;
+    }
+    st = pg_cfg_keys(o, p, keys, err);
+    if (st == PG_OK) {
+        st = pg_cfg_bool(o, p, "enabled", 0, &s->enabled, err);
+    }
+    if (st == PG_OK) {
+        st = pg_cfg_str(o, p, "stream", 0, "jml:events", &s->stream, err);
+    }
+    if (st == PG_OK && !pg_cfg_word_ok(s->stream, 128, "-_.:")) {
+        pg_err_set(err, "%s.stream: must be 1-128 of A-Z a-z 0-9 - _ . :", p);
+        st = PG_ERR_CONFIG;
+    }
+    if (st == PG_OK) {
+        st = pg_cfg_str(o, p, "group", 0, "provgated", &s->group, err);
+    }
+    if (st == PG_OK && !pg_cfg_word_ok(s->group, 128, "-_.:")) {
+        pg_err_set(err, "%s.group: must be 1-128 of A-Z a-z 0-9 - _ . :", p);
+        st = PG_ERR_CONFIG;
+    }
+    if (st == PG_OK) {
+        st = pg_cfg_uint(o, p, "block_ms", 1000, 10, 30000, &s->block_ms,
+                         err);
+    }
+    if (st == PG_OK) {
+        st = pg_cfg_uint(o, p, "claim_idle_ms", 60000, 100, 86400000,
+                         &s->claim_idle_ms, err);
+    }
+    if (st == PG_OK) {
+        st = pg_cfg_uint(o, p, "max_event_bytes", 65536, 256, 1048576,
+                         &s->max_event_bytes, err);
+    }
+    json_decref(empty);
+    return st;
+}
+
+/*
  * "hr_source" (optional; the sidecar's HR export): {"file", "poll_s",
- * "feed": {hrfeed settings}, "correlation": [{"attr", "index"}]}.
+ * "feed": {hrfeed settings}, "correlation": [{"attr", "index"}],
+ * "event_stream": {...}}.
  */
 static pg_status_t
 parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 {
     static const char *const keys[] = {"file", "poll_s", "feed",
-                                       "correlation", NULL};
+                                       "correlation", "event_stream", NULL};
     static const char *const rkeys[] = {"attr", "index", NULL};
     const char *p = "$.hr_source";
     pg_hrfeed_cfg_t *feed = NULL;
@@ -1314,10 +1376,11 @@ parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
     pg_status_t st;
 
     if (o == NULL) {
-        return PG_OK;
+        return parse_event_stream(cfg, NULL, err);   /* the defaults */
     }
     TRY(pg_cfg_keys(o, p, keys, err));
     TRY(pg_cfg_path(o, p, "file", 1, &cfg->hr_file, err));
+    TRY(parse_event_stream(cfg, json_object_get(o, "event_stream"), err));
     TRY(pg_cfg_uint(o, p, "poll_s", 60, 0, 86400, &cfg->hr_poll_s, err));
     TRY(pg_hrfeed_cfg_parse(json_object_get(o, "feed"), "$.hr_source.feed",
                             &feed, err));
@@ -1904,6 +1967,8 @@ pg_config_free(pg_config_t *cfg)
     free(cfg->admin_role);
     json_decref(cfg->hr_source);
     free(cfg->hr_file);
+    free(cfg->jml_stream.stream);
+    free(cfg->jml_stream.group);
 
     free(cfg->redis.host);
     free(cfg->redis.unix_path);

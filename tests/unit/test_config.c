@@ -472,6 +472,31 @@ static const bad_case_t bad_cases[] = {
     {{"instance", "\"gw 1\""}, 0, 0, "$.instance: must be 1-64 characters"},
     {{"policy_files", "\"p.json\""}, 0, 0,
      "$.policy_files: must be an array of strings"},
+    /* hr_source.event_stream (the sidecar's Redis Stream of JML events) */
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"enabled\": true, \"streem\": \"x\"}"}, 0, 0,
+     "$.hr_source.event_stream.streem: unknown field"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "[]"}, 0, 0,
+     "$.hr_source.event_stream: must be an object"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"enabled\": 1}"}, 0, 0,
+     "$.hr_source.event_stream.enabled: must be true or false"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"stream\": \"jml events\"}"}, 0, 0,
+     "$.hr_source.event_stream.stream: must be 1-128 of A-Z a-z 0-9 - _ . :"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"group\": \"\"}"}, 0, 0,
+     "$.hr_source.event_stream.group: "},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"block_ms\": 0}"}, 0, 0,
+     "$.hr_source.event_stream.block_ms: must be between 10 and 30000"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"claim_idle_ms\": 50}"}, 0, 0,
+     "$.hr_source.event_stream.claim_idle_ms: must be between 100 and 86400000"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"feed\": {\"key_column\": \"id\", \"attributes\": {\"mail\": \"email\"}}}",
+      "hr_source/event_stream", "{\"max_event_bytes\": 2000000}"}, 0, 0,
+     "$.hr_source.event_stream.max_event_bytes: must be between 256 and 1048576"},
     /* policy files (messages name the policy file) */
     {{"targets/other", "{\"type\":\"scim\",\"base_url\":\"http://h/s\","
       "\"auth\":{\"type\":\"none\"}}", "policy_files", "[\"p.json\", "
@@ -562,6 +587,58 @@ test_expiry_settings(void **state)
                      PG_DEPROV_DISABLE);
     assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 900);
     assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 7);
+    pg_config_free(cfg);
+}
+
+/* hr_source.event_stream: the defaults, and the values as configured. */
+static void
+test_event_stream_settings(void **state)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX];
+    pg_config_t *cfg = NULL;
+    json_error_t je;
+    json_t *root;
+    pg_err_t err;
+
+    (void)state;
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), 7101);
+    /* no hr_source at all: the stream is off, the defaults are set */
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    memset(&err, 0, sizeof(err));
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_int_equal(cfg->jml_stream.enabled, 0);
+    assert_string_equal(cfg->jml_stream.stream, "jml:events");
+    assert_string_equal(cfg->jml_stream.group, "provgated");
+    assert_int_equal(cfg->jml_stream.block_ms, 1000);
+    assert_int_equal(cfg->jml_stream.claim_idle_ms, 60000);
+    assert_int_equal(cfg->jml_stream.max_event_bytes, 65536);
+    pg_config_free(cfg);
+    cfg = NULL;
+    /* every field set */
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    apply_patch(root, "hr_source", "{\"file\": \"hr.csv\", \"feed\": "
+                "{\"key_column\": \"id\", \"attributes\": {\"mail\": "
+                "\"email\"}}, \"event_stream\": {\"enabled\": true, "
+                "\"stream\": \"hr:jml-events.v1\", \"group\": \"sidecars\", "
+                "\"block_ms\": 250, \"claim_idle_ms\": 5000, "
+                "\"max_event_bytes\": 4096}}");
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    assert_int_equal(cfg->jml_stream.enabled, 1);
+    assert_string_equal(cfg->jml_stream.stream, "hr:jml-events.v1");
+    assert_string_equal(cfg->jml_stream.group, "sidecars");
+    assert_int_equal(cfg->jml_stream.block_ms, 250);
+    assert_int_equal(cfg->jml_stream.claim_idle_ms, 5000);
+    assert_int_equal(cfg->jml_stream.max_event_bytes, 4096);
     pg_config_free(cfg);
 }
 
@@ -1512,6 +1589,7 @@ main(void)
         cmocka_unit_test(test_saml_metadata_url),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_expiry_settings),
+        cmocka_unit_test(test_event_stream_settings),
         cmocka_unit_test(test_idp_display_name),
         cmocka_unit_test(test_syntax_errors),
         cmocka_unit_test(test_missing_and_huge_files),
