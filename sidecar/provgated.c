@@ -872,14 +872,16 @@ start_import(daemon_t *d, int force)
     return st == PG_OK ? 0 : -1;
 }
 
-/* Every poll_s: import when the file changed (inode, size or mtime). */
+/* Every poll_s: import when the file changed (inode, size or mtime); with
+ * poll_s 0 only look again each second in case a reload sets it. */
 static void
 on_poll_timer(void *arg)
 {
     daemon_t *d = arg;
     struct stat sb;
 
-    if (d->jml != NULL && !d->stopping) {
+    /* poll_s 0: the file is read on POST /import only */
+    if (d->jml != NULL && !d->stopping && pg_jml_poll_s(d->jml) > 0) {
         if (stat(pg_jml_file(d->jml), &sb) == 0
             && (!d->have_last || sb.st_ino != d->last_import.st_ino
                 || sb.st_size != d->last_import.st_size

@@ -265,4 +265,11 @@ describe('JML events from a Redis Stream through the sidecar', () => {
     await xadd({ id: 'st-join-tom-1', type: 'join', key: '5007', attributes: person('tom', 'eng') });
     await until('tom applied after Redis came back', () => dbRow('tom'));
   });
+  test('poll_s 0: an HR export that appears is not imported by itself', async () => {
+    fs.writeFileSync(path.join(e.dir, 'no-hr-export.csv'),
+      'emp_id,login,email,dept,type\n5099,olga,olga@example.com,eng,employee\n');
+    await sleep(2500);
+    assert.equal(dbRow('olga'), null, 'only POST /import reads the file when poll_s is 0');
+    assert.ok(!e.audit().some((x) => x.type === 'jml.import'));
+  });
 });
