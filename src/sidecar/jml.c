@@ -96,10 +96,19 @@ static const char pg_jml_unlock_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then "
     "return redis.call('DEL', KEYS[1]) else return 0 end";
 
+/* Renew our lease (compare-and-PEXPIRE). KEYS: lock. ARGV: token, ms.
+ * 1: renewed; 0: it is not ours any more. */
+static const char pg_jml_renew_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
 /* The import/event lease: one sidecar at a time applies HR changes, so
- * several instances never apply one export twice. Longer than any
- * import needs; released at the end (a dead holder's lease expires). */
-#define PG_JML_LEASE_MS "600000"
+ * several instances never apply one export twice. It is short and renewed
+ * every PG_JML_RENEW_MS while held, so that a sidecar killed in the middle
+ * of an import holds up the others (or its own restart) for at most
+ * PG_JML_LEASE_MS; released at the end. */
+#define PG_JML_LEASE_MS "30000"
+#define PG_JML_RENEW_MS 10000
 
 typedef struct pg_jml_rule {
     char *attr;                /* identity attribute (e.g. "email") */
@@ -137,6 +146,8 @@ struct pg_jml {
     pg_redis_op_t *rop;
     pg_outbox_req_t *oreq;
     pg_timer_t *kick;
+    pg_timer_t *renew;         /* renews the lease while it is held */
+    pg_redis_op_t *renew_op;
     unsigned long ops, cases;
     char lease[48];            /* token of our <p>lock:jml lease, or "" */
     int event_mode;            /* one JML event: no snapshot to commit */
@@ -148,6 +159,7 @@ static void pg_jml_next_target(pg_jml_t *j);
 static void pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why);
 static void pg_jml_event_go(pg_jml_t *j);
 static void pg_jml_lease(pg_jml_t *j);
+static void pg_jml_renew(void *arg);
 
 static void
 pg_jml_audit(pg_jml_t *j, const char *type, const char *outcome,
@@ -220,6 +232,14 @@ pg_jml_ignore(void *arg, pg_status_t st, const redisReply *reply)
 static void
 pg_jml_reset(pg_jml_t *j)
 {
+    if (j->renew_op != NULL) {
+        pg_redis_cancel(j->renew_op);
+        j->renew_op = NULL;
+    }
+    if (j->renew != NULL) {
+        j->host->timer_close(j->renew);
+        j->renew = NULL;
+    }
     if (j->lease[0] != '\0') {
         char k[256];
         const char *argv[5];
@@ -876,10 +896,55 @@ pg_jml_leased(void *arg, pg_status_t st, const redisReply *reply)
         pg_jml_finish(j, PG_ERR_BUSY, "another sidecar is importing");
         return;
     }
+    /* ours: keep it while the work runs */
+    j->renew = j->host->timer_open(j->host->ctx, pg_jml_renew, j);
+    if (j->renew != NULL) {
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
+    }
     if (j->event_mode) {
         pg_jml_event_go(j);
     } else {
         pg_jml_start(j);
+    }
+}
+
+static void
+pg_jml_renewed(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->renew_op = NULL;
+    if (st == PG_OK && reply != NULL && reply->type == REDIS_REPLY_INTEGER
+        && reply->integer == 0) {
+        /* expired meanwhile (Redis was away too long): another sidecar may
+         * apply the same changes; the operations are idempotent */
+        pg_log(j->host, PG_LOG_WARN, "jml: the lease was lost while "
+               "applying HR changes");
+    }
+    if (j->renew != NULL) {
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
+    }
+}
+
+/* Every PG_JML_RENEW_MS while the lease is ours: extend it. */
+static void
+pg_jml_renew(void *arg)
+{
+    pg_jml_t *j = arg;
+    char k[256], ms[16];
+    const char *argv[6];
+
+    if (j->lease[0] == '\0' || j->renew_op != NULL) {
+        return;
+    }
+    snprintf(k, sizeof(k), "%slock:jml", j->cfg->redis.key_prefix);
+    snprintf(ms, sizeof(ms), "%s", PG_JML_LEASE_MS);
+    argv[0] = "EVAL"; argv[1] = pg_jml_renew_lua; argv[2] = "1";
+    argv[3] = k; argv[4] = j->lease; argv[5] = ms;
+    if (pg_redis_command(j->r, 6, argv, NULL, 0, pg_jml_renewed, j,
+                         &j->renew_op) != PG_OK) {
+        j->renew_op = NULL;
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
     }
 }
 

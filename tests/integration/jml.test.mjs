@@ -241,4 +241,28 @@ describe('JML from an HR export through the sidecar', () => {
       await sc2.stop();
     }
   });
+  test('a sidecar killed in the middle of an import: after a restart it completes, nothing doubled', async () => {
+    const N = 300;
+    const ks = Array.from({ length: N }, (_, i) => `k${String(i + 1).padStart(4, '0')}`);
+    writeHr([row('1001', 'nora', 'sales'), row('1002', 'otto', 'eng'), row('1005', 'pia', 'sales'),
+      row('1006', 'rex', 'eng'), ...ks.map((k, i) => row(String(5000 + i), k, 'sales'))]);
+    const kCount = () => Number(pg.psql("SELECT count(*) FROM accounts WHERE key LIKE 'k0%'"));
+    await until('the import under way', async () => e.audit().filter((x) => x.type === 'jml.operation'
+      && /^5\d{3}$/.test(x.hr_key)).length >= 5, 30000);
+    await sc.stop({ signal: 'SIGKILL' });
+    const atKill = e.audit().filter((x) => x.type === 'jml.import' && x.outcome === 'success' && x.joins >= N);
+    assert.equal(atKill.length, 0, 'killed before the import finished');
+    // restarted on the same port: the lease of the dead one expires, the
+    // snapshot was never committed, so the whole export is applied again
+    sc = await startProcess(BIN, ['--config', e.cfgFile, '--listen', `127.0.0.1:${scPort}`, '--log-level', 'info',
+      '--admin-token-file', path.join(e.dir, 'admin.token')], { name: 'provgated-restarted' });
+    await waitForPort(scPort);
+    await waitImport((x) => x.status === 'ok' && x.joins >= N, 120000);
+    await until(`${N} accounts in PostgreSQL`, async () => kCount() === N, 120000);
+    await until(`${N} accounts in SCIM`, async () => (await e.scimUsers()).filter((u) => u.userName.startsWith('k0')).length === N, 120000);
+    const users = (await e.scimUsers()).filter((u) => u.userName.startsWith('k0'));
+    assert.equal(new Set(users.map((u) => u.userName)).size, N, 'one SCIM account per person');
+    assert.equal(new Set(users.map((u) => u.externalId)).size, N, 'one identity per person');
+    assert.equal(Number(await e.redisCmd('XLEN', 'pg:outbox:dead')), 0, 'no dead letters');
+  });
 });
