@@ -33,6 +33,10 @@
  *   POST <loc>/requests/<rid>/deny
  *   GET  <loc>/dead                     dead-lettered operations (admins)
  *   POST <loc>/dead/<id>/retry|discard  (admins)
+ *   GET  <loc>/work/<target>            open work items of a "manual"
+ *                                       target (admins)
+ *   POST <loc>/work/<target>/<id>/done|reject   resolve one (admins); done
+ *                                       makes the account provisioned
  *
  * Admins hold the business or technical role named by "admin.role" in the
  * provgate config (default "provgate-admin") in a policy decision over all
@@ -45,6 +49,7 @@
 
 #include <hiredis.h>
 
+#include "provgate/manualconn.h"
 #include "provgate/util.h"
 #include "gate_int.h"
 
@@ -53,7 +58,10 @@
 #define PG_ADMIN_LIST_MAX 1000
 
 enum { PG_ADM_LIST = 1, PG_ADM_APPROVE, PG_ADM_DENY, PG_ADM_DEAD,
-       PG_ADM_DEAD_RETRY, PG_ADM_DEAD_DISCARD };
+       PG_ADM_DEAD_RETRY, PG_ADM_DEAD_DISCARD, PG_ADM_WORK, PG_ADM_WORK_DONE,
+       PG_ADM_WORK_REJECT };
+
+#define PG_ADMIN_WORK_MAX 200   /* work items listed per call */
 
 /*
  * Upsert request records. KEYS: reqs:pending. ARGV: prefix, now, retain,
@@ -801,6 +809,107 @@ pg_admin_dead_moved(void *arg, pg_status_t st, const pg_outbox_move_t *m)
     pg_admin_reply(op, 200, f);
 }
 
+/* 1 when s is an id of the admin API: 1+ of A-Z a-z 0-9 - _. */
+static int
+pg_admin_id_ok(const char *s)
+{
+    const char *p;
+
+    for (p = s; *p != '\0'; p++) {
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z')
+              || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_')) {
+            return 0;
+        }
+    }
+    return p != s;
+}
+
+/* Open work items of a manual target were read. */
+static void
+pg_admin_work_listed(void *arg, pg_status_t st, const json_t *items,
+                     const char *error)
+{
+    pg_op_t *op = arg;
+
+    op->creq = NULL;
+    op->creq_conn = NULL;
+    if (st != PG_OK) {
+        pg_admin_error(op, 503, "target_unavailable",
+                       json_pack("{s:s}", "detail",
+                                 error != NULL ? error : pg_status_str(st)));
+        return;
+    }
+    pg_op_audit(op, "admin.request", "success", "list_work",
+                json_pack("{s:s, s:i}", "target", op->admin_target->name,
+                          "count", (int) json_array_size(items)), NULL);
+    pg_admin_reply(op, 200, json_pack("{s:s, s:O}", "target",
+                                      op->admin_target->name, "items",
+                                      items));
+}
+
+/* A work item was resolved (or could not be). */
+static void
+pg_admin_work_resolved(void *arg, pg_status_t st, const char *error)
+{
+    pg_op_t *op = arg;
+    int done = op->admin_route == PG_ADM_WORK_DONE;
+    json_t *f;
+
+    op->creq = NULL;
+    op->creq_conn = NULL;
+    if (st == PG_ERR_NOT_FOUND || st == PG_ERR_CONFLICT) {
+        pg_admin_error(op, st == PG_ERR_NOT_FOUND ? 404 : 409,
+                       st == PG_ERR_NOT_FOUND ? "not_found" : "not_open",
+                       json_pack("{s:s}", "item", op->admin_rid));
+        return;
+    }
+    if (st != PG_OK) {
+        pg_admin_error(op, 503, "target_unavailable",
+                       json_pack("{s:s}", "detail",
+                                 error != NULL ? error : pg_status_str(st)));
+        return;
+    }
+    f = json_pack("{s:s, s:s, s:s, s:s}", "target", op->admin_target->name,
+                  "item", op->admin_rid, "status",
+                  done ? "done" : "rejected", "by", op->admin_iid);
+    pg_op_audit(op, "manual.item", "success", done ? "done" : "rejected",
+                json_incref(f), NULL);
+    pg_admin_reply(op, 200, f);
+}
+
+/* GET work/<target>, POST work/<target>/<id>/done|reject (admins). */
+static void
+pg_admin_work(pg_op_t *op)
+{
+    pg_connector_t *c = pg_gate_connector(op->g, op->admin_target);
+    pg_status_t st;
+
+    if (c == NULL || op->admin_target->type_name == NULL
+        || strcmp(op->admin_target->type_name, "manual") != 0) {
+        pg_admin_error(op, 404, "not_a_manual_target",
+                       json_pack("{s:s}", "target", op->admin_target->name));
+        return;
+    }
+    op->creq_conn = c;
+    if (op->admin_route == PG_ADM_WORK) {
+        st = pg_manual_list_open(c, PG_ADMIN_WORK_MAX, pg_admin_work_listed,
+                                 op, &op->creq);
+    } else if (op->admin_route == PG_ADM_WORK_DONE) {
+        st = pg_manual_mark_done(c, op->admin_rid, op->admin_iid, NULL,
+                                 pg_admin_work_resolved, op, &op->creq);
+    } else {
+        st = pg_manual_reject(c, op->admin_rid, op->admin_iid, NULL,
+                              pg_admin_work_resolved, op, &op->creq);
+    }
+    if (st != PG_OK) {
+        op->creq = NULL;
+        op->creq_conn = NULL;
+        pg_admin_error(op, st == PG_ERR_INVALID ? 400 : 503,
+                       st == PG_ERR_INVALID ? "bad_id" : "internal_error",
+                       NULL);
+    }
+}
+
 /* The route of op->uri below the admin location; sets op->admin_rid. */
 static int
 pg_admin_route(pg_op_t *op, int post)
@@ -829,6 +938,23 @@ pg_admin_route(pg_op_t *op, int post)
     if (n >= 1 && !post && strcmp(seg[n - 1], "dead") == 0) {
         return PG_ADM_DEAD;
     }
+    if (n >= 2 && !post && strcmp(seg[n - 2], "work") == 0) {
+        op->admin_target = pg_config_target(op->g->cfg, seg[n - 1]);
+        return op->admin_target != NULL ? PG_ADM_WORK : 0;
+    }
+    if (n >= 4 && post && strcmp(seg[n - 4], "work") == 0
+        && strlen(seg[n - 2]) <= 64 && pg_admin_id_ok(seg[n - 2])) {
+        int kind = strcmp(seg[n - 1], "done") == 0 ? PG_ADM_WORK_DONE
+                   : strcmp(seg[n - 1], "reject") == 0 ? PG_ADM_WORK_REJECT
+                   : 0;
+
+        op->admin_target = pg_config_target(op->g->cfg, seg[n - 3]);
+        if (kind == 0 || op->admin_target == NULL) {
+            return 0;
+        }
+        op->admin_rid = strdup(seg[n - 2]);
+        return op->admin_rid != NULL ? kind : 0;
+    }
     if (n >= 3 && post && strlen(seg[n - 2]) <= 64) {
         int kind = 0;
 
@@ -840,11 +966,8 @@ pg_admin_route(pg_op_t *op, int post)
                    : strcmp(seg[n - 1], "discard") == 0 ? PG_ADM_DEAD_DISCARD
                    : 0;
         }
-        for (p = seg[n - 2]; kind != 0 && *p != '\0'; p++) {
-            if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z')
-                  || (*p >= '0' && *p <= '9') || *p == '-' || *p == '_')) {
-                kind = 0;
-            }
+        if (kind != 0 && !pg_admin_id_ok(seg[n - 2])) {
+            kind = 0;
         }
         if (kind != 0) {
             op->admin_rid = strdup(seg[n - 2]);
@@ -888,6 +1011,11 @@ pg_admin_dispatch(pg_op_t *op)
     }
     if (!op->admin_is_admin) {
         pg_admin_error(op, 403, "not_an_admin", NULL);
+        return;
+    }
+    if (op->admin_route == PG_ADM_WORK || op->admin_route == PG_ADM_WORK_DONE
+        || op->admin_route == PG_ADM_WORK_REJECT) {
+        pg_admin_work(op);
         return;
     }
     if (op->admin_route == PG_ADM_DEAD) {

@@ -248,7 +248,9 @@ struct pg_gate_op {
     char                   *admin_iid;      /* the caller's identity */
     int                     admin_is_admin; /* holds admin.role */
     int                     admin_route;
-    char                   *admin_rid;      /* request / dead-letter id */
+    char                   *admin_rid;      /* request / dead-letter /
+                                               work item id */
+    const pg_target_cfg_t  *admin_target;   /* work items: the target */
     json_t                 *admin_result;
 
     pg_gate_result_t       *res;

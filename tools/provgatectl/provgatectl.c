@@ -281,6 +281,8 @@ static const char USAGE[] =
     "  reconcile findings --target T   findings of T's last report\n"
     "  requests list|approve ID|deny ID   access requests (gateway)\n"
     "  dlq list|retry ID|discard ID    outbox dead letters (gateway)\n"
+    "  work list T|done T ID|reject T ID  manual work items of target T\n"
+    "                                  (gateway)\n"
     "  identity show ID                (no API exposes identities; see help)\n"
     "  policy check|explain ...        offline policy tools\n"
     "\n"
@@ -366,6 +368,17 @@ static const char DLQ_HELP[] =
     "Dead-lettered outbox operations through the gateway's admin API\n"
     "(GET dead, POST dead/ID/retry|discard; admins only; session cookie as\n"
     "for \"requests\").\n";
+
+static const char WORK_HELP[] =
+    "usage: provgatectl --gateway URL [--session-file F] work list TARGET\n"
+    "       provgatectl --gateway URL [--session-file F] work done TARGET ID\n"
+    "       provgatectl --gateway URL [--session-file F] work reject TARGET ID\n"
+    "\n"
+    "Work items of a \"manual\" target (a system without an interface: a\n"
+    "human does the change) through the gateway's admin API (GET\n"
+    "work/TARGET, POST work/TARGET/ID/done|reject; admins only; session\n"
+    "cookie as for \"requests\"). done: the account counts as provisioned;\n"
+    "reject: closed without effect.\n";
 
 static const char IDENTITY_HELP[] =
     "usage: provgatectl identity show ID\n"
@@ -1536,7 +1549,7 @@ static int
 gateway_cmd(const ctl_t *c, const char *help, const char *coll,
             const char *act1, const char *act2, int argc, char **argv)
 {
-    char *cookie, path[128];
+    char *cookie, path[256];
     resp_t r;
     long st;
     json_t *j, *x;
@@ -1578,7 +1591,7 @@ gateway_cmd(const ctl_t *c, const char *help, const char *coll,
         return rc;
     }
     if (st != 200) {
-        char what[160];
+        char what[272];
 
         snprintf(what, sizeof(what), "%s %s", list ? "GET" : "POST", path);
         rc = api_error(what, st, &r);
@@ -1610,6 +1623,21 @@ gateway_cmd(const ctl_t *c, const char *help, const char *coll,
                    jtext(json_object_get(x, "state"), b[2], 64),
                    jtext(json_object_get(x, "expires_at"), b[3], 64));
         }
+    } else if (strncmp(coll, "work/", 5) == 0) {
+        json_t *items = json_object_get(j, "items");
+
+        printf("ID\tKEY\tOP\tOUTCOME\tSUMMARY\n");
+        for (k = 0; k < json_array_size(items); k++) {
+            char sum[256];
+
+            x = json_array_get(items, k);
+            printf("%s\t%s\t%s\t%s\t%s\n",
+                   jtext(json_object_get(x, "id"), b[0], 64),
+                   jtext(json_object_get(x, "key"), b[1], 64),
+                   jtext(json_object_get(x, "op"), b[2], 64),
+                   jtext(json_object_get(x, "outcome"), b[3], 64),
+                   jtext(json_object_get(x, "summary"), sum, sizeof(sum)));
+        }
     } else {
         printf("ID\tIDENTITY\tTARGET\tKIND\tATTEMPTS\tREASON\n");
         for (k = 0; k < json_array_size(json_object_get(j, coll)); k++) {
@@ -1625,6 +1653,33 @@ gateway_cmd(const ctl_t *c, const char *help, const char *coll,
     }
     json_decref(j);
     return EX_OK;
+}
+
+/*
+ * provgatectl work list T | done T ID | reject T ID: the gateway's work/T
+ * endpoints, through gateway_cmd with the target folded into the path.
+ */
+static int
+cmd_work(const ctl_t *c, int argc, char **argv)
+{
+    char coll[96];
+    char *sub[2];
+
+    if (has_help(argc, argv)) {
+        fputs(WORK_HELP, stdout);
+        return EX_OK;
+    }
+    if (argc < 2 || !valid_id(argv[1])
+        || !((argc == 2 && strcmp(argv[0], "list") == 0)
+             || (argc == 3 && (strcmp(argv[0], "done") == 0
+                               || strcmp(argv[0], "reject") == 0)))) {
+        return usage_error(WORK_HELP, "work: expected \"list TARGET\" or "
+                           "\"done|reject TARGET ID\"%s", NULL);
+    }
+    snprintf(coll, sizeof(coll), "work/%s", argv[1]);
+    sub[0] = argv[0];
+    sub[1] = argc == 3 ? argv[2] : NULL;
+    return gateway_cmd(c, WORK_HELP, coll, "done", "reject", argc - 1, sub);
 }
 
 /* provgatectl identity ...: no API exposes identities (see the help). */
@@ -1778,6 +1833,8 @@ main(int argc, char **argv)
     } else if (strcmp(cmd, "dlq") == 0) {
         rc = gateway_cmd(&c, DLQ_HELP, "dead", "retry", "discard", n - 1,
                          rest + 2);
+    } else if (strcmp(cmd, "work") == 0) {
+        rc = cmd_work(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "identity") == 0) {
         rc = cmd_identity(n - 1, rest + 2);
     } else {
