@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest, redisCommand,
+  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest, redisCommand, until,
 } from './lib/harness.mjs';
 import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
@@ -59,17 +59,6 @@ describe('JML events from a Redis Stream through the sidecar', () => {
       out[m[1]] = Number(m[2]);
     }
     return out;
-  };
-  const until = async (what, fn, ms = 15000) => {
-    const end = Date.now() + ms;
-    let v;
-    while (Date.now() < end) {
-      v = await fn();
-      if (v) return v;
-      await sleep(100);
-    }
-    assert.fail(`timed out waiting for ${what}`);
-    return v;
   };
   const dbRow = (login) => {
     const out = pg.psql(`SELECT active, department, coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name) FROM account_groups WHERE account_key = a.key), '') FROM accounts a WHERE key = '${login}'`);

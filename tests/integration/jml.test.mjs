@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest,
+  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest, until,
 } from './lib/harness.mjs';
 import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
@@ -59,17 +59,6 @@ describe('JML from an HR export through the sidecar', () => {
     }
     assert.fail(`import not seen: ${JSON.stringify(last)}`);
     return last;
-  };
-  const until = async (what, fn, ms = 15000) => {
-    const end = Date.now() + ms;
-    let v;
-    while (Date.now() < end) {
-      v = await fn();
-      if (v) return v;
-      await sleep(100);
-    }
-    assert.fail(`timed out waiting for ${what}`);
-    return v;
   };
   const scimGroups = async (userName) => {
     const st = await e.scim.state();

@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT,
+  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, until,
 } from './lib/harness.mjs';
 import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
@@ -133,16 +133,6 @@ describe('provgatectl against a real sidecar and gateway', () => {
   const writeHr = (rows) => {
     fs.writeFileSync(`${hrFile}.tmp`, `${[HEADER, ...rows].join('\n')}\n`);
     fs.renameSync(`${hrFile}.tmp`, hrFile);
-  };
-  const until = async (what, fn, ms = 20000) => {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      const v = await fn();
-      if (v) return v;
-      await sleep(100);
-    }
-    assert.fail(`timed out waiting for ${what}`);
-    return null;
   };
   const admin = (...args) => ctlAsync(['--sidecar', sidecar, '--token-file', tokenFile, ...args]);
   const noCR = (r) => {

@@ -13,7 +13,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest,
+  cleanupAll, freePort, startProcess, waitForPort, sleep, REPO_ROOT, jsonRequest, until,
 } from './lib/harness.mjs';
 import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import {
@@ -69,17 +69,6 @@ describe('reconciliation of a PostgreSQL target through the sidecar', () => {
     const cfg = JSON.parse(JSON.stringify(baseCfg));
     cfg.targets.hrdb.reconcile = reconcile;
     fs.writeFileSync(scCfgFile, JSON.stringify(cfg, null, 2));
-  };
-  const until = async (what, fn, ms = 15000) => {
-    const end = Date.now() + ms;
-    let v;
-    while (Date.now() < end) {
-      v = await fn();
-      if (v) return v;
-      await sleep(100);
-    }
-    assert.fail(`timed out waiting for ${what}`);
-    return v;
   };
   const dbRow = (login) => {
     const out = pg.psql(`SELECT active, email, coalesce((SELECT string_agg(group_name, ',' ORDER BY group_name) FROM account_groups WHERE account_key = a.key), '') FROM accounts a WHERE key = '${login}'`);
@@ -327,17 +316,6 @@ describe('reconciliation of an LDAP target (real slapd) through the sidecar', ()
       disable: { mode: 'move', disabled_ou: DISABLED },
     },
   });
-  const until = async (what, fn, ms = 15000) => {
-    const end = Date.now() + ms;
-    let v;
-    while (Date.now() < end) {
-      v = await fn();
-      if (v) return v;
-      await sleep(100);
-    }
-    assert.fail(`timed out waiting for ${what}`);
-    return v;
-  };
   const auth = { authorization: `Bearer ${ADMIN_TOKEN}` };
   const lastRun = async () => {
     const r = await jsonRequest('GET', `http://127.0.0.1:${scPort}/reconcile?target=dir`);

@@ -124,6 +124,18 @@ export function tempDir(prefix = 'pg-it-', t) {
 
 export const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
 
+/** Poll fn (every 100 ms) until it returns something truthy and return
+ * that; after ms, fail the test naming what was awaited. */
+export async function until(what, fn, ms = 20000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const v = await fn();
+    if (v) return v;
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
 // ---------------------------------------------------------------------------
 // Ports.
 
