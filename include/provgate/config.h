@@ -106,7 +106,10 @@ typedef struct pg_attr_map {
  * type goes through the uniform connector contract (connector.h) and is
  * configured by its own "connector" object. */
 typedef enum { PG_TARGET_SCIM = 1, PG_TARGET_CONNECTOR } pg_target_type_t;
-typedef enum { PG_AUTH_NONE = 0, PG_AUTH_BEARER, PG_AUTH_BASIC } pg_target_auth_t;
+typedef enum {
+    PG_AUTH_NONE = 0, PG_AUTH_BEARER, PG_AUTH_BASIC,
+    PG_AUTH_OAUTH2             /* client credentials (SCIM targets) */
+} pg_target_auth_t;
 
 typedef struct pg_target_cfg {
     char *name;
@@ -116,6 +119,13 @@ typedef struct pg_target_cfg {
     char *bearer_token;        /* "token" or "token_file" */
     char *basic_user;
     char *basic_pass;
+    /* "auth": {"type": "oauth2"} (PG_AUTH_OAUTH2): RFC 6749 4.4 client
+     * credentials; each process keeps one token cache per target */
+    char *oauth_token_url;     /* "token_url" (http/https) */
+    char *oauth_client_id;     /* "client_id" */
+    char *oauth_client_secret; /* "client_secret" or "client_secret_file" */
+    char *oauth_scope;         /* "scope", optional */
+    unsigned oauth_skew_s;     /* "skew_s", default 30 */
     unsigned timeout_ms;       /* default 5000 */
     unsigned connect_timeout_ms; /* default 1000 */
     pg_http_tls_t tls;
@@ -140,6 +150,15 @@ typedef struct pg_target_cfg {
     int scim_member_remove_value; /* "dialect": {"member_remove"}:
                                   "value" (1) | "filter" (0, default) */
     int scim_no_extensions;    /* "dialect": {"no_extensions"} */
+    unsigned retry_attempts;   /* "retry": {"max_attempts"}: attempts per
+                                  SCIM call incl. the first; 1 = no retry
+                                  (default), at most 10 */
+    unsigned retry_base_ms;    /* "retry": {"base_ms"}, default 200 */
+    unsigned retry_max_ms;     /* "retry": {"max_ms"}, default 10000 */
+    unsigned call_budget_ms;   /* derived: the longest one SCIM call may
+                                  take with its retries, timeout_ms *
+                                  attempts + max_ms * (attempts - 1); the
+                                  per-person lease is 4 * this + 1000 */
     /* PG_TARGET_CONNECTOR only: */
     char *type_name;           /* "rest", "ldap", "sql", "csv", "manual" */
     json_t *connector;         /* the type's own settings (validated by its

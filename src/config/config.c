@@ -937,6 +937,10 @@ parse_target_auth(pg_target_cfg_t *t, const json_t *o, const char *tp,
     static const char *const basic_keys[] = {"type", "username", "password",
                                              "password_file", NULL};
     static const char *const none_keys[] = {"type", NULL};
+    static const char *const oauth_keys[] = {"type", "token_url", "client_id",
+                                             "client_secret",
+                                             "client_secret_file", "scope",
+                                             "skew_s", NULL};
     char p[PG_ERR_MSG_MAX], *type = NULL;
     pg_status_t st;
 
@@ -970,10 +974,23 @@ parse_target_auth(pg_target_cfg_t *t, const json_t *o, const char *tp,
         free(type);
         t->auth = PG_AUTH_NONE;
         TRY(pg_cfg_keys(o, p, none_keys, err));
+    } else if (strcmp(type, "oauth2") == 0) {
+        free(type);
+        t->auth = PG_AUTH_OAUTH2;
+        TRY(pg_cfg_keys(o, p, oauth_keys, err));
+        TRY(cfg_url(o, p, "token_url", 1, PG_URL_NO_FRAGMENT,
+                    &t->oauth_token_url, err));
+        /* pg_cfg_str: non-empty, no control bytes */
+        TRY(pg_cfg_str(o, p, "client_id", 1, NULL, &t->oauth_client_id,
+                       err));
+        TRY(pg_cfg_secret(o, p, "client_secret", 1, &t->oauth_client_secret,
+                          err));
+        TRY(pg_cfg_str(o, p, "scope", 0, NULL, &t->oauth_scope, err));
+        TRY(pg_cfg_uint(o, p, "skew_s", 30, 0, 3600, &t->oauth_skew_s, err));
     } else {
         free(type);
-        pg_err_set(err, "%s.type: must be \"bearer\", \"basic\" or \"none\"",
-                   p);
+        pg_err_set(err, "%s.type: must be \"bearer\", \"basic\", "
+                   "\"oauth2\" or \"none\"", p);
         return PG_ERR_CONFIG;
     }
     return PG_OK;
@@ -1583,6 +1600,52 @@ parse_scim_dialect(pg_target_cfg_t *t, const json_t *o, const char *tp,
     return PG_OK;
 }
 
+/*
+ * A SCIM target's optional "retry" object {"max_attempts" (1-10, default 1
+ * = no retry), "base_ms" (10-60000, default 200), "max_ms" (base_ms-300000,
+ * default 10000)}: 429, 5xx (but 501/505), connection failures and
+ * timeouts of one SCIM call are retried on a timer with exponential
+ * backoff and jitter, honouring Retry-After up to max_ms
+ * (docs/connectors.md). Also derives t->call_budget_ms (needs timeout_ms).
+ */
+static pg_status_t
+parse_scim_retry(pg_target_cfg_t *t, const json_t *o, const char *tp,
+                 pg_err_t *err)
+{
+    static const char *const keys[] = {
+        "max_attempts", "base_ms", "max_ms", NULL
+    };
+    const json_t *r = json_object_get(o, "retry");
+    char p[256];
+    pg_status_t st;
+
+    t->retry_attempts = 1;
+    t->retry_base_ms = 200;
+    t->retry_max_ms = 10000;
+    if (r != NULL) {
+        pg_cfg_join(p, sizeof(p), tp, "retry");
+        if (!json_is_object(r)) {
+            pg_err_set(err, "%s: must be an object", p);
+            return PG_ERR_CONFIG;
+        }
+        TRY(pg_cfg_keys(r, p, keys, err));
+        TRY(pg_cfg_uint(r, p, "max_attempts", 1, 1, 10, &t->retry_attempts,
+                        err));
+        TRY(pg_cfg_uint(r, p, "base_ms", 200, 10, 60000, &t->retry_base_ms,
+                        err));
+        TRY(pg_cfg_uint(r, p, "max_ms", 10000, 10, 300000, &t->retry_max_ms,
+                        err));
+        if (t->retry_max_ms < t->retry_base_ms) {
+            pg_err_set(err, "%s.max_ms: must not be below base_ms (%u)", p,
+                       t->retry_base_ms);
+            return PG_ERR_CONFIG;
+        }
+    }
+    t->call_budget_ms = t->timeout_ms * t->retry_attempts
+                        + t->retry_max_ms * (t->retry_attempts - 1);
+    return PG_OK;
+}
+
 /* One "type": "scim" target object at path p into t. */
 static pg_status_t
 parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1592,7 +1655,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "type", "base_url", "auth", "timeout_ms", "connect_timeout_ms",
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
-        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect",
+        "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", "retry",
         "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
     };
     char *f = NULL;
@@ -1643,6 +1706,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
     TRY(parse_scim_dialect(t, o, p, err));
+    TRY(parse_scim_retry(t, o, p, err));
     TRY(parse_delivery(t, o, p, err));
     TRY(parse_expiry(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
@@ -2028,6 +2092,10 @@ pg_config_free(pg_config_t *cfg)
         free_secret(t->bearer_token);
         free(t->basic_user);
         free_secret(t->basic_pass);
+        free(t->oauth_token_url);
+        free(t->oauth_client_id);
+        free_secret(t->oauth_client_secret);
+        free(t->oauth_scope);
         free_tls(&t->tls);
         for (j = 0; j < t->nattrs; j++) {
             free(t->attrs[j].scim_path);

@@ -879,9 +879,34 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
     g->host = host;
     if (cfg->ntargets > 0) {
         g->scim_caps = calloc(cfg->ntargets, sizeof(*g->scim_caps));
-        if (g->scim_caps == NULL) {
+        g->scim_oauth = calloc(cfg->ntargets, sizeof(*g->scim_oauth));
+        if (g->scim_caps == NULL || g->scim_oauth == NULL) {
+            free(g->scim_caps);
+            free(g->scim_oauth);
             free(g);
             return PG_ERR_NOMEM;
+        }
+    }
+    for (i = 0; i < cfg->ntargets; i++) {
+        const pg_target_cfg_t *t = &cfg->targets[i];
+        pg_scim_oauth_cfg_t oc;
+
+        if (t->type != PG_TARGET_SCIM || t->auth != PG_AUTH_OAUTH2) {
+            continue;
+        }
+        memset(&oc, 0, sizeof(oc));
+        oc.token_url = t->oauth_token_url;
+        oc.client_id = t->oauth_client_id;
+        oc.client_secret = t->oauth_client_secret;
+        oc.scope = t->oauth_scope;
+        oc.skew_s = t->oauth_skew_s;
+        oc.timeout_ms = t->timeout_ms;
+        oc.tls = t->tls;           /* borrowed from cfg, which outlives g */
+        st = pg_scim_oauth_new(&oc, &g->scim_oauth[i]);
+        if (st != PG_OK) {
+            pg_err_set(err, "target %s: oauth2 token cache: %s", t->name,
+                       pg_status_str(st));
+            goto fail;
         }
     }
 
@@ -971,11 +996,16 @@ pg_gate_free(pg_gate_t *g)
     pg_ob_free(g);
     pg_cache_free(&g->cache);
     pg_audit_free(g->audit);
+    /* token caches first: an in-flight token fetch is cancelled on g->http */
+    for (i = 0; g->scim_oauth != NULL && i < g->cfg->ntargets; i++) {
+        pg_scim_oauth_free(g->scim_oauth[i]);
+    }
     pg_http_free(g->http);
     pg_redis_free(g->redis);
     free(g->state_cookie_prefix);
     free(g->idp_cookie_name);
     free(g->scim_caps);
+    free(g->scim_oauth);
     free(g);
 }
 

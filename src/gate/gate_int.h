@@ -122,6 +122,10 @@ struct pg_gate {
     pg_scim_caps_t         *scim_caps;      /* per target (cfg order): the
                                                /ServiceProviderConfig read
                                                once by this process */
+    pg_scim_oauth_t       **scim_oauth;     /* per target (cfg order): the
+                                               client-credentials token
+                                               cache of an "oauth2" target,
+                                               else NULL */
 
     /* the provisioning outbox (outbox_login.c) */
     pg_redis_t             *ob_redis;       /* consumer: XREADGROUP BLOCK */

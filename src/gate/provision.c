@@ -2,8 +2,8 @@
  * provgate core: just-in-time provisioning of one app at login.
  *
  *   decide   pg_policy_decide(attrs, app): no account granted -> 403
- *   lock     SET <p>lock:prov:<iid>:<app> <token> NX PX (4 * target
- *            timeout_ms + 1000); while held by
+ *   lock     SET <p>lock:prov:<iid>:<app> <token> NX PX (4 * the
+ *            target's call budget + 1000, pg_prov_lease_ms); while held by
  *            another login of the same person, poll every 50 ms (no
  *            blocking) until it is free or the target's time budget is
  *            spent. So two concurrent first logins of one person run the
@@ -30,6 +30,21 @@ static const char pg_unlock_lua[] =
     "return redis.call('DEL', KEYS[1]) else return 0 end";
 
 static void pg_prov_try_lock(pg_op_t *op, pg_status_t st);
+
+/*
+ * The per-person lease of one provisioning run of target t, in ms: it
+ * outlives the longest ensure (a few target calls, each with its
+ * retries: call_budget_ms) and no more, so that after a crash the next
+ * holder waits at most this long. Targets without a call budget (connector
+ * targets) use timeout_ms per call.
+ */
+static uint64_t
+pg_prov_lease_ms(const pg_target_cfg_t *t)
+{
+    uint64_t call = t->call_budget_ms ? t->call_budget_ms : t->timeout_ms;
+
+    return 4 * call + 1000;
+}
 
 static void
 pg_ignore_reply(void *arg, pg_status_t st, const redisReply *reply)
@@ -148,8 +163,9 @@ pg_prov_revoked(void *arg, const pg_scim_result_t *r)
 
 /*
  * The SCIM options of op's target into *o: discovery (the process's caps
- * cache of that target) and dialect switches. NULL when the target sets
- * none of them: the client then keeps its original behaviour (no
+ * cache of that target), dialect switches, retries and the oauth2 token
+ * cache (the process's, per target). NULL when the target sets none of
+ * them: the client then keeps its original behaviour (no
  * discovery, PATCH, no If-Match). o is owned by the caller and only needs
  * to live for the pg_scim_* call (it is copied; the caps are borrowed
  * from the gate, which outlives every op).
@@ -160,12 +176,24 @@ pg_prov_scim_opts(pg_op_t *op, pg_scim_options_t *o)
     const pg_target_cfg_t *t = op->target;
     size_t i = (size_t) (t - op->g->cfg->targets);
 
+    pg_scim_oauth_t *oauth = NULL;
+
+    if (op->g->scim_oauth != NULL && i < op->g->cfg->ntargets) {
+        oauth = op->g->scim_oauth[i];
+    }
     if (!t->scim_discovery && !t->scim_force_put && !t->scim_no_etag
-        && !t->scim_member_remove_value && !t->scim_no_extensions) {
+        && !t->scim_member_remove_value && !t->scim_no_extensions
+        && oauth == NULL && t->retry_attempts <= 1) {
         return NULL;
     }
     memset(o, 0, sizeof(*o));
     o->host = op->g->host;
+    o->oauth = oauth;
+    if (t->retry_attempts > 1) {
+        o->retry.max_attempts = t->retry_attempts;
+        o->retry.base_ms = t->retry_base_ms;
+        o->retry.max_ms = t->retry_max_ms;
+    }
     if (t->scim_discovery && op->g->scim_caps != NULL
         && i < op->g->cfg->ntargets) {
         o->caps = &op->g->scim_caps[i];
@@ -853,7 +881,8 @@ pg_prov_try_lock(pg_op_t *op, pg_status_t st)
 
     /* the lease outlives the longest ensure (a few target calls), and no
      * more: after a crash the next holder waits at most this long */
-    snprintf(ttl, sizeof(ttl), "%u", 4 * op->target->timeout_ms + 1000);
+    snprintf(ttl, sizeof(ttl), "%llu",
+             (unsigned long long) pg_prov_lease_ms(op->target));
     argv[0] = "SET"; argv[1] = op->lock_key; argv[2] = op->lock_token;
     argv[3] = "NX"; argv[4] = "PX"; argv[5] = ttl;
     st = pg_op_redis(op, pg_prov_locked, 6, argv, NULL);
@@ -974,7 +1003,6 @@ pg_provision_apply(pg_op_t *op)
         return;
     }
     /* wait for a concurrent login at most about as long as it may take */
-    op->lock_deadline = h->now_ms(h->ctx)
-                        + 4 * (uint64_t) op->target->timeout_ms + 1000;
+    op->lock_deadline = h->now_ms(h->ctx) + pg_prov_lease_ms(op->target);
     pg_prov_try_lock(op, PG_OK);
 }

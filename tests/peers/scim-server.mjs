@@ -430,6 +430,16 @@ app.use('/_admin', (req, res) => res.status(404).json({ error: 'unknown admin en
 // own parser skips an already-parsed body).
 app.use(express.json({ type: ['application/scim+json', 'application/json'], limit: '1mb' }));
 
+// Which credential a request carried (never the credential itself):
+// "oauth" (a token from /oauth/token), "static" (--token), "other", "none".
+function authKind(h) {
+  const m = /^Bearer\s+(.+)$/i.exec(h || '');
+  if (!h) return 'none';
+  if (!m) return 'other';
+  if (oauth?.tokens.has(m[1])) return 'oauth';
+  return m[1] === opt.token ? 'static' : 'other';
+}
+
 // Log every SCIM request with its final status.
 app.use((req, res, next) => {
   const entry = {
@@ -440,6 +450,7 @@ app.use((req, res, next) => {
     ts: Date.now(),
     ...(req.body !== undefined && Object.keys(req.body || {}).length ? { body: req.body } : {}),
     ...(req.headers['if-match'] ? { if_match: req.headers['if-match'] } : {}),
+    auth: authKind(req.headers.authorization),
   };
   requestLog.push(entry);
   if (requestLog.length > MAX_LOG) requestLog.shift();

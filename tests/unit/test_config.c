@@ -266,6 +266,36 @@ static const bad_case_t bad_cases[] = {
      "$.targets.app.dialect.put: unknown field"},
     {{"targets/app/dialect", "{\"member_remove\": \"path\"}"}, 0, 0,
      "$.targets.app.dialect.member_remove: must be \"filter\" or \"value\""},
+    /* SCIM retries */
+    {{"targets/app/retry", "3"}, 0, 0, "$.targets.app.retry: must be an object"},
+    {{"targets/app/retry", "{\"attempts\": 3}"}, 0, 0,
+     "$.targets.app.retry.attempts: unknown field"},
+    {{"targets/app/retry", "{\"max_attempts\": 11}"}, 0, 0,
+     "$.targets.app.retry.max_attempts: must be between 1 and 10"},
+    {{"targets/app/retry", "{\"base_ms\": 500, \"max_ms\": 100}"}, 0, 0,
+     "$.targets.app.retry.max_ms: must not be below base_ms (500)"},
+    /* OAuth 2.0 client credentials */
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"client_id\": \"c\","
+      " \"client_secret\": \"s\"}"}, 0, 0,
+     "$.targets.app.auth.token_url: missing required field"},
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"token_url\": "
+      "\"https://as.example/token\", \"client_secret\": \"s\"}"}, 0, 0,
+     "$.targets.app.auth.client_id: missing required field"},
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"token_url\": "
+      "\"https://as.example/token\", \"client_id\": \"c\"}"}, 0, 0,
+     "$.targets.app.auth.client_secret: missing required field"},
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"token_url\": "
+      "\"ftp://as.example/token\", \"client_id\": \"c\", "
+      "\"client_secret\": \"s\"}"}, 0, 0,
+     "$.targets.app.auth.token_url: "},
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"token_url\": "
+      "\"https://as.example/token\", \"client_id\": \"c\", "
+      "\"client_secret\": \"s\", \"token\": \"t\"}"}, 0, 0,
+     "$.targets.app.auth.token: unknown field"},
+    {{"targets/app/auth", "{\"type\": \"oauth2\", \"token_url\": "
+      "\"https://as.example/token\", \"client_id\": \"c\", "
+      "\"client_secret\": \"s\", \"skew_s\": 4000}"}, 0, 0,
+     "$.targets.app.auth.skew_s: must be between 0 and 3600"},
     /* per-target rate limit */
     {{"targets/app/rate_limit", "5"}, 0, 0,
      "$.targets.app.rate_limit: must be an object {\"capacity\", \"per_s\"}"},
@@ -400,7 +430,8 @@ static const bad_case_t bad_cases[] = {
       "{\"login\": \"${username}\"}}"}, 0, 0,
      "$.targets.db.delivery: rest targets are always provisioned"},
     {{"targets/app/auth", "{\"type\": \"oauth\"}"}, 0, 0,
-     "$.targets.app.auth.type: must be \"bearer\", \"basic\" or \"none\""},
+     "$.targets.app.auth.type: must be \"bearer\", \"basic\", \"oauth2\" "
+     "or \"none\""},
     {{"targets/app/auth", "{\"type\": \"basic\", \"username\": \"u\"}"}, 0, 0,
      "$.targets.app.auth.password: missing required field (or "
      "\"password_file\")"},
@@ -587,6 +618,71 @@ test_expiry_settings(void **state)
                      PG_DEPROV_DISABLE);
     assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 900);
     assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 7);
+    pg_config_free(cfg);
+}
+
+/* A SCIM target's "retry" and "auth": {"type": "oauth2"}: defaults, the
+ * values as configured, the derived call budget, a secret from a file. */
+static void
+test_scim_retry_oauth_settings(void **state)
+{
+    char dir[PATH_MAX], cfgpath[PATH_MAX];
+    pg_config_t *cfg = NULL;
+    const pg_target_cfg_t *t;
+    json_error_t je;
+    json_t *root;
+    pg_err_t err;
+
+    (void)state;
+    prepare_case_dir(dir, sizeof(dir), cfgpath, sizeof(cfgpath), 7003);
+    /* defaults: one attempt, budget = timeout_ms */
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    memset(&err, 0, sizeof(err));
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    t = pg_config_target(cfg, "app");
+    assert_int_equal(t->retry_attempts, 1);
+    assert_int_equal(t->retry_base_ms, 200);
+    assert_int_equal(t->retry_max_ms, 10000);
+    assert_int_equal(t->call_budget_ms, 5000);
+    assert_int_equal(t->auth, PG_AUTH_BEARER);
+    assert_null(t->oauth_token_url);
+    pg_config_free(cfg);
+
+    root = json_loads(base_json, 0, &je);
+    assert_non_null(root);
+    apply_patch(root, "targets/app/retry",
+                "{\"max_attempts\": 3, \"base_ms\": 50, \"max_ms\": 400}");
+    apply_patch(root, "targets/app/timeout_ms", "1000");
+    apply_patch(root, "targets/app/auth",
+                "{\"type\": \"oauth2\", \"token_url\": "
+                "\"https://as.example/oauth/token?tenant=1\", "
+                "\"client_id\": \"gw-client\", "
+                "\"client_secret_file\": \"secret.txt\", "
+                "\"scope\": \"scim.write scim.read\", \"skew_s\": 5}");
+    assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
+    json_decref(root);
+    if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
+        fail_msg("%s", err.msg);
+    }
+    t = pg_config_target(cfg, "app");
+    assert_int_equal(t->retry_attempts, 3);
+    assert_int_equal(t->retry_base_ms, 50);
+    assert_int_equal(t->retry_max_ms, 400);
+    /* 3 attempts of 1000 ms + 2 waits of at most 400 ms */
+    assert_int_equal(t->call_budget_ms, 3800);
+    assert_int_equal(t->auth, PG_AUTH_OAUTH2);
+    assert_string_equal(t->oauth_token_url,
+                        "https://as.example/oauth/token?tenant=1");
+    assert_string_equal(t->oauth_client_id, "gw-client");
+    assert_string_equal(t->oauth_client_secret, "file-secret");
+    assert_string_equal(t->oauth_scope, "scim.write scim.read");
+    assert_int_equal(t->oauth_skew_s, 5);
+    assert_null(t->bearer_token);
     pg_config_free(cfg);
 }
 
@@ -1589,6 +1685,7 @@ main(void)
         cmocka_unit_test(test_saml_metadata_url),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_expiry_settings),
+        cmocka_unit_test(test_scim_retry_oauth_settings),
         cmocka_unit_test(test_event_stream_settings),
         cmocka_unit_test(test_idp_display_name),
         cmocka_unit_test(test_syntax_errors),

@@ -2127,6 +2127,11 @@ pg_scim_ensure(pg_http_t *http, const pg_scim_request_t *req, pg_scim_cb cb,
         (t->bearer_token == NULL || has_ctl(t->bearer_token))) {
         return PG_ERR_INVALID;
     }
+    /* an oauth2 target without its token cache would go unauthenticated */
+    if (t->auth == PG_AUTH_OAUTH2
+        && (req->opts == NULL || req->opts->oauth == NULL)) {
+        return PG_ERR_INVALID;
+    }
 
     op = calloc(1, sizeof(*op));
     if (op == NULL) {
@@ -3061,6 +3066,11 @@ pg_scim_run(pg_http_t *http, const pg_scim_op_request_t *req, pg_scim_cb cb,
     }
     if (t->auth == PG_AUTH_BEARER &&
         (t->bearer_token == NULL || has_ctl(t->bearer_token))) {
+        return PG_ERR_INVALID;
+    }
+    /* an oauth2 target without its token cache would go unauthenticated */
+    if (t->auth == PG_AUTH_OAUTH2
+        && (req->opts == NULL || req->opts->oauth == NULL)) {
         return PG_ERR_INVALID;
     }
     if (req->opts != NULL && req->opts->retry.max_attempts > 1 &&
