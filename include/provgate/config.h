@@ -150,6 +150,9 @@ typedef struct pg_target_cfg {
     int scim_member_remove_value; /* "dialect": {"member_remove"}:
                                   "value" (1) | "filter" (0, default) */
     int scim_no_extensions;    /* "dialect": {"no_extensions"} */
+    int scim_bulk;             /* "bulk": group memberships of an ensure
+                                  in POST /Bulk when discovery says the
+                                  target supports it; needs discovery */
     unsigned retry_attempts;   /* "retry": {"max_attempts"}: attempts per
                                   SCIM call incl. the first; 1 = no retry
                                   (default), at most 10 */

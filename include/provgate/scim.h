@@ -65,13 +65,20 @@ typedef void (*pg_scim_call_cb)(void *arg, const char *method,
 /* ---- discovery, retries, dialect (options shared by every call) ----- */
 
 /*
- * Capabilities read from GET /ServiceProviderConfig. The caller keeps one
- * per target (zero-initialised) and passes it in pg_scim_options_t.caps:
- * the first op that finds loaded == 0 reads the document and fills it in;
- * later ops reuse it. The caller owns it and must not free it while an op
- * that uses it is running. A server without the endpoint (any non-200)
- * gets the defaults: patch 1, everything else 0, loaded 1.
+ * Capabilities read from GET /ServiceProviderConfig, /ResourceTypes and
+ * /Schemas (in that order, once). The caller keeps one per target
+ * (zero-initialised, plain memory: nothing to free) and passes it in
+ * pg_scim_options_t.caps: the first op that finds loaded == 0 reads the
+ * documents and fills it in; later ops reuse it. The caller owns it and
+ * must not free it while an op that uses it is running. A server without
+ * an endpoint (any non-200, or an unusable body for the last two) gets
+ * the defaults: patch 1, everything else 0, loaded 1; extensions and
+ * attribute names as mapped.
  */
+#define PG_SCIM_CAPS_EXT_MAX   8     /* User schema extensions kept */
+#define PG_SCIM_CAPS_NAME_MAX  128   /* bytes of one URN / name + NUL */
+#define PG_SCIM_CAPS_ATTR_MAX  160   /* User attribute names kept */
+
 typedef struct pg_scim_caps {
     int loaded;
     int patch;               /* patch.supported */
@@ -80,6 +87,21 @@ typedef struct pg_scim_caps {
     int filter;              /* filter.supported */
     int sort;                /* sort.supported */
     unsigned max_results;    /* filter.maxResults (0 = not stated) */
+    unsigned bulk_max_ops;   /* bulk.maxOperations (0 = not stated) */
+    unsigned bulk_max_payload; /* bulk.maxPayloadSize bytes (0 = not
+                                  stated) */
+    /* GET /ResourceTypes (discovery, after /ServiceProviderConfig): the
+     * schema extensions the User resource type lists. types_loaded 0 (no
+     * usable answer): extensions are sent as mapped. */
+    int types_loaded;
+    unsigned next;
+    char ext[PG_SCIM_CAPS_EXT_MAX][PG_SCIM_CAPS_NAME_MAX];
+    /* GET /Schemas: the User schema's attribute names as the server
+     * spells them ("userName", "name.givenName": top level and one level
+     * of sub-attributes). schemas_loaded 0: names are sent as mapped. */
+    int schemas_loaded;
+    unsigned nattr;
+    char attr[PG_SCIM_CAPS_ATTR_MAX][PG_SCIM_CAPS_NAME_MAX / 2];
 } pg_scim_caps_t;
 
 /* Delayed retries of one call on 429, 5xx (except 501/505) and transport
@@ -145,6 +167,11 @@ typedef struct pg_scim_options {
     pg_scim_caps_t *caps;    /* per-target cache (caller-owned) or NULL:
                                 no discovery, PATCH assumed, no If-Match */
     pg_scim_dialect_t dialect;
+    int bulk;                /* ensure: send the group membership PATCHes
+                                in POST /Bulk requests when caps say the
+                                target supports Bulk (needs caps); any
+                                failed operation falls back to one PATCH
+                                per group */
 } pg_scim_options_t;
 
 typedef struct pg_scim_request {

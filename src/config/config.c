@@ -1560,7 +1560,8 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
 }
 
 /*
- * A SCIM target's "discovery" (boolean, default false) and optional
+ * A SCIM target's "discovery" and "bulk" (booleans, default false; bulk
+ * needs discovery) and optional
  * "dialect" object {"force_put", "no_etag", "no_extensions" (booleans,
  * default false), "member_remove": "filter" (default) | "value"}.
  */
@@ -1576,6 +1577,12 @@ parse_scim_dialect(pg_target_cfg_t *t, const json_t *o, const char *tp,
     pg_status_t st;
 
     TRY(pg_cfg_bool(o, tp, "discovery", 0, &t->scim_discovery, err));
+    TRY(pg_cfg_bool(o, tp, "bulk", 0, &t->scim_bulk, err));
+    if (t->scim_bulk && !t->scim_discovery) {
+        pg_err_set(err, "%s.bulk: needs \"discovery\": true (Bulk is used "
+                   "only when the target says it supports it)", tp);
+        return PG_ERR_CONFIG;
+    }
     if (d == NULL) {
         return PG_OK;
     }
@@ -1656,6 +1663,7 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
         "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", "retry",
+        "bulk",
         "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
     };
     char *f = NULL;

@@ -183,7 +183,7 @@ pg_prov_scim_opts(pg_op_t *op, pg_scim_options_t *o)
     }
     if (!t->scim_discovery && !t->scim_force_put && !t->scim_no_etag
         && !t->scim_member_remove_value && !t->scim_no_extensions
-        && oauth == NULL && t->retry_attempts <= 1) {
+        && oauth == NULL && t->retry_attempts <= 1 && !t->scim_bulk) {
         return NULL;
     }
     memset(o, 0, sizeof(*o));
@@ -202,6 +202,7 @@ pg_prov_scim_opts(pg_op_t *op, pg_scim_options_t *o)
     o->dialect.no_etag = t->scim_no_etag;
     o->dialect.member_remove_value = t->scim_member_remove_value;
     o->dialect.no_extensions = t->scim_no_extensions;
+    o->bulk = t->scim_bulk;
     return o;
 }
 

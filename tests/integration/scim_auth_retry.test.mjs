@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { cleanupAll, jsonRequest } from './lib/harness.mjs';
 import { startEnv, sanitizerReports } from './gw/env.mjs';
 
-const NAMES = ['oa', 'ob', 'oc', 'ra', 'rb', 'rc', 'rd'];
+const NAMES = ['oa', 'ob', 'oc', 'ra', 'rb', 'rc', 'rd', 'ba'];
 const PEOPLE = {};
 for (const [i, name] of NAMES.entries()) {
   PEOPLE[name] = {
@@ -20,13 +20,17 @@ for (const [i, name] of NAMES.entries()) {
     },
   };
 }
-const TARGETS = ['oauthapp', 'badoauth', 'retryapp', 'noretry'];
+const TARGETS = ['oauthapp', 'badoauth', 'retryapp', 'noretry', 'bulkapp'];
 const POLICIES = {
   policies: [{
     id: 'employees',
     kind: 'birthright',
     who: { attr: 'employee_type', eq: 'employee' },
-    grants: TARGETS.map((target) => ({ target, entitlements: [{ type: 'group', value: 'staff' }] })),
+    grants: TARGETS.map((target) => ({
+      target,
+      entitlements: [{ type: 'group', value: 'staff' },
+        ...(target === 'bulkapp' ? [{ type: 'group', value: 'engineering' }] : [])],
+    })),
   }],
 };
 
@@ -60,6 +64,7 @@ describe('SCIM targets: OAuth 2.0 client credentials and retries', () => {
             badoauth: { ...t, auth: { ...oauth, client_secret: 'not-the-secret' } },
             retryapp: { ...t, retry: { max_attempts: 3, base_ms: 50, max_ms: 3000 } },
             noretry: { ...t },
+            bulkapp: { ...t, discovery: true, bulk: true },
           },
         };
       },
@@ -154,6 +159,23 @@ describe('SCIM targets: OAuth 2.0 client credentials and retries', () => {
     assert.notEqual(res.status, 200);
     assert.deepEqual(userPosts((await e.scim.state()).requests).map((r) => r.status), [503]);
     assert.deepEqual(await e.scimUsers('rd-ar'), []);
+  });
+
+  test('"bulk": both group memberships of a first login in one POST /Bulk', async () => {
+    await e.scim.resetLog();
+    const { res } = await e.login('ba', '/bulkapp/x');
+    assert.equal(res.status, 200, String(res.body).slice(0, 300));
+    const log = (await e.scim.state()).requests;
+    const bulk = log.filter((r) => r.method === 'POST' && /\/Bulk$/.test(r.path));
+    assert.equal(bulk.length, 1);
+    assert.equal(bulk[0].status, 200);
+    assert.deepEqual(bulk[0].body.Operations.map((o) => o.method), ['PATCH', 'PATCH']);
+    assert.deepEqual(log.filter((r) => r.method === 'PATCH'), [], 'no PATCH outside the Bulk');
+    const [acct] = await e.scimUsers('ba-ar');
+    const { groups } = await e.scim.state();
+    for (const g of ['staff', 'engineering']) {
+      assert.ok(groups.find((x) => x.displayName === g).members.some((m) => m.value === acct.id), `member of ${g}`);
+    }
   });
 
   test('nginx stops cleanly, no sanitizer reports', async () => {

@@ -11,7 +11,7 @@ import { cleanupAll } from './lib/harness.mjs';
 import { startEnv, sanitizerReports } from './gw/env.mjs';
 
 const PEOPLE = {};
-for (const [i, name] of ['dia', 'dib', 'dic'].entries()) {
+for (const [i, name] of ['dia', 'dib', 'dic', 'did', 'die'].entries()) {
   PEOPLE[name] = {
     password: `${name}-pw`,
     claims: {
@@ -27,13 +27,14 @@ const POLICIES = {
     id: 'employees',
     kind: 'birthright',
     who: { attr: 'employee_type', eq: 'employee' },
-    grants: ['demoapp', 'forceput', 'nodisc'].map((target) => ({
+    grants: ['demoapp', 'forceput', 'nodisc', 'extdisc', 'extnodisc'].map((target) => ({
       target, entitlements: [{ type: 'group', value: 'staff' }, { type: 'group', value: 'engineering' }],
     })),
   }],
 };
 
 const isSpc = (r) => /\/ServiceProviderConfig$/.test(r.path);
+const ENT = 'urn:ietf:params:scim:schemas:extension:enterprise:2.0:User';
 
 describe('SCIM dialects through the gateway (legacy peer: no PATCH, no ETags)', () => {
   after(cleanupAll);
@@ -53,12 +54,18 @@ describe('SCIM dialects through the gateway (legacy peer: no PATCH, no ETags)', 
             demoapp: { ...t, discovery: true },
             forceput: { ...t, dialect: { force_put: true, no_etag: true } },
             nodisc: { ...t },
+            extdisc: { ...t, discovery: true, attributes: { ...t.attributes, [`${ENT}:department`]: '${department}' } },
+            extnodisc: {
+              ...t, dialect: { force_put: true }, attributes: { ...t.attributes, [`${ENT}:department`]: '${department}' },
+            },
           },
         };
       },
       extraServer: `
         location /forceput/ { provgate oidc:main; provgate_app forceput; proxy_pass http://echo; }
-        location /nodisc/ { provgate oidc:main; provgate_app nodisc; proxy_pass http://echo; }`,
+        location /nodisc/ { provgate oidc:main; provgate_app nodisc; proxy_pass http://echo; }
+        location /extdisc/ { provgate oidc:main; provgate_app extdisc; proxy_pass http://echo; }
+        location /extnodisc/ { provgate oidc:main; provgate_app extnodisc; proxy_pass http://echo; }`,
     });
     const spc = await e.scim.request('GET', '/ServiceProviderConfig');
     assert.equal(spc.json.patch.supported, false, 'the peer advertises no PATCH');
@@ -131,6 +138,30 @@ describe('SCIM dialects through the gateway (legacy peer: no PATCH, no ETags)', 
     const patches = log.filter((r) => r.method === 'PATCH');
     assert.ok(patches.length >= 1, 'PATCH was tried');
     for (const p of patches) assert.equal(p.status, 501);
+  });
+
+  test('discovery reads /ResourceTypes and /Schemas too: an extension the target does not list is not sent', async () => {
+    await e.scim.resetLog();
+    const { res } = await e.login('did', '/extdisc/x');
+    assert.equal(res.status, 200, String(res.body).slice(0, 300));
+    const log = (await e.scim.state()).requests;
+    assert.equal(log.filter((r) => /\/ResourceTypes$/.test(r.path)).length, 1);
+    assert.equal(log.filter((r) => /\/Schemas$/.test(r.path)).length, 1);
+    const post = log.find((r) => r.method === 'POST' && /\/Users$/.test(r.path));
+    assert.equal(post.status, 201);
+    assert.equal(post.body[ENT], undefined, 'the enterprise extension was left out');
+    assert.deepEqual(post.body.schemas, ['urn:ietf:params:scim:schemas:core:2.0:User']);
+    assert.equal((await e.scimUsers('did')).length, 1);
+  });
+
+  test('without discovery the same mapping sends the extension and this target refuses it', async () => {
+    await e.scim.resetLog();
+    const { res } = await e.login('die', '/extnodisc/x');
+    assert.notEqual(res.status, 200);
+    const post = (await e.scim.state()).requests.find((r) => r.method === 'POST' && /\/Users$/.test(r.path));
+    assert.equal(post.status, 400);
+    assert.equal(post.body[ENT].department, 'eng');
+    assert.deepEqual(await e.scimUsers('die'), []);
   });
 
   test('nginx stops cleanly, no sanitizer reports', async () => {

@@ -178,8 +178,10 @@ function withoutDerived(obj) {
   return out;
 }
 
+// The legacy dialect has no schema extensions: its /ResourceTypes lists
+// none for User, and a User carrying the enterprise extension is refused.
 SCIMMY.Resources.declare(SCIMMY.Resources.User, {
-  extensions: [{ schema: SCIMMY.Schemas.EnterpriseUser, required: false }],
+  extensions: LEGACY ? [] : [{ schema: SCIMMY.Schemas.EnterpriseUser, required: false }],
   egress(resource) {
     if (resource.id) {
       const u = store.users[resource.id];
@@ -343,7 +345,8 @@ app.post('/_admin/clear', (req, res) => {
   res.json({ ok: true });
 });
 // Advertised ServiceProviderConfig (additive): {"patch": bool, "etag": bool,
-// "filter_max_results": n}. patch=false also makes PATCH answer 501, so a
+// "filter_max_results": n, "bulk": bool, "bulk_max_operations": n,
+// "bulk_max_payload": bytes}. patch=false also makes PATCH answer 501, so a
 // client must fall back to PUT. Reset by /_admin/clear.
 let spcOverride = {};
 function applySpc(o) {
@@ -353,6 +356,13 @@ function applySpc(o) {
   if (o.etag !== undefined) set.etag = { supported: Boolean(o.etag) };
   if (o.filter_max_results !== undefined) {
     set.filter = { supported: cur.filter.supported, maxResults: Number(o.filter_max_results) };
+  }
+  if (o.bulk !== undefined || o.bulk_max_operations !== undefined || o.bulk_max_payload !== undefined) {
+    set.bulk = {
+      supported: o.bulk !== undefined ? Boolean(o.bulk) : cur.bulk.supported,
+      maxOperations: o.bulk_max_operations !== undefined ? Number(o.bulk_max_operations) : cur.bulk.maxOperations,
+      maxPayloadSize: o.bulk_max_payload !== undefined ? Number(o.bulk_max_payload) : cur.bulk.maxPayloadSize,
+    };
   }
   if (Object.keys(set).length) SCIMMY.Config.set(set);
 }
@@ -366,7 +376,10 @@ app.post('/_admin/config', (req, res) => {
   try {
     if (spcDefaults === null) {
       const c = SCIMMY.Config.get();
-      spcDefaults = { patch: c.patch.supported, etag: c.etag.supported, filter_max_results: c.filter.maxResults };
+      spcDefaults = {
+        patch: c.patch.supported, etag: c.etag.supported, filter_max_results: c.filter.maxResults,
+        bulk: c.bulk.supported, bulk_max_operations: c.bulk.maxOperations, bulk_max_payload: c.bulk.maxPayloadSize,
+      };
     }
     spcOverride = { ...spcOverride, ...(req.body || {}) };
     applySpc(spcOverride);
@@ -458,6 +471,23 @@ app.use((req, res, next) => {
   res.on('close', () => {
     if (!res.writableFinished) { entry.status = 0; entry.reset = true; }
   });
+  next();
+});
+
+// The legacy dialect knows no schema extensions and refuses a User that
+// carries one (as strict servers do), instead of dropping it silently.
+app.use((req, res, next) => {
+  if (LEGACY && ['POST', 'PUT'].includes(req.method) && /\/Users(\/[^/]+)?$/.test(req.path)
+      && req.body && typeof req.body === 'object'
+      && Object.keys(req.body).some((k) => /^urn:/i.test(k))) {
+    res.status(400).type('application/scim+json').send(JSON.stringify({
+      schemas: ['urn:ietf:params:scim:api:messages:2.0:Error'],
+      status: '400',
+      scimType: 'invalidSyntax',
+      detail: 'schema extensions are not supported',
+    }));
+    return;
+  }
   next();
 });
 

@@ -266,6 +266,9 @@ static const bad_case_t bad_cases[] = {
      "$.targets.app.dialect.put: unknown field"},
     {{"targets/app/dialect", "{\"member_remove\": \"path\"}"}, 0, 0,
      "$.targets.app.dialect.member_remove: must be \"filter\" or \"value\""},
+    {{"targets/app/bulk", "true"}, 0, 0,
+     "$.targets.app.bulk: needs \"discovery\": true"},
+    {{"targets/app/bulk", "1"}, 0, 0, "$.targets.app.bulk: must be true or false"},
     /* SCIM retries */
     {{"targets/app/retry", "3"}, 0, 0, "$.targets.app.retry: must be an object"},
     {{"targets/app/retry", "{\"attempts\": 3}"}, 0, 0,

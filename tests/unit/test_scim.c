@@ -1810,6 +1810,8 @@ test_classify(void **state)
 /* ---- pg_scim_run ------------------------------------------------------- */
 
 static pg_scim_caps_t CAPS;
+#define SCIM_ENTERPRISE \
+    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 static pg_scim_options_t OPTS;
 
 /* Run one pg_scim_run() op to completion. */
@@ -2090,8 +2092,10 @@ test_discovery_cached(void **state)
     req.opts = &OPTS;
     run_op(&r, &req);
     assert_int_equal(r.st, PG_OK);
-    assert_int_equal(r.ncalls, 2);
+    assert_int_equal(r.ncalls, 4);
     assert_string_equal(r.calls[0], "GET /ServiceProviderConfig 200");
+    assert_string_equal(r.calls[1], "GET /ResourceTypes 200");
+    assert_string_equal(r.calls[2], "GET /Schemas 200");
     run_free(&r);
     assert_int_equal(CAPS.loaded, 1);
     assert_int_equal(CAPS.patch, 1);
@@ -2099,6 +2103,24 @@ test_discovery_cached(void **state)
     assert_int_equal(CAPS.filter, 1);
     assert_int_equal(CAPS.bulk, 1);
     assert_int_equal(CAPS.max_results, 200);
+    assert_int_equal(CAPS.bulk_max_ops, 1000);
+    assert_int_equal(CAPS.bulk_max_payload, 1048576);
+    /* /ResourceTypes: the User type lists the enterprise extension */
+    assert_int_equal(CAPS.types_loaded, 1);
+    assert_int_equal(CAPS.next, 1);
+    assert_string_equal(CAPS.ext[0], SCIM_ENTERPRISE);
+    /* /Schemas: the core User attributes and their sub-attributes */
+    assert_int_equal(CAPS.schemas_loaded, 1);
+    assert_true(CAPS.nattr > 30);
+    assert_string_equal(CAPS.attr[0], "userName");
+    {
+        unsigned i, given = 0;
+
+        for (i = 0; i < CAPS.nattr; i++) {
+            given += strcmp(CAPS.attr[i], "name.givenName") == 0;
+        }
+        assert_int_equal(given, 1);
+    }
     /* Cached: the next op does not read it again. */
     run_op(&r, &req);
     assert_int_equal(r.ncalls, 1);
@@ -2159,10 +2181,10 @@ test_put_fallback_with_etag(void **state)
     run_free(&r);
     assert_int_equal(CAPS.patch, 0);
     assert_int_equal(CAPS.etag, 1);
-    assert_int_equal(r.ncalls, 3);
+    assert_int_equal(r.ncalls, 5);
     assert_string_equal(r.calls[0], "GET /ServiceProviderConfig 200");
-    assert_true(strncmp(r.calls[1], "GET /Users/", 11) == 0);
-    assert_true(strncmp(r.calls[2], "PUT /Users/", 11) == 0);
+    assert_true(strncmp(r.calls[3], "GET /Users/", 11) == 0);
+    assert_true(strncmp(r.calls[4], "PUT /Users/", 11) == 0);
     st = peer_state();
     u = state_user(st, "frank");
     assert_true(json_is_false(json_object_get(u, "active")));
@@ -2324,7 +2346,8 @@ test_ensure_412_and_if_match(void **state)
     assert_int_equal(pg_loop_run(G.loop, &r.done, RUN_TIMEOUT_MS), PG_OK);
     assert_int_equal(r.st, PG_OK);
     assert_int_equal(r.updated, 1);
-    assert_true(strncmp(r.calls[2], "PUT /Users/", 11) == 0);
+    /* SPC, ResourceTypes, Schemas, lookup, PUT */
+    assert_true(strncmp(r.calls[4], "PUT /Users/", 11) == 0);
     st = peer_state();
     assert_string_equal(json_string_value(json_object_get(json_object_get(
                             state_user(st, "hank"), "name"), "givenName")),
@@ -2744,6 +2767,147 @@ test_group_add_by_put(void **state)
     json_decref(d2);
 }
 
+/* Ensure with opts.bulk on a target that supports Bulk (discovered): the
+ * group membership PATCHes go in POST /Bulk requests, at most
+ * bulk.maxOperations each; a failed Bulk falls back to one PATCH per
+ * group. */
+static void
+test_group_add_by_bulk(void **state)
+{
+    const char *both[] = { "staff", "engineering", NULL };
+    pg_scim_request_t req;
+    json_t *d, *st, *b;
+    run_t run;
+    int pass;
+
+    (void)state;
+    for (pass = 0; pass < 3; pass++) {
+        /* 0: one Bulk of 2; 1: maxOperations 1, two Bulks; 2: Bulk
+         * answers 500, one PATCH per group */
+        static const char *const names[] = { "bulka", "bulkb", "bulkc" };
+
+        d = desired_for(names[pass], "Bulk");
+        if (pass == 1) {
+            assert_int_equal(peer_call("POST", "/_admin/config",
+                                       "{\"bulk_max_operations\": 1}", NULL),
+                             200);
+        }
+        if (pass == 2) {
+            assert_int_equal(peer_call("POST", "/_admin/faults",
+                                       "{\"fail_status\": 500, "
+                                       "\"fail_paths\": \"/Bulk$\"}", NULL),
+                             200);
+        }
+        assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL),
+                         200);
+        memset(&CAPS, 0, sizeof(CAPS));
+        memset(&OPTS, 0, sizeof(OPTS));
+        OPTS.caps = &CAPS;
+        OPTS.bulk = 1;
+        memset(&req, 0, sizeof(req));
+        req.target = &T;
+        req.desired = d;
+        req.groups = both;
+        req.on_call = on_call;
+        req.opts = &OPTS;
+        memset(&run, 0, sizeof(run));
+        assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &run,
+                                        &run.op), PG_OK);
+        assert_int_equal(pg_loop_run(G.loop, &run.done, RUN_TIMEOUT_MS),
+                         PG_OK);
+        assert_int_equal(run.st, PG_OK);
+        assert_int_equal(run.created, 1);
+        assert_int_equal(run.groups_added, 2);
+        st = peer_state();
+        assert_true(state_group_has(st, "staff", run.account_id));
+        assert_true(state_group_has(st, "engineering", run.account_id));
+        if (pass == 0) {
+            assert_int_equal(count_requests(st, "POST", "/Bulk", 0), 1);
+            assert_int_equal(count_requests(st, "PATCH", "/Groups/", 1), 0);
+            b = last_request(st, "POST");
+            assert_int_equal(json_array_size(json_object_get(
+                                 json_object_get(b, "body"), "Operations")),
+                             2);
+            assert_string_equal(json_string_value(json_object_get(
+                                    json_array_get(json_object_get(
+                                        json_object_get(b, "body"),
+                                        "Operations"), 0), "method")),
+                                "PATCH");
+        } else if (pass == 1) {
+            assert_int_equal(CAPS.bulk_max_ops, 1);
+            assert_int_equal(count_requests(st, "POST", "/Bulk", 0), 2);
+            assert_int_equal(count_requests(st, "PATCH", "/Groups/", 1), 0);
+        } else {
+            assert_int_equal(count_requests(st, "POST", "/Bulk", 0), 1);
+            assert_int_equal(count_requests(st, "PATCH", "/Groups/", 1), 2);
+        }
+        json_decref(st);
+        json_decref(d);
+    }
+}
+
+/* Discovery adapts the desired User: an extension the User resource type
+ * does not list is not sent; attribute names are sent as /Schemas spells
+ * them. (Caps filled here as a server without the extension would.) */
+static void
+test_adapt_to_discovered_schema(void **state)
+{
+    pg_scim_request_t req;
+    json_t *d, *st, *post, *body;
+    run_t run;
+
+    (void)state;
+    d = desired_for("schemy", "Schemy");
+    json_object_set_new(d, "displayname", json_string("Sch Emy"));
+    json_object_set_new(d, SCIM_ENTERPRISE,
+                        json_pack("{s:s}", "department", "R&D"));
+    json_array_append_new(json_object_get(d, "schemas"),
+                          json_string(SCIM_ENTERPRISE));
+    json_object_set_new(json_object_get(d, "name"), "GIVENNAME",
+                        json_string("Sch"));
+    json_object_del(json_object_get(d, "name"), "givenName");
+    memset(&CAPS, 0, sizeof(CAPS));
+    CAPS.loaded = 1;
+    CAPS.patch = 1;
+    CAPS.types_loaded = 1;            /* User type without extensions */
+    CAPS.schemas_loaded = 1;
+    snprintf(CAPS.attr[0], sizeof(CAPS.attr[0]), "userName");
+    snprintf(CAPS.attr[1], sizeof(CAPS.attr[1]), "displayName");
+    snprintf(CAPS.attr[2], sizeof(CAPS.attr[2]), "name");
+    snprintf(CAPS.attr[3], sizeof(CAPS.attr[3]), "name.givenName");
+    CAPS.nattr = 4;
+    memset(&OPTS, 0, sizeof(OPTS));
+    OPTS.caps = &CAPS;
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    memset(&req, 0, sizeof(req));
+    req.target = &T;
+    req.desired = d;
+    req.on_call = on_call;
+    req.opts = &OPTS;
+    memset(&run, 0, sizeof(run));
+    assert_int_equal(pg_scim_ensure(G.http, &req, on_result, &run, &run.op),
+                     PG_OK);
+    assert_int_equal(pg_loop_run(G.loop, &run.done, RUN_TIMEOUT_MS), PG_OK);
+    assert_int_equal(run.st, PG_OK);
+    assert_int_equal(run.created, 1);
+    st = peer_state();
+    post = last_request(st, "POST");
+    body = json_object_get(post, "body");
+    assert_null(json_object_get(body, SCIM_ENTERPRISE));
+    assert_int_equal(json_array_size(json_object_get(body, "schemas")), 1);
+    assert_null(json_object_get(body, "displayname"));
+    assert_string_equal(json_string_value(json_object_get(body,
+                                                          "displayName")),
+                        "Sch Emy");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(body, "name"), "givenName")),
+                        "Sch");
+    assert_null(json_object_get(json_object_get(body, "name"), "GIVENNAME"));
+    assert_non_null(state_user(st, "schemy"));
+    json_decref(st);
+    json_decref(d);
+}
+
 /* Group add by PUT with ETags: a 412 (another member was added since the
  * group was read) re-reads the whole group once and PUTs again with its
  * new version, keeping the other member. */
@@ -2918,6 +3082,8 @@ main(void)
         cmocka_unit_test_setup(test_replace_put, test_setup),
         cmocka_unit_test_setup(test_list_pagination_and_filters, test_setup),
         cmocka_unit_test_setup(test_discovery_cached, test_setup),
+        cmocka_unit_test_setup(test_group_add_by_bulk, test_setup),
+        cmocka_unit_test_setup(test_adapt_to_discovered_schema, test_setup),
         cmocka_unit_test_setup(test_put_fallback_with_etag, test_setup),
         cmocka_unit_test_setup(test_412_rereads_once, test_setup),
         cmocka_unit_test_setup(test_ensure_412_and_if_match, test_setup),

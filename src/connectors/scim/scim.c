@@ -44,6 +44,7 @@
  * Secrets: the bearer token only lives in the op's Authorization header
  * (wiped on free); it is never logged and is masked out of result details.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -452,6 +453,9 @@ typedef enum scim_state {
     S_REREAD,          /* GET /Users/<id> after a 412 on the user PATCH */
     /* pg_scim_run() */
     S_DISCOVER,        /* GET /ServiceProviderConfig */
+    S_DISCOVER_RT,     /* GET /ResourceTypes (after it, with caps) */
+    S_DISCOVER_SCH,    /* GET /Schemas (then the op's own first call) */
+    S_BULK,            /* POST /Bulk of the group membership PATCHes */
     S_X_READ,          /* GET /<coll>/<id> (GET, or before a write) */
     S_X_WRITE,         /* PUT / PATCH / DELETE /<coll>/<id> */
     S_X_LIST           /* GET /<coll>?startIndex=..&count=.. */
@@ -495,6 +499,12 @@ struct pg_scim_op {
     json_t *group_res;         /* groups[gi] as read (for a PUT), or NULL */
     int group_retried;         /* 409 on POST /Groups handled once */
     int group_reread;          /* 412 on a group PUT handled once */
+    json_t *bulk_ops;          /* opts.bulk: membership PATCHes not sent
+                                  yet (BulkRequest operations), or NULL */
+    size_t bulk_inflight;      /* operations in the POST /Bulk in flight */
+    int bulk_off;              /* a Bulk failed: one PATCH per group */
+    json_t *disc_doc;          /* the ServiceProviderConfig read (for a
+                                  DISCOVER op's result), or NULL */
 
     /* Options (pg_scim_request.opts / pg_scim_op_request.opts). */
     pg_scim_options_t opts;    /* copy; opts.caps borrowed */
@@ -587,6 +597,8 @@ scim_op_free(pg_scim_op_t *op)
     free(op->path);
     free(op->gid);
     json_decref(op->group_res);
+    json_decref(op->bulk_ops);
+    json_decref(op->disc_doc);
     free(op->res.account_id);
     json_decref(op->body);
     free(op->ifm_header);
@@ -1311,6 +1323,178 @@ coll_keep_name(pg_scim_op_t *op, const json_t *existing)
 
 static void step_groups(pg_scim_op_t *op);
 
+static void bulk_send(pg_scim_op_t *op);
+static void next_group(pg_scim_op_t *op);
+static json_t *disc_body(const pg_http_response_t *resp);
+
+#define SCIM_BULK_SCHEMA "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
+
+/* 1 when this ensure sends its membership PATCHes through POST /Bulk:
+ * opts.bulk, discovery says Bulk is supported, PATCH in use, no ETags
+ * (a Bulk operation would need its own version), no earlier failure. */
+static int
+use_bulk(const pg_scim_op_t *op)
+{
+    return op->has_opts && op->opts.bulk && !op->bulk_off &&
+           op->opts.caps != NULL && op->opts.caps->loaded &&
+           op->opts.caps->bulk && use_patch(op) && !use_etag(op);
+}
+
+/* Queue the PATCH (borrowed) of group op->gid as a Bulk operation.
+ * 0, or -1 out of memory. */
+static int
+bulk_queue(pg_scim_op_t *op, json_t *patch)
+{
+    char *path = path_with("/Groups/", op->gid, "");
+    json_t *e;
+
+    if (path == NULL) {
+        return -1;
+    }
+    if (op->bulk_ops == NULL && (op->bulk_ops = json_array()) == NULL) {
+        free(path);
+        return -1;
+    }
+    e = json_pack("{s:s, s:s, s:O}", "method", "PATCH", "path", path,
+                  "data", patch);
+    free(path);
+    if (e == NULL || json_array_append_new(op->bulk_ops, e) != 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Give up on Bulk for this op: do the memberships one PATCH per group
+ * from the first group again (those already added are found and
+ * skipped). */
+static void
+bulk_fall_back(pg_scim_op_t *op)
+{
+    op->bulk_off = 1;
+    json_decref(op->bulk_ops);
+    op->bulk_ops = NULL;
+    op->gi = 0;
+    step_groups(op);
+}
+
+/*
+ * Send the next POST /Bulk: as many queued operations as the target's
+ * bulk.maxOperations allows, fewer when the body would exceed its
+ * maxPayloadSize (a single operation over it: bulk_fall_back). Finishes
+ * the op on a start failure.
+ */
+static void
+bulk_send(pg_scim_op_t *op)
+{
+    const pg_scim_caps_t *c = op->opts.caps;
+    size_t n = json_array_size(op->bulk_ops), i, len;
+    json_t *body, *ops;
+    char *txt;
+
+    if (c->bulk_max_ops != 0 && n > c->bulk_max_ops) {
+        n = c->bulk_max_ops;
+    }
+    for (;;) {
+        ops = json_array();
+        body = ops != NULL ? json_pack("{s:[s], s:o}", "schemas",
+                                       SCIM_BULK_SCHEMA, "Operations", ops)
+                           : NULL;
+        if (body == NULL) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                      "out of memory");
+            return;
+        }
+        for (i = 0; i < n; i++) {
+            if (json_array_append(ops, json_array_get(op->bulk_ops, i))
+                != 0) {
+                json_decref(body);
+                scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                          "out of memory");
+                return;
+            }
+        }
+        if (c->bulk_max_payload == 0) {
+            break;
+        }
+        txt = json_dumps(body, JSON_COMPACT);
+        len = txt != NULL ? strlen(txt) : 0;
+        free(txt);
+        if (txt != NULL && len <= c->bulk_max_payload) {
+            break;
+        }
+        json_decref(body);
+        if (txt == NULL) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                      "out of memory");
+            return;
+        }
+        if (n == 1) {
+            bulk_fall_back(op);          /* too big even alone */
+            return;
+        }
+        n /= 2;
+    }
+    op->bulk_inflight = n;
+    (void)scim_next(op, S_BULK, "POST", strdup("/Bulk"), body);
+    json_decref(body);
+}
+
+/* The numeric status of one BulkResponse operation ("200" or 200), or 0. */
+static long
+bulk_op_status(const json_t *o)
+{
+    const json_t *st = scim_get_ci(o, "status");
+    char *end = NULL;
+    long v;
+
+    if (json_is_integer(st)) {
+        return (long)json_integer_value(st);
+    }
+    if (!json_is_string(st)) {
+        return 0;
+    }
+    errno = 0;
+    v = strtol(json_string_value(st), &end, 10);
+    if (errno != 0 || end == json_string_value(st) || v < 100 || v > 599) {
+        return 0;
+    }
+    return v;
+}
+
+/*
+ * POST /Bulk answered. Every operation 2xx: count the memberships and send
+ * the rest (or finish). Otherwise (a failed operation, an unexpected
+ * answer, a target that turns out not to do Bulk): count what succeeded
+ * and bulk_fall_back, so Bulk never decides the outcome on its own.
+ */
+static void
+on_bulk(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *d = disc_body(resp), *ops = scim_get_ci(d, "Operations"), *o;
+    size_t i, ok = 0, n = op->bulk_inflight, got = json_array_size(ops);
+
+    json_array_foreach(ops, i, o) {
+        long st = bulk_op_status(o);
+
+        if (st >= 200 && st < 300) {
+            ok++;
+        }
+    }
+    json_decref(d);                      /* ops is gone with it */
+    if (got == n && ok == n) {
+        op->res.groups_added += n;
+        for (i = 0; i < n; i++) {
+            json_array_remove(op->bulk_ops, 0);
+        }
+        step_groups(op);                 /* the rest, or finish */
+        return;
+    }
+    if (ok <= n) {
+        op->res.groups_added += ok;
+    }
+    bulk_fall_back(op);
+}
+
 /* Account known (adopted or found by id): PATCH what differs (or PUT the
  * whole account when PATCH is not supported), or go on with the groups.
  * existing is borrowed. */
@@ -1380,6 +1564,10 @@ static void
 step_groups(pg_scim_op_t *op)
 {
     if (op->gi >= op->ngroups) {
+        if (json_array_size(op->bulk_ops) > 0) {
+            bulk_send(op);
+            return;
+        }
         op->res.detail[0] = '\0';
         scim_finish(op, PG_OK, "ok");
         return;
@@ -1460,6 +1648,18 @@ step_group_patch(pg_scim_op_t *op)
 
     if (patch == NULL) {
         scim_fail(op, PG_ERR_NOMEM, "target_unavailable", "out of memory");
+        return;
+    }
+    if (use_bulk(op)) {
+        int r = bulk_queue(op, patch);
+
+        json_decref(patch);
+        if (r != 0) {
+            scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
+                      "out of memory");
+            return;
+        }
+        next_group(op);
         return;
     }
     if (!use_patch(op)) {
@@ -1882,7 +2082,10 @@ on_group_patch(pg_scim_op_t *op, const pg_http_response_t *resp)
 }
 
 static void oauth_drop(pg_scim_op_t *op);
+static int adapt_desired(pg_scim_op_t *op);
 static void on_discover(pg_scim_op_t *op, const pg_http_response_t *resp);
+static void on_discover_more(pg_scim_op_t *op,
+                             const pg_http_response_t *resp);
 static void on_x_read(pg_scim_op_t *op, const pg_http_response_t *resp);
 static void on_x_write(pg_scim_op_t *op, const pg_http_response_t *resp);
 static void on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp);
@@ -2019,6 +2222,9 @@ scim_http_done(void *arg, pg_status_t st, const pg_http_response_t *resp)
     case S_GROUP_PATCH: on_group_patch(op, resp); break;
     case S_REREAD: on_reread(op, resp); break;
     case S_DISCOVER: on_discover(op, resp); break;
+    case S_DISCOVER_RT:
+    case S_DISCOVER_SCH: on_discover_more(op, resp); break;
+    case S_BULK: on_bulk(op, resp); break;
     case S_X_READ: on_x_read(op, resp); break;
     case S_X_WRITE: on_x_write(op, resp); break;
     case S_X_LIST: on_x_list(op, resp); break;
@@ -2072,6 +2278,9 @@ ensure_begin(pg_scim_op_t *op)
     const char *ua = (t->username_attr != NULL && t->username_attr[0] != '\0')
                          ? t->username_attr : "userName";
 
+    if (adapt_desired(op) != 0) {
+        return PG_ERR_NOMEM;
+    }
     if (op->known_id != NULL) {
         return scim_call(op, S_GET_KNOWN, "GET",
                          path_with("/Users/", op->known_id, ""), NULL);
@@ -2622,14 +2831,14 @@ apply_ops(json_t *r, const json_t *ops)
     return 0;
 }
 
-/* Fill caps from a ServiceProviderConfig document (may be NULL: defaults). */
+/* Fill caps from a ServiceProviderConfig document (may be NULL:
+ * defaults). Leaves loaded to the caller: set once discovery is done. */
 static void
 caps_fill(pg_scim_caps_t *c, const json_t *spc)
 {
-    json_t *mr;
+    json_t *mr, *bulk;
 
     memset(c, 0, sizeof(*c));
-    c->loaded = 1;
     if (spc == NULL) {
         c->patch = 1;
         return;
@@ -2649,6 +2858,258 @@ caps_fill(pg_scim_caps_t *c, const json_t *spc)
         c->max_results = json_integer_value(mr) > 1000000
                              ? 1000000u : (unsigned)json_integer_value(mr);
     }
+    bulk = scim_get_ci(spc, "bulk");
+    mr = scim_get_ci(bulk, "maxOperations");
+    if (json_is_integer(mr) && json_integer_value(mr) > 0) {
+        c->bulk_max_ops = json_integer_value(mr) > 100000
+                              ? 100000u : (unsigned)json_integer_value(mr);
+    }
+    mr = scim_get_ci(bulk, "maxPayloadSize");
+    if (json_is_integer(mr) && json_integer_value(mr) > 0) {
+        c->bulk_max_payload = json_integer_value(mr) > 0x7fffffff
+                                  ? 0x7fffffffu
+                                  : (unsigned)json_integer_value(mr);
+    }
+}
+
+/* Copy src into dst[n] when it fits with its NUL and has no control
+ * bytes; 0 (dst untouched) otherwise. */
+static int
+caps_copy(char *dst, size_t n, const char *src)
+{
+    size_t l = src != NULL ? strlen(src) : 0;
+
+    if (l == 0 || l >= n || has_ctl(src)) {
+        return 0;
+    }
+    memcpy(dst, src, l + 1);
+    return 1;
+}
+
+/* The resources of a discovery document: a ListResponse's "Resources"
+ * or a bare array (both forms are seen in the field); NULL otherwise. */
+static const json_t *
+disc_resources(const json_t *doc)
+{
+    const json_t *r = json_is_array(doc) ? doc : scim_get_ci(doc,
+                                                             "Resources");
+
+    return json_is_array(r) ? r : NULL;
+}
+
+/* Parse a discovery body leniently (NULL when absent, over the cap or not
+ * JSON): a server with a broken endpoint gets the defaults, it does not
+ * fail the operation. New reference. */
+static json_t *
+disc_body(const pg_http_response_t *resp)
+{
+    json_error_t jerr;
+
+    if (resp->status != 200 || resp->body == NULL || resp->body_len == 0 ||
+        resp->body_len > PG_SCIM_MAX_RESPONSE) {
+        return NULL;
+    }
+    return json_loadb(resp->body, resp->body_len, JSON_REJECT_DUPLICATES,
+                      &jerr);
+}
+
+/* From GET /ResourceTypes: the schema extensions of the User resource
+ * type (the one named "User" or with the core User schema). At most
+ * PG_SCIM_CAPS_EXT_MAX are kept; longer URNs are dropped. */
+static void
+caps_fill_types(pg_scim_caps_t *c, const json_t *doc)
+{
+    const json_t *res = disc_resources(doc), *rt, *ext, *e;
+    size_t i, j;
+
+    json_array_foreach(res, i, rt) {
+        const char *name = json_string_value(scim_get_ci(rt, "name"));
+        const char *sch = json_string_value(scim_get_ci(rt, "schema"));
+
+        if ((name == NULL || strcasecmp(name, "User") != 0) &&
+            (sch == NULL || strcmp(sch, SCIM_USER_SCHEMA) != 0)) {
+            continue;
+        }
+        c->types_loaded = 1;
+        c->next = 0;
+        ext = scim_get_ci(rt, "schemaExtensions");
+        json_array_foreach(ext, j, e) {
+            if (c->next < PG_SCIM_CAPS_EXT_MAX &&
+                caps_copy(c->ext[c->next], sizeof(c->ext[0]),
+                          json_string_value(scim_get_ci(e, "schema")))) {
+                c->next++;
+            }
+        }
+        return;
+    }
+}
+
+/* Keep one attribute name ("a" or "a.b") of the User schema. */
+static void
+caps_add_attr(pg_scim_caps_t *c, const char *a, const char *sub)
+{
+    char buf[sizeof(c->attr[0])];
+    int r;
+
+    if (c->nattr >= PG_SCIM_CAPS_ATTR_MAX || a == NULL) {
+        return;
+    }
+    r = sub != NULL ? snprintf(buf, sizeof(buf), "%s.%s", a, sub)
+                    : snprintf(buf, sizeof(buf), "%s", a);
+    if (r > 0 && (size_t)r < sizeof(buf) &&
+        caps_copy(c->attr[c->nattr], sizeof(c->attr[0]), buf)) {
+        c->nattr++;
+    }
+}
+
+/* From GET /Schemas: the core User schema's attribute names and those of
+ * their sub-attributes, as the server spells them. */
+static void
+caps_fill_schemas(pg_scim_caps_t *c, const json_t *doc)
+{
+    const json_t *res = disc_resources(doc), *sc, *attrs, *a, *subs, *sa;
+    size_t i, j, k;
+
+    json_array_foreach(res, i, sc) {
+        const char *id = json_string_value(scim_get_ci(sc, "id"));
+
+        if (id == NULL || strcmp(id, SCIM_USER_SCHEMA) != 0) {
+            continue;
+        }
+        attrs = scim_get_ci(sc, "attributes");
+        if (!json_is_array(attrs)) {
+            return;
+        }
+        c->schemas_loaded = 1;
+        c->nattr = 0;
+        json_array_foreach(attrs, j, a) {
+            const char *n = json_string_value(scim_get_ci(a, "name"));
+
+            caps_add_attr(c, n, NULL);
+            subs = scim_get_ci(a, "subAttributes");
+            json_array_foreach(subs, k, sa) {
+                caps_add_attr(c, n,
+                              json_string_value(scim_get_ci(sa, "name")));
+            }
+        }
+        return;
+    }
+}
+
+/* The declared spelling of attribute name (case-insensitive match), or
+ * NULL when the server does not declare it. */
+static const char *
+caps_attr(const pg_scim_caps_t *c, const char *name)
+{
+    unsigned i;
+
+    for (i = 0; i < c->nattr; i++) {
+        if (strcasecmp(c->attr[i], name) == 0) {
+            return c->attr[i];
+        }
+    }
+    return NULL;
+}
+
+/* 1 when the User resource type lists extension urn. */
+static int
+caps_has_ext(const pg_scim_caps_t *c, const char *urn)
+{
+    unsigned i;
+
+    for (i = 0; i < c->next; i++) {
+        if (strcasecmp(c->ext[i], urn) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Rename member k of obj (value v, borrowed) to name when they differ
+ * only in case. 0 on success or nothing to do, -1 out of memory. */
+static int
+rename_member(json_t *obj, const char *k, json_t *v, const char *name)
+{
+    char *old;
+
+    if (name == NULL || strcmp(name, k) == 0) {
+        return 0;
+    }
+    old = strdup(k);
+    if (old == NULL || json_object_set(obj, name, v) != 0) {
+        free(old);
+        return -1;
+    }
+    json_object_del(obj, old);
+    free(old);
+    return 0;
+}
+
+/*
+ * Adapt the desired User of an ensure to what discovery learned:
+ *   - extension attributes ("urn:..." members) whose schema the User
+ *     resource type does not list are dropped, with their "schemas" entry;
+ *   - top-level attribute names and the names inside complex values are
+ *     sent as the server declares them ("username" -> "userName"). The
+ *     target's username_attr and id/externalId/meta/schemas are kept.
+ * Nothing changes without caps loaded from a server that answered.
+ * Returns 0, or -1 on out of memory.
+ */
+static int
+adapt_desired(pg_scim_op_t *op)
+{
+    const pg_scim_caps_t *c = op->has_opts ? op->opts.caps : NULL;
+    json_t *u = op->desired, *schemas, *v, *sv;
+    const char *k, *sk, *ua = op->target->username_attr;
+    char full[sizeof(c->attr[0])];
+    void *tmp, *stmp;
+    size_t i;
+
+    if (c == NULL || !c->loaded || !json_is_object(u)) {
+        return 0;
+    }
+    if (c->types_loaded) {
+        json_object_foreach_safe(u, tmp, k, v) {
+            if (strncasecmp(k, "urn:", 4) == 0 && !caps_has_ext(c, k)) {
+                json_object_del(u, k);
+            }
+        }
+        schemas = json_object_get(u, "schemas");
+        for (i = json_array_size(schemas); i-- > 0;) {
+            const char *sch = json_string_value(json_array_get(schemas, i));
+
+            if (sch != NULL && strcmp(sch, SCIM_USER_SCHEMA) != 0 &&
+                !caps_has_ext(c, sch)) {
+                json_array_remove(schemas, i);
+            }
+        }
+    }
+    if (!c->schemas_loaded) {
+        return 0;
+    }
+    json_object_foreach_safe(u, tmp, k, v) {
+        if (strncasecmp(k, "urn:", 4) == 0 || strcmp(k, "schemas") == 0 ||
+            strcmp(k, "id") == 0 || strcmp(k, "externalId") == 0 ||
+            strcmp(k, "meta") == 0 || (ua != NULL && strcmp(k, ua) == 0)) {
+            continue;
+        }
+        if (json_is_object(v)) {
+            json_object_foreach_safe(v, stmp, sk, sv) {
+                int r = snprintf(full, sizeof(full), "%s.%s", k, sk);
+                const char *d = (r > 0 && (size_t)r < sizeof(full))
+                                    ? caps_attr(c, full) : NULL;
+
+                if (d != NULL && rename_member(v, sk, sv,
+                                               strchr(d, '.') + 1) != 0) {
+                    return -1;
+                }
+            }
+        }
+        if (rename_member(u, k, v, caps_attr(c, k)) != 0) {
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* "<coll>/<urlencoded id>" for the op, malloc'd. */
@@ -2827,6 +3288,14 @@ on_discover(pg_scim_op_t *op, const pg_http_response_t *resp)
     }
     if (op->opts.caps != NULL) {
         caps_fill(op->opts.caps, r);
+        if (r != NULL || op->kind != PG_SCIM_OP_DISCOVER) {
+            /* then /ResourceTypes and /Schemas (on_discover_more) */
+            op->disc_doc = r;
+            (void)scim_next(op, S_DISCOVER_RT, "GET",
+                            strdup("/ResourceTypes"), NULL);
+            return;
+        }
+        op->opts.caps->loaded = 1;
     }
     if (op->kind == PG_SCIM_OP_DISCOVER) {
         if (r == NULL) {
@@ -2838,6 +3307,42 @@ on_discover(pg_scim_op_t *op, const pg_http_response_t *resp)
         return;
     }
     json_decref(r);
+    st = op->kind == 0 ? ensure_begin(op) : x_begin(op);
+    if (st != PG_OK) {
+        scim_fail(op, st, "target_unavailable", "cannot start: %s",
+                  pg_status_str(st));
+    }
+}
+
+/*
+ * GET /ResourceTypes, then GET /Schemas answered: fill opts.caps (any
+ * non-200 or unusable answer leaves those parts unknown), mark it loaded
+ * after the last one, then deliver the ServiceProviderConfig (DISCOVER)
+ * or start the op's own first call.
+ */
+static void
+on_discover_more(pg_scim_op_t *op, const pg_http_response_t *resp)
+{
+    json_t *d = disc_body(resp), *spc;
+    pg_status_t st;
+
+    if (op->state == S_DISCOVER_RT) {
+        caps_fill_types(op->opts.caps, d);
+        json_decref(d);
+        (void)scim_next(op, S_DISCOVER_SCH, "GET", strdup("/Schemas"),
+                        NULL);
+        return;
+    }
+    caps_fill_schemas(op->opts.caps, d);
+    json_decref(d);
+    op->opts.caps->loaded = 1;
+    if (op->kind == PG_SCIM_OP_DISCOVER) {
+        spc = op->disc_doc;
+        op->disc_doc = NULL;
+        x_finish_resource(op, NULL, spc);
+        json_decref(spc);
+        return;
+    }
     st = op->kind == 0 ? ensure_begin(op) : x_begin(op);
     if (st != PG_OK) {
         scim_fail(op, st, "target_unavailable", "cannot start: %s",
