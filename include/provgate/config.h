@@ -259,6 +259,9 @@ typedef struct pg_config {
     json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
     char *hr_file;             /* hr_source.file, resolved */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
+    unsigned hr_lease_s;       /* hr_source.lease_s: the JML lease
+                                  <p>lock:jml, default 30 (3-3600),
+                                  renewed every third of it */
     pg_jml_stream_cfg_t jml_stream; /* hr_source.event_stream */
     unsigned expiry_sweep_s;   /* "expiry": {"sweep_s"}, default 60 */
     unsigned expiry_test_divisor; /* "expiry": {"test_time_divisor"}: jit

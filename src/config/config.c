@@ -1376,13 +1376,13 @@ parse_event_stream(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 
 /*
  * "hr_source" (optional; the sidecar's HR export): {"file", "poll_s",
- * "feed": {hrfeed settings}, "correlation": [{"attr", "index"}],
+ * "lease_s", "feed": {hrfeed settings}, "correlation": [{"attr", "index"}],
  * "event_stream": {...}}.
  */
 static pg_status_t
 parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 {
-    static const char *const keys[] = {"file", "poll_s", "feed",
+    static const char *const keys[] = {"file", "poll_s", "lease_s", "feed",
                                        "correlation", "event_stream", NULL};
     static const char *const rkeys[] = {"attr", "index", NULL};
     const char *p = "$.hr_source";
@@ -1392,6 +1392,7 @@ parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
     size_t i;
     pg_status_t st;
 
+    cfg->hr_lease_s = 30;
     if (o == NULL) {
         return parse_event_stream(cfg, NULL, err);   /* the defaults */
     }
@@ -1399,6 +1400,7 @@ parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
     TRY(pg_cfg_path(o, p, "file", 1, &cfg->hr_file, err));
     TRY(parse_event_stream(cfg, json_object_get(o, "event_stream"), err));
     TRY(pg_cfg_uint(o, p, "poll_s", 60, 0, 86400, &cfg->hr_poll_s, err));
+    TRY(pg_cfg_uint(o, p, "lease_s", 30, 3, 3600, &cfg->hr_lease_s, err));
     TRY(pg_hrfeed_cfg_parse(json_object_get(o, "feed"), "$.hr_source.feed",
                             &feed, err));
     pg_hrfeed_cfg_free(feed);

@@ -104,11 +104,12 @@ static const char pg_jml_renew_lua[] =
 
 /* The import/event lease: one sidecar at a time applies HR changes, so
  * several instances never apply one export twice. It is short and renewed
- * every PG_JML_RENEW_MS while held, so that a sidecar killed in the middle
+ * every third of it while held, so that a sidecar killed in the middle
  * of an import holds up the others (or its own restart) for at most
  * PG_JML_LEASE_MS; released at the end. */
-#define PG_JML_LEASE_MS "30000"
-#define PG_JML_RENEW_MS 10000
+/* hr_source.lease_s (default 30 s) in ms, and its renewal period */
+#define PG_JML_LEASE_MS(j) ((uint64_t) (j)->cfg->hr_lease_s * 1000u)
+#define PG_JML_RENEW_MS(j) (PG_JML_LEASE_MS(j) / 3u)
 
 typedef struct pg_jml_rule {
     char *attr;                /* identity attribute (e.g. "email") */
@@ -899,7 +900,7 @@ pg_jml_leased(void *arg, pg_status_t st, const redisReply *reply)
     /* ours: keep it while the work runs */
     j->renew = j->host->timer_open(j->host->ctx, pg_jml_renew, j);
     if (j->renew != NULL) {
-        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS(j));
     }
     if (j->event_mode) {
         pg_jml_event_go(j);
@@ -922,11 +923,11 @@ pg_jml_renewed(void *arg, pg_status_t st, const redisReply *reply)
                "applying HR changes");
     }
     if (j->renew != NULL) {
-        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS(j));
     }
 }
 
-/* Every PG_JML_RENEW_MS while the lease is ours: extend it. */
+/* Every PG_JML_RENEW_MS(j) while the lease is ours: extend it. */
 static void
 pg_jml_renew(void *arg)
 {
@@ -938,20 +939,20 @@ pg_jml_renew(void *arg)
         return;
     }
     snprintf(k, sizeof(k), "%slock:jml", j->cfg->redis.key_prefix);
-    snprintf(ms, sizeof(ms), "%s", PG_JML_LEASE_MS);
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long) PG_JML_LEASE_MS(j));
     argv[0] = "EVAL"; argv[1] = pg_jml_renew_lua; argv[2] = "1";
     argv[3] = k; argv[4] = j->lease; argv[5] = ms;
     if (pg_redis_command(j->r, 6, argv, NULL, 0, pg_jml_renewed, j,
                          &j->renew_op) != PG_OK) {
         j->renew_op = NULL;
-        j->host->timer_arm(j->renew, PG_JML_RENEW_MS);
+        j->host->timer_arm(j->renew, PG_JML_RENEW_MS(j));
     }
 }
 
 static void
 pg_jml_lease(pg_jml_t *j)
 {
-    char k[256];
+    char k[256], ms[24];
     const char *argv[6];
     pg_status_t st;
 
@@ -962,7 +963,8 @@ pg_jml_lease(pg_jml_t *j)
     }
     snprintf(k, sizeof(k), "%slock:jml", j->cfg->redis.key_prefix);
     argv[0] = "SET"; argv[1] = k; argv[2] = j->lease; argv[3] = "NX";
-    argv[4] = "PX"; argv[5] = PG_JML_LEASE_MS;
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long) PG_JML_LEASE_MS(j));
+    argv[4] = "PX"; argv[5] = ms;
     st = pg_redis_command(j->r, 6, argv, NULL, 0, pg_jml_leased, j, &j->rop);
     if (st != PG_OK) {
         j->rop = NULL;

@@ -85,6 +85,8 @@ describe('JML from an HR export through the sidecar', () => {
           hr_source: {
             file: hrFile,
             poll_s: 1,
+            // a short JML lease: the kill -9 test waits for it to lapse
+            lease_s: 5,
             feed: {
               key_column: 'emp_id',
               attributes: {

@@ -269,6 +269,9 @@ static const bad_case_t bad_cases[] = {
     {{"targets/app/bulk", "true"}, 0, 0,
      "$.targets.app.bulk: needs \"discovery\": true"},
     {{"targets/app/bulk", "1"}, 0, 0, "$.targets.app.bulk: must be true or false"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"lease_s\": 2, \"feed\": "
+      "{\"key_column\": \"id\", \"attributes\": {\"m\": \"email\"}}}"},
+     0, 0, "$.hr_source.lease_s: must be between 3 and 3600"},
     /* SCIM retries */
     {{"targets/app/retry", "3"}, 0, 0, "$.targets.app.retry: must be an object"},
     {{"targets/app/retry", "{\"attempts\": 3}"}, 0, 0,
@@ -711,6 +714,7 @@ test_event_stream_settings(void **state)
         fail_msg("%s", err.msg);
     }
     assert_int_equal(cfg->jml_stream.enabled, 0);
+    assert_int_equal(cfg->hr_lease_s, 30);
     assert_string_equal(cfg->jml_stream.stream, "jml:events");
     assert_string_equal(cfg->jml_stream.group, "provgated");
     assert_int_equal(cfg->jml_stream.block_ms, 1000);
@@ -721,7 +725,8 @@ test_event_stream_settings(void **state)
     /* every field set */
     root = json_loads(base_json, 0, &je);
     assert_non_null(root);
-    apply_patch(root, "hr_source", "{\"file\": \"hr.csv\", \"feed\": "
+    apply_patch(root, "hr_source", "{\"file\": \"hr.csv\", \"lease_s\": 5, "
+                "\"feed\": "
                 "{\"key_column\": \"id\", \"attributes\": {\"mail\": "
                 "\"email\"}}, \"event_stream\": {\"enabled\": true, "
                 "\"stream\": \"hr:jml-events.v1\", \"group\": \"sidecars\", "
@@ -733,6 +738,7 @@ test_event_stream_settings(void **state)
         fail_msg("%s", err.msg);
     }
     assert_int_equal(cfg->jml_stream.enabled, 1);
+    assert_int_equal(cfg->hr_lease_s, 5);
     assert_string_equal(cfg->jml_stream.stream, "hr:jml-events.v1");
     assert_string_equal(cfg->jml_stream.group, "sidecars");
     assert_int_equal(cfg->jml_stream.block_ms, 250);
