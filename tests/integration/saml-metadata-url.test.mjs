@@ -14,7 +14,7 @@ import { startSamlIdp } from './lib/saml.mjs';
 import { startEnv, provgateConfig, httpBlock, MODULE, nginxEnv, sanitizerReports } from './gw/env.mjs';
 import { FIX, idpMetadata, SAML_USERS, toAcs } from './gw/saml-env.mjs';
 
-const REFRESH_S = 2;
+const REFRESH_S = 1;
 
 /* The IdP metadata server: mode picks what GET /md answers. Not listening
  * until start() (the IdP is "down" when the gateway starts). */
