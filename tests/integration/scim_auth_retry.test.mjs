@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { cleanupAll, jsonRequest } from './lib/harness.mjs';
 import { startEnv, sanitizerReports } from './gw/env.mjs';
 
-const NAMES = ['oa', 'ob', 'oc', 'ra', 'rb', 'rc', 'rd', 'ba'];
+const NAMES = ['oa', 'ob', 'oc', 'ra', 'rb', 'rc', 'rd', 'ba', 'sb'];
 const PEOPLE = {};
 for (const [i, name] of NAMES.entries()) {
   PEOPLE[name] = {
@@ -176,6 +176,32 @@ describe('SCIM targets: OAuth 2.0 client credentials and retries', () => {
     for (const g of ['staff', 'engineering']) {
       assert.ok(groups.find((x) => x.displayName === g).members.some((m) => m.value === acct.id), `member of ${g}`);
     }
+  });
+
+  test('a slow body: the call times out as a whole, fails closed and audited; others are not held up', async () => {
+    await e.scim.resetLog();
+    // headers and one byte at once, the rest after 5 s; the target's
+    // timeout_ms is 2000 for the whole call
+    await e.scim.setFaults({ slow_body_ms: 5000, slow_body_paths: '/Users' });
+    const t0 = Date.now();
+    const login = e.login('sb', '/noretry/x');
+    // meanwhile the same worker answers others at once
+    await new Promise((r) => { setTimeout(r, 300); });
+    const o0 = Date.now();
+    const other = await jsonRequest('GET', `${e.base}/public/ping`);
+    const otherMs = Date.now() - o0;
+    const { res } = await login;
+    const took = Date.now() - t0;
+    await e.scim.clearFaults();
+    assert.equal(other.status, 200);
+    assert.ok(otherMs < 1000, `an unrelated request took ${otherMs} ms`);
+    assert.notEqual(res.status, 200);
+    assert.ok(took < 4900, `the login took ${took} ms: the 2 s call timeout did not fire`);
+    const ev = e.audit().filter((a) => a.type === 'provision.account' && a.target === 'noretry'
+      && a.identity && a.outcome === 'failure');
+    assert.equal(ev.at(-1).reason, 'target_timeout');
+    assert.deepEqual(userPosts((await e.scim.state()).requests), [], 'nothing created');
+    assert.deepEqual(await e.scimUsers('sb-ar'), []);
   });
 
   test('nginx stops cleanly, no sanitizer reports', async () => {

@@ -286,6 +286,7 @@ function compileFaults(f) {
   const out = { ...f };
   out.latencyRe = f.latency_paths ? new RegExp(f.latency_paths) : null;
   out.failRe = f.fail_paths ? new RegExp(f.fail_paths) : null;
+  out.slowRe = f.slow_body_paths ? new RegExp(f.slow_body_paths) : null;
   out.remaining = f.fail_count !== undefined ? Number(f.fail_count)
     : ((f.fail_status || f.reset) ? 1 : 0);
   return out;
@@ -311,11 +312,11 @@ app.post('/_admin/faults', (req, res) => {
     res.status(400).json({ error: e.message });
     return;
   }
-  const { latencyRe, failRe, ...shown } = faults;
+  const { latencyRe, failRe, slowRe, ...shown } = faults;
   res.json({ faults: shown });
 });
 app.get('/_admin/faults', (req, res) => {
-  const { latencyRe, failRe, ...shown } = faults;
+  const { latencyRe, failRe, slowRe, ...shown } = faults;
   res.json({ faults: shown });
 });
 app.get('/_admin/state', (req, res) => {
@@ -513,6 +514,24 @@ app.use((req, res, next) => {
   } else {
     next();
   }
+});
+// Slow body ("slow_body_ms", optional "slow_body_paths" regex): the status,
+// headers and first byte of the answer go out at once, the rest of the body
+// slow_body_ms later, so a client's whole-call timeout (not its connect or
+// first-byte timeout) is what must fire.
+app.use((req, res, next) => {
+  const ms = Number(faults.slow_body_ms || 0);
+  if (!(ms > 0) || (faults.slowRe && !faults.slowRe.test(req.originalUrl))) { next(); return; }
+  const end = res.end.bind(res);
+  res.end = (chunk, enc, cb) => {
+    const buf = chunk === undefined || chunk === null ? Buffer.alloc(0)
+      : (Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk, typeof enc === 'string' ? enc : 'utf8'));
+    if (buf.length < 2) return end(chunk, enc, cb);
+    res.write(buf.subarray(0, 1));
+    setTimeout(() => { if (!res.destroyed) end(buf.subarray(1)); }, ms);
+    return res;
+  };
+  next();
 });
 app.use((req, res, next) => {
   if (!failMatches(req)) { next(); return; }
