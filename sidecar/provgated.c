@@ -334,7 +334,8 @@ build_runtime(daemon_t *d, const pg_config_t *cfg, pg_redis_t **redis,
         *redis = NULL;
         return st;
     }
-    st = pg_gate_new(cfg, d->host, gate, err);
+    /* no sign-in here: SAML IdP metadata URLs are the gateway's to fetch */
+    st = pg_gate_new_with(cfg, d->host, PG_GATE_NO_LOGIN, gate, err);
     if (st == PG_OK && cfg->hr_source != NULL) {
         st = pg_jml_new(cfg, d->host, *redis, *audit, jml, err);
     }

@@ -94,6 +94,18 @@ typedef void (*pg_gate_cb)(void *arg, pg_gate_result_t *res);
 PG_MUST_USE pg_status_t pg_gate_new(const pg_config_t *cfg,
                                     const pg_host_t *host, pg_gate_t **out,
                                     pg_err_t *err);
+
+/* pg_gate_new() flags (pg_gate_new_with). */
+#define PG_GATE_NO_LOGIN 0x1u   /* a process that serves no sign-in (the
+                                   sidecar): SAML IdP metadata URLs are not
+                                   fetched; every SAML sign-in, ACS and SLO
+                                   step answers 503 idp_unavailable */
+
+/* pg_gate_new() with PG_GATE_* flags. */
+PG_MUST_USE pg_status_t pg_gate_new_with(const pg_config_t *cfg,
+                                         const pg_host_t *host,
+                                         unsigned flags, pg_gate_t **out,
+                                         pg_err_t *err);
 void pg_gate_free(pg_gate_t *g);
 
 /* A protected location: valid session -> ALLOW; none -> start login.

@@ -868,6 +868,13 @@ pg_status_t
 pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
             pg_err_t *err)
 {
+    return pg_gate_new_with(cfg, host, 0, out, err);
+}
+
+pg_status_t
+pg_gate_new_with(const pg_config_t *cfg, const pg_host_t *host,
+                 unsigned flags, pg_gate_t **out, pg_err_t *err)
+{
     pg_gate_t *g = calloc(1, sizeof(*g));
     pg_status_t st;
     size_t i, n = 0;
@@ -877,6 +884,7 @@ pg_gate_new(const pg_config_t *cfg, const pg_host_t *host, pg_gate_t **out,
     }
     g->cfg = cfg;
     g->host = host;
+    g->flags = flags;
     if (cfg->ntargets > 0) {
         g->scim_caps = calloc(cfg->ntargets, sizeof(*g->scim_caps));
         g->scim_oauth = calloc(cfg->ntargets, sizeof(*g->scim_oauth));

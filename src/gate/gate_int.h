@@ -119,6 +119,7 @@ struct pg_gate {
     char                   *state_cookie_prefix; /* "<cookie>_st_" */
     char                   *idp_cookie_name; /* "<cookie>_idp": the
                                                 remembered IdP choice */
+    unsigned                flags;          /* PG_GATE_* (gate.h) */
     pg_scim_caps_t         *scim_caps;      /* per target (cfg order): the
                                                /ServiceProviderConfig read
                                                once by this process */

@@ -288,8 +288,9 @@ pg_saml_meta_init(pg_gate_t *g, pg_err_t *err)
                 return PG_ERR_NOMEM;
             }
         }
-        if (d->saml.idp_metadata_url == NULL) {
-            continue;
+        if (d->saml.idp_metadata_url == NULL ||
+            (g->flags & PG_GATE_NO_LOGIN) != 0) {
+            continue;           /* nothing to fetch, or no sign-in here */
         }
         p->timer = h->timer_open(h->ctx, pg_saml_meta_tick, p);
         if (p->timer == NULL) {

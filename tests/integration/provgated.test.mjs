@@ -8,11 +8,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import {
   REPO_ROOT, startRedis, freePort, tempDir, startProcess, waitForPort, sleep,
 } from './lib/harness.mjs';
+import { FIX } from './gw/saml-env.mjs';
 
 const TARGET = process.env.PROVGATE_ASAN ? 'build/asan-bin/provgated' : 'build/provgated';
 const BIN = process.env.PG_PROVGATED_BIN || path.join(REPO_ROOT, TARGET);
@@ -239,4 +241,41 @@ test('provgated: a bad configuration at start exits 1 with file and path', async
     assert.equal(r.status, 2, `${bad}: ${r.stderr}`);
     assert.match(r.stderr, /--listen/);
   }
+});
+
+// The sidecar serves no sign-in: a SAML IdP configured by metadata URL is
+// the gateway's to fetch. provgated starts, is healthy, and never asks the
+// metadata server (a gateway with the same configuration does: see
+// saml-metadata-url.test.mjs).
+test('provgated does not fetch SAML IdP metadata URLs', async (t) => {
+  ensureBinary();
+  const dir = tempDir('pg-provgated-saml-', t);
+  const redis = await startRedis({ t, aof: false });
+  const cfgFile = writeConfig(dir, { redisPort: redis.port, auditFile: path.join(dir, 'audit.log') });
+  let hits = 0;
+  const md = http.createServer((req, res) => { hits += 1; res.writeHead(500); res.end('no'); });
+  const mdPort = await freePort();
+  await new Promise((resolve) => { md.listen(mdPort, '127.0.0.1', resolve); });
+  t.after(() => new Promise((resolve) => { md.close(resolve); }));
+  const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8'));
+  cfg.idps.saml = {
+    type: 'saml',
+    sp_entity_id: 'https://app.example.test/saml/sp',
+    acs_url: 'https://app.example.test/saml/acs',
+    sp_key_file: path.join(FIX, 'sp-key.pem'),
+    sp_cert_file: path.join(FIX, 'sp-cert.pem'),
+    idp_metadata_url: `http://127.0.0.1:${mdPort}/md`,
+    metadata_refresh_s: 1,
+    http_timeout_ms: 500,
+  };
+  fs.writeFileSync(cfgFile, JSON.stringify(cfg, null, 2));
+  const port = await freePort();
+  const d = await startProcess(BIN, ['--config', cfgFile, '--listen', `127.0.0.1:${port}`], { t, name: 'provgated-saml' });
+  await waitForPort(port);
+  await until('healthz 200', async () => (await get(port, '/healthz')).status === 200);
+  await sleep(2500);  // a gateway would have tried (and backed off) by now
+  assert.equal(hits, 0, 'the sidecar asked the metadata server');
+  assert.equal((await get(port, '/healthz')).status, 200);
+  d.kill('SIGTERM');
+  await waitExit(d);
 });
