@@ -29,6 +29,7 @@ cfg_reset(void)
 {
     json_error_t je;
 
+    json_decref(g_cfg.hr_source);
     memset(g_targets, 0, sizeof(g_targets));
     memset(&g_cfg, 0, sizeof(g_cfg));
     g_app_attrs[0].scim_path = (char *) "userName";
@@ -66,7 +67,6 @@ cfg_reset(void)
     g_cfg.idps = g_idps;
     g_cfg.nidps = 3;
     g_cfg.expiry_test_divisor = 1;
-    json_decref(g_cfg.hr_source);
     g_cfg.hr_source = json_loads("{\"correlation\": ["
                                  "{\"attr\": \"email\", \"index\": \"hr_email\"},"
                                  "{\"attr\": \"email\", \"index\": \"email\"},"
@@ -303,6 +303,8 @@ main(void)
         cmocka_unit_test(test_render_active),
         cmocka_unit_test(test_render_states),
     };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
 
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    json_decref(g_cfg.hr_source);
+    return rc;
 }
