@@ -1,6 +1,7 @@
 // Leave with retention: a leaver's accounts are disabled at once (lock) and
 // deleted once the target's "delete_after_s" has passed, through the
-// durable outbox, in a real SCIM server and a real PostgreSQL. A rehire
+// durable outbox, in a real SCIM server, a real PostgreSQL and a real
+// OpenLDAP slapd (disabled = moved to ou=disabled). A rehire
 // within the retention keeps the accounts; a sidecar restart between the
 // leave and the deadline still deletes them; two sidecars delete once; a
 // bad retention key stops provgated at start with its JSON path.
@@ -14,6 +15,9 @@ import {
 } from './lib/harness.mjs';
 import { startPostgres, ACCOUNTS_SCHEMA, accountsSqlTarget } from './lib/pg.mjs';
 import { startEnv, sanitizerReports, DEFAULT_POLICIES } from './gw/env.mjs';
+import {
+  startSlapd, ROOTDN, ROOTPW, PEOPLE, GROUPS, DISABLED,
+} from './lib/slapd.mjs';
 
 const BIN = process.env.PG_PROVGATED_BIN
   || path.join(REPO_ROOT, process.env.PROVGATE_ASAN ? 'build/asan-bin/provgated' : 'build/provgated');
@@ -25,8 +29,11 @@ const POLICIES = {
     ...DEFAULT_POLICIES.policies,
     { id: 'db-staff', kind: 'birthright', who: { attr: 'employee_type', eq: 'employee' },
       grants: [{ target: 'hrdb', entitlements: [{ type: 'group', value: 'staff' }] }] },
+    { id: 'dir-staff', kind: 'birthright', who: { attr: 'employee_type', eq: 'employee' },
+      grants: [{ target: 'dir', entitlements: [{ type: 'group', value: 'staff' }] }] },
   ],
 };
+const TARGETS = ['demoapp', 'dir', 'hrdb'];
 
 const person = (login) => ({
   username: login, email: `${login}@example.com`, name: `${login} Person`, given_name: login,
@@ -36,6 +43,7 @@ const person = (login) => ({
 describe('leave with retention: lock, then delete later', () => {
   let e;
   let pg;
+  let ldap;
   let sc;
   let scPort;
   let seq = 0;
@@ -59,21 +67,28 @@ describe('leave with retention: lock, then delete later', () => {
     return out ? { active: out === 't' } : null;
   };
   const scimUser = async (login) => (await e.scimUsers(login))[0] || null;
+  // in LDAP: null (no entry), true (under ou=people), false (moved to ou=disabled)
+  const ldapActive = (login) => {
+    const x = ldap.entry(login);
+    return x ? !x.dn[0].endsWith(DISABLED) : null;
+  };
   const iidOf = (key) => e.audit().find((x) => x.type === 'jml.join' && x.hr_key === key).identity;
   const joined = async (key, login) => {
     await join(key, login);
-    await until(`${login} provisioned`, async () => dbRow(login)?.active && (await scimUser(login))?.active);
+    await until(`${login} provisioned`, async () => dbRow(login)?.active && (await scimUser(login))?.active
+      && ldapActive(login) === true);
     return iidOf(key);
   };
   const leftAndLocked = async (key, login) => {
     await leave(key);
     await until(`${login} disabled`, async () => dbRow(login)?.active === false
-      && (await scimUser(login))?.active === false);
+      && (await scimUser(login))?.active === false && ldapActive(login) === false);
   };
 
   before(async () => {
     pg = await startPostgres();
     pg.psql(ACCOUNTS_SCHEMA);
+    ldap = await startSlapd({ groups: ['staff'] });
     e = await startEnv(undefined, {
       workers: 1,
       policies: POLICIES,
@@ -83,6 +98,17 @@ describe('leave with retention: lock, then delete later', () => {
           targets: {
             demoapp: { ...base.targets.demoapp, delete_after_s: RETAIN_S },
             hrdb: accountsSqlTarget(pg, { leave: 'disable', delete_after_s: RETAIN_S }),
+            dir: {
+              type: 'ldap',
+              key: 'uid',
+              attributes: { uid: '${username}', cn: '${name}', sn: '${family_name}', mail: '${email}' },
+              delete_after_s: RETAIN_S,
+              connector: {
+                url: ldap.url, bind_dn: ROOTDN, bind_password: ROOTPW, base_dn: PEOPLE, timeout_ms: 3000,
+                groups: { base_dn: GROUPS },
+                disable: { mode: 'move', disabled_ou: DISABLED },
+              },
+            },
           },
           expiry: { sweep_s: 1 },
           hr_source: {
@@ -105,6 +131,7 @@ describe('leave with retention: lock, then delete later', () => {
       await e.nginx.stop();
       assert.deepEqual(sanitizerReports(e.prefix), []);
     }
+    if (ldap) await ldap.stop();
     await cleanupAll();
   });
 
@@ -119,21 +146,25 @@ describe('leave with retention: lock, then delete later', () => {
     await sleep(1500);
     assert.deepEqual(dbRow('lena'), { active: false });
     assert.equal((await scimUser('lena')).active, false);
+    assert.equal(ldapActive('lena'), false);
     await until('lena deleted in PostgreSQL', () => dbRow('lena') === null, 20000);
     await until('lena deleted in SCIM', async () => (await scimUser('lena')) === null, 20000);
+    await until('lena deleted in LDAP', () => ldapActive('lena') === null, 20000);
     assert.ok(Date.now() - leftAt >= RETAIN_S * 1000 - 1000, 'not before the retention');
     const ret = e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid && x.outcome === 'success');
-    assert.deepEqual(ret.map((x) => x.target).sort(), ['demoapp', 'hrdb']);
+    assert.deepEqual(ret.map((x) => x.target).sort(), TARGETS);
     assert.ok(ret.every((x) => x.operation === 'delete' && x.left === left && x.delete_after_s === RETAIN_S
       && x.idem.startsWith('retain:')), JSON.stringify(ret));
     assert.ok(e.audit().some((x) => x.type === 'provision.deprovision' && x.app === 'hrdb' && x.reason === 'removed'
       && x.identity === iid));
     assert.ok(e.audit().some((x) => x.type === 'provision.deprovision' && x.app === 'demoapp' && x.reason === 'deleted'
       && x.identity === iid));
+    assert.ok(e.audit().some((x) => x.type === 'provision.deprovision' && x.app === 'dir' && x.reason === 'removed'
+      && x.identity === iid));
     assert.equal(await e.redisCmd('HGET', `pg:id:${iid}`, 'retained:hrdb'), String(left));
     // later sweeps do not delete again
     await sleep(2500);
-    assert.equal(e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid).length, 2);
+    assert.equal(e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid).length, TARGETS.length);
   });
 
   test('a person re-hired within the retention is not deleted', async () => {
@@ -141,11 +172,13 @@ describe('leave with retention: lock, then delete later', () => {
     await leftAndLocked('3002', 'mika');
     await sleep(1000);
     await join('3002', 'mika'); // rehired before the deadline
-    await until('mika re-enabled', async () => dbRow('mika')?.active && (await scimUser('mika'))?.active);
+    await until('mika re-enabled', async () => dbRow('mika')?.active && (await scimUser('mika'))?.active
+      && ldapActive('mika') === true);
     assert.equal(await e.redisCmd('HEXISTS', `pg:id:${iid}`, 'left'), 0);
     await sleep((RETAIN_S + 3) * 1000); // well past the old deadline
     assert.deepEqual(dbRow('mika'), { active: true });
     assert.equal((await scimUser('mika')).active, true);
+    assert.equal(ldapActive('mika'), true);
     assert.ok(!e.audit().some((x) => x.type === 'jml.retention' && x.identity === iid), 'no deletion queued');
   });
 
@@ -160,7 +193,8 @@ describe('leave with retention: lock, then delete later', () => {
     await waitForPort(scPort);
     await until('nils deleted in PostgreSQL', () => dbRow('nils') === null, 20000);
     await until('nils deleted in SCIM', async () => (await scimUser('nils')) === null, 20000);
-    assert.equal(e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid).length, 2);
+    await until('nils deleted in LDAP', () => ldapActive('nils') === null, 20000);
+    assert.equal(e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid).length, TARGETS.length);
   });
 
   test('two sidecars: each deletion is queued and applied once', async () => {
@@ -170,13 +204,14 @@ describe('leave with retention: lock, then delete later', () => {
       await waitForPort(port2);
       const iid = await joined('3004', 'olga');
       await leftAndLocked('3004', 'olga');
-      await until('olga deleted', async () => dbRow('olga') === null && (await scimUser('olga')) === null, 20000);
+      await until('olga deleted', async () => dbRow('olga') === null && (await scimUser('olga')) === null
+        && ldapActive('olga') === null, 20000);
       await sleep(2500); // both sidecars have swept several times since
       const del = e.audit().filter((x) => x.type === 'provision.deprovision' && x.identity === iid
         && (x.reason === 'removed' || x.reason === 'deleted' || x.reason === 'already_gone'));
-      assert.equal(del.length, 2, JSON.stringify(del)); // one per target
+      assert.equal(del.length, TARGETS.length, JSON.stringify(del)); // one per target
       const created = e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid && x.reason === 'enqueued');
-      assert.equal(created.length, 2, JSON.stringify(created));
+      assert.equal(created.length, TARGETS.length, JSON.stringify(created));
     } finally {
       await sc2.stop();
     }
