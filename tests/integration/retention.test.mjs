@@ -165,6 +165,10 @@ describe('leave with retention: lock, then delete later', () => {
     // later sweeps do not delete again
     await sleep(2500);
     assert.equal(e.audit().filter((x) => x.type === 'jml.retention' && x.identity === iid).length, TARGETS.length);
+    // re-hired after the deletion: the accounts are created anew
+    await join('3001', 'lena');
+    await until('lena provisioned again', async () => dbRow('lena')?.active && (await scimUser('lena'))?.active
+      && ldapActive('lena') === true);
   });
 
   test('a person re-hired within the retention is not deleted', async () => {
