@@ -1218,8 +1218,9 @@ typedef struct id_lookup {
     struct id_lookup *next;
 } id_lookup_t;
 
-static id_lookup_t *id_pending;
+static id_lookup_t *id_pending;   /* lookups in flight (owned) */
 
+/* Take l off id_pending and off its connection's close callback. */
 static void
 id_unlink(id_lookup_t *l)
 {
@@ -1249,6 +1250,7 @@ id_on_close(struct evhttp_connection *con, void *arg)
     free(l);
 }
 
+/* Reply with body (stolen) as compact JSON; 500 when it is NULL. */
 static void
 id_reply_json(struct evhttp_request *req, int code, const char *reason,
               json_t *body)
@@ -1264,6 +1266,7 @@ id_reply_json(struct evhttp_request *req, int code, const char *reason,
     free(text);
 }
 
+/* The lookup finished (pg_idview_cb): audit, answer, free l. */
 static void
 id_done(void *arg, pg_status_t st, const json_t *result)
 {
@@ -1353,6 +1356,8 @@ id_query(const char *q, const char *name, char *out, size_t outsz)
     return r;
 }
 
+/* GET /identities[/<iid>] (see the block comment): validate, authorize,
+ * start the lookup; the answer is sent by id_done. */
 static void
 serve_identities(daemon_t *d, struct evhttp_request *req, const char *path)
 {

@@ -97,6 +97,7 @@ struct pg_idview_req {
 
 /* ---- pure helpers ------------------------------------------------------ */
 
+/* See idview.h. */
 int
 pg_idview_iid_ok(const char *s)
 {
@@ -160,6 +161,7 @@ pg_idview_add_key(json_t *keys, const char *index, const char *a,
     return PG_OK;
 }
 
+/* See idview.h. At most PG_IDVIEW_KEYS_MAX keys (PG_ERR_TOO_LARGE). */
 pg_status_t
 pg_idview_keys(const pg_config_t *cfg, pg_idview_by_t by, const char *value,
                const char *iss, json_t **keys, pg_err_t *err)
@@ -253,6 +255,7 @@ pg_idview_int(const json_t *fields, const char *name)
     return (int64_t) n;
 }
 
+/* fields["<what>:<target>"] as pg_idview_int. */
 static int64_t
 pg_idview_tint(const json_t *fields, const char *what, const char *target)
 {
@@ -265,6 +268,7 @@ pg_idview_tint(const json_t *fields, const char *what, const char *target)
     return pg_idview_int(fields, name);
 }
 
+/* A time (unix s) as a new JSON integer, or null when t < 0. */
 static json_t *
 pg_idview_time(int64_t t)
 {
@@ -385,6 +389,8 @@ pg_idview_account(const pg_config_t *cfg, const char *target,
     return a;
 }
 
+/* See idview.h. Only the whitelisted fields are read; attrs / ents JSON
+ * over PG_IDVIEW_ATTRS_MAX or malformed count as absent. */
 pg_status_t
 pg_idview_render(const pg_config_t *cfg, const char *iid,
                  const json_t *fields, long live, const json_t *requests,
@@ -457,6 +463,7 @@ pg_idview_render(const pg_config_t *cfg, const char *iid,
 
 /* ---- asynchronous part ------------------------------------------------- */
 
+/* Free the request, then report (result borrowed by cb only). */
 static void
 pg_idview_done(pg_idview_req_t *q, pg_status_t st, const json_t *result)
 {
@@ -479,6 +486,9 @@ pg_idview_str(const redisReply *e)
     return json_stringn_nocheck(e->str, e->len);
 }
 
+/* The lookup script answered: none / ambiguous / the identity (see
+ * pg_idview_get_lua); hash values over PG_IDVIEW_ATTRS_MAX or holding NUL
+ * bytes are dropped, the rest goes through pg_idview_render. */
 static void
 pg_idview_got(void *arg, pg_status_t st, const redisReply *reply)
 {
@@ -580,6 +590,7 @@ pg_idview_got(void *arg, pg_status_t st, const redisReply *reply)
     json_decref(view);
 }
 
+/* See idview.h: one EVAL of pg_idview_get_lua. */
 pg_status_t
 pg_idview_get(pg_redis_t *r, const pg_config_t *cfg, pg_idview_by_t by,
               const char *value, const char *iss, pg_idview_cb cb, void *arg,
@@ -587,7 +598,7 @@ pg_idview_get(pg_redis_t *r, const pg_config_t *cfg, pg_idview_by_t by,
 {
     pg_idview_req_t *q;
     json_t *keys = NULL;
-    const char *argv[4 + PG_IDVIEW_KEYS_MAX];
+    const char *argv[6 + PG_IDVIEW_KEYS_MAX];
     char maxreq[16];
     int argc = 0;
     size_t i;
@@ -630,7 +641,7 @@ pg_idview_get(pg_redis_t *r, const pg_config_t *cfg, pg_idview_by_t by,
     if (by == PG_IDVIEW_BY_ID) {
         argv[argc++] = value;
     }
-    for (i = 0; i < json_array_size(keys) && i < PG_IDVIEW_KEYS_MAX - 3; i++) {
+    for (i = 0; i < json_array_size(keys) && i < PG_IDVIEW_KEYS_MAX; i++) {
         argv[argc++] = json_string_value(json_array_get(keys, i));
     }
     st = pg_redis_command(r, argc, argv, NULL, PG_IDVIEW_TIMEOUT_MS,
@@ -764,6 +775,7 @@ pg_idview_scanned(void *arg, pg_status_t st, const redisReply *reply)
     }
 }
 
+/* See idview.h: SCAN, then pg_idview_scanned. */
 pg_status_t
 pg_idview_list(pg_redis_t *r, const pg_config_t *cfg, const char *cursor,
                unsigned limit, int left_only, pg_idview_cb cb, void *arg,
@@ -828,6 +840,7 @@ pg_idview_list(pg_redis_t *r, const pg_config_t *cfg, const char *cursor,
     return PG_OK;
 }
 
+/* See idview.h. */
 void
 pg_idview_cancel(pg_idview_req_t *req)
 {
