@@ -57,6 +57,7 @@
 #include "provgate/jmlstream.h"
 #include "provgate/recon.h"   /* reconciliation (recon block) */
 #include <event2/keyvalq_struct.h>   /* recon block */
+#include "provgate/idview.h"
 #include "provgate/redis.h"
 #include "provgate/util.h"
 #include <sys/stat.h>
@@ -651,6 +652,7 @@ stream_stats(const daemon_t *d, pg_jmlstream_stats_t *out)
 /* recon block: defined in the reconciliation block below */
 static int recon_setup(daemon_t *d);
 static void recon_teardown(daemon_t *d, int all);
+static void id_cancel_all(void);   /* identities block */
 
 static void
 reload(daemon_t *d)
@@ -689,6 +691,7 @@ reload(daemon_t *d)
         return;
     }
     recon_teardown(d, 0);   /* recon block: it borrows the old runtime */
+    id_cancel_all();   /* identities block: they borrow it too */
     expiry_stop();   /* expiry block: before what it borrows is freed */
     pg_jml_free(d->jml);
     stream_teardown(d);  /* after the jml, which may call back into it */
@@ -1195,6 +1198,265 @@ serve_reconcile(daemon_t *d, struct evhttp_request *req)
 }
 /* ==== END reconciliation ================================================ */
 
+/* ==== BEGIN identities (issue 6, "identity show") ======================
+ * GET /identities/<iid>, GET /identities?hr_key=K | email=E | sub=S[&iss=I]
+ * and otherwise a listing, GET /identities[?left=1][&limit=N][&cursor=C]
+ * (one SCAN page), all with the
+ * admin token (identities are personal data), answered from
+ * src/sidecar/idview.c: 200 JSON, 404 not_found, 409 ambiguous (with the
+ * candidates), 400 bad_request, 401, 503 identity_store_unavailable.
+ * Every answered read is audited (admin.read, never the lookup value,
+ * only the identity ids). A lookup in flight is cancelled when its client
+ * goes away and answered 503 on a reload or at the stop (id_cancel_all),
+ * since it borrows the configuration and the Redis client.
+ */
+typedef struct id_lookup {
+    daemon_t *d;
+    struct evhttp_request *req;
+    struct evhttp_connection *con;
+    pg_idview_req_t *q;
+    char what[16];               /* "id", "hr_key", "email", "sub", "list" */
+    struct id_lookup *next;
+} id_lookup_t;
+
+static id_lookup_t *id_pending;   /* lookups in flight (owned) */
+
+/* Take l off id_pending and off its connection's close callback. */
+static void
+id_unlink(id_lookup_t *l)
+{
+    id_lookup_t **pp;
+
+    for (pp = &id_pending; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == l) {
+            *pp = l->next;
+            break;
+        }
+    }
+    if (l->con != NULL) {
+        evhttp_connection_set_closecb(l->con, NULL, NULL);
+    }
+}
+
+/* The client went away: nobody to answer; stop the lookup. */
+static void
+id_on_close(struct evhttp_connection *con, void *arg)
+{
+    id_lookup_t *l = arg;
+
+    (void) con;
+    l->con = NULL;
+    id_unlink(l);
+    pg_idview_cancel(l->q);
+    free(l);
+}
+
+/* Reply with body (stolen) as compact JSON; 500 when it is NULL. */
+static void
+id_reply_json(struct evhttp_request *req, int code, const char *reason,
+              json_t *body)
+{
+    char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+
+    json_decref(body);
+    if (text == NULL) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    reply(req, code, reason, "application/json", text, strlen(text));
+    free(text);
+}
+
+/* The lookup finished (pg_idview_cb): audit, answer, free l. */
+static void
+id_done(void *arg, pg_status_t st, const json_t *result)
+{
+    id_lookup_t *l = arg;
+    daemon_t *d = l->d;
+    json_t *ids;
+    size_t i;
+    const json_t *v;
+
+    id_unlink(l);
+    if (st == PG_OK) {
+        ids = json_array();
+        if (strcmp(l->what, "list") == 0) {
+            json_array_foreach(json_object_get(result, "identities"), i, v) {
+                json_array_append(ids, json_object_get(v, "id"));
+            }
+        } else {
+            json_array_append(ids, json_object_get(result, "id"));
+        }
+        audit(d, "admin.read", "success", "identity",
+              json_pack("{s:s, s:o}", "lookup", l->what, "identities",
+                        ids != NULL ? ids : json_array()));
+        id_reply_json(l->req, 200, "OK", json_incref((json_t *) result));
+    } else if (st == PG_ERR_NOT_FOUND) {
+        audit(d, "admin.read", "success", "not_found",
+              json_pack("{s:s}", "lookup", l->what));
+        id_reply_json(l->req, 404, "Not Found",
+                      json_pack("{s:s}", "error", "not_found"));
+    } else if (st == PG_ERR_CONFLICT) {
+        audit(d, "admin.read", "success", "ambiguous",
+              json_pack("{s:s, s:O}", "lookup", l->what, "candidates",
+                        json_object_get(result, "candidates")));
+        id_reply_json(l->req, 409, "Conflict",
+                      json_pack("{s:s, s:O}", "error", "ambiguous",
+                                "candidates",
+                                json_object_get(result, "candidates")));
+    } else {
+        audit(d, "admin.read", "failure", "identity_store_unavailable",
+              json_pack("{s:s, s:s}", "lookup", l->what, "error",
+                        pg_status_str(st)));
+        id_reply_json(l->req, 503, "Service Unavailable",
+                      json_pack("{s:s}", "error",
+                                "identity_store_unavailable"));
+    }
+    free(l);
+}
+
+/* Answer every lookup in flight with 503 and drop it (reload, stop). */
+static void
+id_cancel_all(void)
+{
+    while (id_pending != NULL) {
+        id_lookup_t *l = id_pending;
+
+        id_unlink(l);
+        pg_idview_cancel(l->q);
+        id_reply_json(l->req, 503, "Service Unavailable",
+                      json_pack("{s:s}", "error",
+                                "identity_store_unavailable"));
+        free(l);
+    }
+}
+
+/* Query parameter name into out: 1 found, 0 absent, -1 over outsz-1
+ * bytes (or an unparsable query). */
+static int
+id_query(const char *q, const char *name, char *out, size_t outsz)
+{
+    struct evkeyvalq kv;
+    const char *v;
+    int r = 0;
+
+    if (q == NULL) {
+        return 0;
+    }
+    if (evhttp_parse_query_str(q, &kv) != 0) {
+        return -1;
+    }
+    v = evhttp_find_header(&kv, name);
+    if (v != NULL) {
+        r = strlen(v) < outsz ? 1 : -1;
+        if (r == 1) {
+            snprintf(out, outsz, "%s", v);
+        }
+    }
+    evhttp_clear_headers(&kv);
+    return r;
+}
+
+/* GET /identities[/<iid>] (see the block comment): validate, authorize,
+ * start the lookup; the answer is sent by id_done. */
+static void
+serve_identities(daemon_t *d, struct evhttp_request *req, const char *path)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    char v[PG_IDVIEW_VALUE_MAX + 1] = "", iss[PG_IDVIEW_VALUE_MAX + 1] = "";
+    char num[32] = "", cursor[32] = "0";
+    const char *what = NULL;
+    pg_idview_by_t by = PG_IDVIEW_BY_ID;
+    pg_err_t err = { "" };
+    id_lookup_t *l;
+    pg_status_t st;
+    unsigned limit = 100;
+
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+        reply(req, 405, "Method Not Allowed", "application/json",
+              "{\"error\":\"get_only\"}", 20);
+        return;
+    }
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", "/identities"));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return;
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        evhttp_send_error(req, 500, "Internal Server Error");
+        return;
+    }
+    l->d = d;
+    l->req = req;
+    if (path[11] == '/') {
+        what = "id";
+        snprintf(v, sizeof(v), "%.*s", PG_IDVIEW_IID_MAX + 1, path + 12);
+    } else if (id_query(q, "hr_key", v, sizeof(v)) != 0) {
+        what = "hr_key";
+        by = PG_IDVIEW_BY_HR_KEY;
+    } else if (id_query(q, "email", v, sizeof(v)) != 0) {
+        what = "email";
+        by = PG_IDVIEW_BY_EMAIL;
+    } else if (id_query(q, "sub", v, sizeof(v)) != 0) {
+        what = "sub";
+        by = PG_IDVIEW_BY_SUB;
+        if (id_query(q, "iss", iss, sizeof(iss)) < 0) {
+            v[0] = '\0';   /* refused below */
+        }
+    } else {
+        what = "list";
+    }
+    snprintf(l->what, sizeof(l->what), "%s", what);
+    if (strcmp(what, "list") == 0) {
+        char *end = NULL;
+        long n = 100;
+
+        num[0] = '\0';
+        if (recon_query(q, "limit", num, sizeof(num))) {
+            errno = 0;
+            n = strtol(num, &end, 10);
+            if (errno != 0 || end == num || *end != '\0') {
+                n = -1;
+            }
+        }
+        (void) recon_query(q, "cursor", cursor, sizeof(cursor));
+        limit = n >= 1 && n <= PG_IDVIEW_LIST_MAX ? (unsigned) n : 0;
+        num[0] = '\0';
+        st = pg_idview_list(d->redis, d->cfg, cursor, limit,
+                            recon_query(q, "left", num, sizeof(num))
+                                && strcmp(num, "1") == 0,
+                            id_done, l, &l->q, &err);
+    } else {
+        st = pg_idview_get(d->redis, d->cfg, by, v,
+                           iss[0] != '\0' ? iss : NULL, id_done, l, &l->q,
+                           &err);
+    }
+    if (st == PG_ERR_INVALID) {
+        free(l);
+        id_reply_json(req, 400, "Bad Request",
+                      json_pack("{s:s, s:s}", "error", "bad_request",
+                                "detail", err.msg));
+        return;
+    }
+    if (st != PG_OK) {
+        free(l);
+        id_reply_json(req, 503, "Service Unavailable",
+                      json_pack("{s:s}", "error",
+                                "identity_store_unavailable"));
+        return;
+    }
+    l->con = evhttp_request_get_connection(req);
+    if (l->con != NULL) {
+        evhttp_connection_set_closecb(l->con, id_on_close, l);
+    }
+    l->next = id_pending;
+    id_pending = l;
+}
+/* ==== END identities ==================================================== */
+
 /* ---- JML events (webhook) ------------------------------------------------ */
 
 static void
@@ -1300,6 +1562,9 @@ on_request(struct evhttp_request *req, void *arg)
         serve_event(d, req);
     } else if (strcmp(path, "/reconcile") == 0) {   /* recon block */
         serve_reconcile(d, req);
+    } else if (strncmp(path, "/identities", 11) == 0
+               && (path[11] == '\0' || path[11] == '/')) {
+        serve_identities(d, req, path);   /* identities block */
     } else {
         reply(req, 404, "Not Found", "text/plain; charset=utf-8",
               "not found\n", 10);
@@ -1460,6 +1725,7 @@ shutdown_all(daemon_t *d)
     if (d->host != NULL) {
         recon_teardown(d, 1);   /* recon block */
     }
+    id_cancel_all();   /* identities block */
     expiry_stop();   /* expiry block */
     pg_jml_free(d->jml);
     d->jml = NULL;

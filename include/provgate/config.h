@@ -177,6 +177,10 @@ typedef struct pg_target_cfg {
                                   default 900 */
     unsigned inactivity_s;     /* "inactivity_days" * 86400, or the
                                   test-scale "inactivity_s"; 0 = off */
+    unsigned delete_after_s;   /* leave retention: "delete_after_days" *
+                                  86400, or the test-scale "delete_after_s";
+                                  0 = off. A leaver's account (disabled at
+                                  the leave) is deleted this long after it */
 } pg_target_cfg_t;
 
 enum { PG_DEPROV_NONE = 0, PG_DEPROV_DISABLE = 1, PG_DEPROV_REMOVE_JIT = 2 };

@@ -23,6 +23,14 @@
  *                 clock starts at the first sweep that sees the account),
  *                 every entitlement in it is revoked (an "ensure" with
  *                 none; the account stays). Audit: deprovision.inactive.
+ *   retention     a target with "delete_after_days" (or "delete_after_s"):
+ *                 a leaver's account (disabled at the leave; the leave
+ *                 time is the field "left", removed by a rehire) is deleted
+ *                 ("delete") once the retention has passed, once per leave
+ *                 (mark retained:<app> = left; a fixed idempotency key
+ *                 derived from iid, target and left). The other rules do
+ *                 not apply to such a target while the person has left.
+ *                 Audit: jml.retention.
  *
  * Detection: per identity an atomic Lua script drops ended sessions from
  * <p>idsess:<iid> (and <p>sessowner), counts the live ones and keeps
@@ -60,8 +68,10 @@
  * now is unix seconds. On PG_OK *actions (caller owns, json_decref) is an
  * array of
  *   {"target", "event": "deprovision.session_end" | "deprovision.
- *    grant_expired" | "deprovision.inactive" | "expiry.baseline",
- *    "kind": "disable" | "ensure" | "none", "entitlements": [...] (the
+ *    grant_expired" | "deprovision.inactive" | "expiry.baseline" |
+ *    "jml.retention", "kind": "disable" | "ensure" | "delete" | "none",
+ *    "left" and "delete_after_s" (integers, "jml.retention" only),
+ *    "entitlements": [...] (the
  *    desired state), "removed": [...], "mark": {field: value} (fields to
  *    set on the identity once the operation is queued)}
  * at most one per target, and *next_due (may be NULL) is the earliest

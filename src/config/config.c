@@ -1187,6 +1187,9 @@ parse_expiry_root(pg_config_t *cfg, const json_t *o, pg_err_t *err)
  *   "deprovision_on_session_end": {"grace_s": N, "action": "disable" |
  *                                  "remove_jit"}
  *   "inactivity_days": N   (or "inactivity_s": N, for tests; not both)
+ *   "delete_after_days": N (or "delete_after_s": N, for tests; not both):
+ *                          leave retention, only with "leave": "disable"
+ *                          (t->leave_delete must be parsed before)
  */
 static pg_status_t
 parse_expiry(pg_target_cfg_t *t, const json_t *o, const char *p,
@@ -1230,6 +1233,22 @@ parse_expiry(pg_target_cfg_t *t, const json_t *o, const char *p,
         return PG_ERR_CONFIG;
     }
     t->inactivity_s = days > 0 ? days * 86400u : secs;
+    days = secs = 0;
+    TRY(pg_cfg_uint(o, p, "delete_after_days", 0, 0, 3650, &days, err));
+    TRY(pg_cfg_uint(o, p, "delete_after_s", 0, 0, 3650u * 86400u, &secs,
+                    err));
+    if (days > 0 && secs > 0) {
+        pg_err_set(err, "%s.delete_after_s: not together with "
+                   "delete_after_days", p);
+        return PG_ERR_CONFIG;
+    }
+    t->delete_after_s = days > 0 ? days * 86400u : secs;
+    if (t->delete_after_s > 0 && t->leave_delete) {
+        pg_err_set(err, "%s.%s: only with \"leave\": \"disable\" (with "
+                   "\"delete\" the account is deleted at the leave)", p,
+                   days > 0 ? "delete_after_days" : "delete_after_s");
+        return PG_ERR_CONFIG;
+    }
     return PG_OK;
 }
 
@@ -1494,7 +1513,8 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     static const char *const keys[] = {
         "type", "connector", "attributes", "key", "leave", "delivery",
         "wait_ms", "on_slow", "timeout_ms", "rate_limit", "reconcile",
-        "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
+        "deprovision_on_session_end", "inactivity_days", "inactivity_s",
+        "delete_after_days", "delete_after_s", NULL
     };
     json_t *c = json_object_get(o, "connector");
     char *leave = NULL;
@@ -1665,8 +1685,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
         "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", "retry",
-        "bulk",
-        "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
+        "bulk", "deprovision_on_session_end", "inactivity_days",
+        "inactivity_s", "delete_after_days", "delete_after_s", NULL
     };
     char *f = NULL;
     size_t i, n;

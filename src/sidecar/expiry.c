@@ -23,6 +23,7 @@
 
 #include "provgate/expiry.h"
 #include "provgate/outbox.h"
+#include "provgate/util.h"
 
 #define PG_EXPIRY_SCAN_COUNT   "200"
 #define PG_EXPIRY_KEY_MAX      1024      /* identity key / event key cap */
@@ -31,6 +32,7 @@
 #define PG_EXPIRY_MIN_DELAY_MS 1000      /* earliest re-sweep after a sweep */
 #define PG_EXPIRY_TIMEOUT_MS   5000      /* per Redis command */
 #define PG_EXPIRY_RETRY_MS     2000      /* next run after a Redis failure */
+#define PG_EXPIRY_ONCE_TTL_S   (7u * 86400u) /* fixed idempotency keys */
 
 /*
  * One identity, atomically: drop ended sessions from the index, count the
@@ -284,12 +286,59 @@ pg_expiry_target(const pg_config_t *cfg, const pg_target_cfg_t *t,
     return st;
 }
 
+/*
+ * Leave retention of one target with an account (t->delete_after_s > 0)
+ * for a leaver (left = the "left" field, unix s): once left + delete_after_s
+ * has passed and no deletion was queued for this leave yet (the mark
+ * retained:<target> < left), one "delete" action that carries "left" (the
+ * runner derives a fixed idempotency key from iid, target and left, so
+ * that two sidecars, or a crash between the enqueue and the mark, never
+ * queue it twice). Otherwise only *next_due. A rehire removes "left"
+ * (jml.c): no action then.
+ */
+static pg_status_t
+pg_expiry_retention(const pg_target_cfg_t *t, const json_t *fields,
+                    int64_t left, int64_t now, json_t *actions,
+                    int64_t *next_due)
+{
+    int64_t due = left + (int64_t) t->delete_after_s, done;
+    char name[320];
+    json_t *mark, *a;
+
+    done = pg_expiry_tint(fields, "retained", t->name);
+    if (done >= left) {
+        return PG_OK;   /* this leave's deletion is queued already */
+    }
+    if (now < due) {
+        pg_expiry_due(next_due, due);
+        return PG_OK;
+    }
+    mark = json_object();
+    snprintf(name, sizeof(name), "retained:%s", t->name);
+    if (mark == NULL
+        || json_object_set_new(mark, name,
+                               json_sprintf("%lld", (long long) left)) != 0
+        || pg_expiry_add(actions, t->name, "jml.retention", "delete", NULL,
+                         NULL, mark) != PG_OK) {
+        json_decref(mark);
+        return PG_ERR_NOMEM;
+    }
+    a = json_array_get(actions, json_array_size(actions) - 1);
+    if (json_object_set_new(a, "left", json_integer((json_int_t) left)) != 0
+        || json_object_set_new(a, "delete_after_s",
+                               json_integer((json_int_t) t->delete_after_s))
+           != 0) {
+        return PG_ERR_NOMEM;
+    }
+    return PG_OK;
+}
+
 pg_status_t
 pg_expiry_decide(const pg_config_t *cfg, const json_t *fields, long live,
                  int64_t now, json_t **actions, int64_t *next_due)
 {
     json_t *out;
-    int64_t due = 0;
+    int64_t due = 0, left;
     size_t i;
     char name[320];
     pg_status_t st = PG_OK;
@@ -308,12 +357,19 @@ pg_expiry_decide(const pg_config_t *cfg, const json_t *fields, long live,
     if (out == NULL) {
         return PG_ERR_NOMEM;
     }
+    left = pg_expiry_int(fields, "left");
     for (i = 0; st == PG_OK && i < cfg->ntargets; i++) {
         const pg_target_cfg_t *t = &cfg->targets[i];
 
         snprintf(name, sizeof(name), "acct:%s", t->name);
         if (!json_is_string(json_object_get(fields, name))) {
             continue;   /* no account there */
+        }
+        if (t->delete_after_s > 0 && left >= 0) {
+            /* a leaver: the account was disabled at the leave; only the
+             * deletion after the retention is left to do */
+            st = pg_expiry_retention(t, fields, left, now, out, &due);
+            continue;
         }
         st = pg_expiry_target(cfg, t, fields, live, now, out, &due);
     }
@@ -525,6 +581,11 @@ pg_expiry_enqueued(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
     if (f != NULL) {
         json_object_set_new(f, "idem", json_string(res->idem));
         json_object_set_new(f, "entry", json_string(res->id));
+        if (json_object_get(a, "left") != NULL) {
+            json_object_set(f, "left", json_object_get(a, "left"));
+            json_object_set(f, "delete_after_s",
+                            json_object_get(a, "delete_after_s"));
+        }
     }
     x->n_ops++;
     pg_audit_emit(x->audit, event, "success",
@@ -538,6 +599,7 @@ pg_expiry_next_action(pg_expiry_t *x)
 {
     json_t *a = json_array_get(x->actions, x->ai), *attrs = NULL, *state;
     const char *kind, *target, *raw;
+    char idem[PG_OUTBOX_IDEM_MAX + 1];
     json_error_t jerr;
     pg_outbox_op_t o;
     pg_status_t st;
@@ -581,6 +643,25 @@ pg_expiry_next_action(pg_expiry_t *x)
     o.state = state;
     o.dedup_ttl_s = x->cfg->outbox.dedup_ttl_s;
     o.release_when_done = 1;
+    if (json_is_integer(json_object_get(a, "left"))) {
+        /* leave retention, once per leave: a fixed key that stays after
+         * the operation is done, so no sidecar ever queues it again */
+        char seed[600], h[64];
+        int n = snprintf(seed, sizeof(seed), "%s\n%s\n%lld", x->iid, target,
+                         (long long) json_integer_value(
+                             json_object_get(a, "left")));
+
+        if (n < 0 || (size_t) n >= sizeof(seed)
+            || pg_sha256_b64url(seed, (size_t) n, h, sizeof(h)) != PG_OK
+            || (size_t) snprintf(idem, sizeof(idem), "retain:%s", h)
+               >= sizeof(idem)) {
+            json_decref(state);
+            state = NULL;
+        }
+        o.idem = idem;
+        o.release_when_done = 0;
+        o.dedup_ttl_s = PG_EXPIRY_ONCE_TTL_S;
+    }
     st = state != NULL ? pg_outbox_enqueue(x->redis, &o, PG_EXPIRY_TIMEOUT_MS,
                                            pg_expiry_enqueued, x, NULL,
                                            &x->oreq)

@@ -203,7 +203,7 @@ describe('provgatectl against a real sidecar and gateway', () => {
       ['reconcile', 'status', '--help'], ['reconcile', 'findings', '--help'], ['requests', '--help'],
       ['requests', 'list', '--help'], ['requests', 'approve', '--help'], ['requests', 'deny', '--help'],
       ['dlq', '--help'], ['dlq', 'list', '--help'], ['dlq', 'retry', '--help'], ['dlq', 'discard', '--help'],
-      ['identity', '--help'], ['identity', 'show', '--help'], ['policy', '--help']];
+      ['identity', '--help'], ['identity', 'show', '--help'], ['identity', 'list', '--help'], ['policy', '--help']];
     for (const h of helps) {
       const r = await ctlAsync(h);
       assert.equal(r.code, 0, `${h.join(' ')}: ${r.err}`);
@@ -226,7 +226,10 @@ describe('provgatectl against a real sidecar and gateway', () => {
     assert.equal(r.code, 3, r.err);
     assert.match(r.err, /connect/i);
     assert.equal((await ctlAsync(['--sidecar', `http://127.0.0.1:${port}`, 'reconcile', 'status'])).code, 3);
-    assert.equal((await ctlAsync(['identity', 'show', 'x'])).code, 1, 'no API exposes identities');
+    // identity show needs the admin token (identities are personal data)
+    assert.equal((await ctlAsync(['--sidecar', `http://127.0.0.1:${port}`, 'identity', 'show', 'x'])).code, 2);
+    assert.equal((await ctlAsync(['--sidecar', `http://127.0.0.1:${port}`, '--token-file', tokenFile, 'identity',
+      'show', 'x'])).code, 3);
   });
 
   test('status: health and key metrics, text and --json', async () => {

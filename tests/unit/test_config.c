@@ -325,6 +325,13 @@ static const bad_case_t bad_cases[] = {
      "$.targets.app.deprovision_on_session_end: must be an object"},
     {{"targets/app/inactivity_days", "2", "targets/app/inactivity_s", "5"},
      0, 0, "$.targets.app.inactivity_s: not together with inactivity_days"},
+    {{"targets/app/delete_after_days", "2", "targets/app/delete_after_s",
+      "5"}, 0, 0,
+     "$.targets.app.delete_after_s: not together with delete_after_days"},
+    {{"targets/app/delete_after_days", "3651"}, 0, 0,
+     "$.targets.app.delete_after_days: must be between 0 and 3650"},
+    {{"targets/app/delete_after_s", "\"30\""}, 0, 0,
+     "$.targets.app.delete_after_s: must be an integer"},
     {{"expiry/sweep_s", "0"}, 0, 0,
      "$.expiry.sweep_s: must be between 1 and 86400"},
     {{"expiry/every", "5"}, 0, 0, "$.expiry.every: unknown field"},
@@ -427,6 +434,11 @@ static const bad_case_t bad_cases[] = {
       "\"login\", \"leave\": \"forget\", \"attributes\": "
       "{\"login\": \"${username}\"}}"}, 0, 0,
      "$.targets.db.leave: must be \"disable\" or \"delete\""},
+    {{"targets/db", "{\"type\": \"sql\", \"connector\": {}, \"key\": "
+      "\"login\", \"leave\": \"delete\", \"delete_after_days\": 30, "
+      "\"attributes\": {\"login\": \"${username}\"}}"}, 0, 0,
+     "$.targets.db.delete_after_days: only with \"leave\": \"disable\" "
+     "(with \"delete\" the account is deleted at the leave)"},
     {{"targets/db", "{\"type\": \"sql\", \"connector\": {\"bogus\": 1}, "
       "\"key\": \"login\", \"attributes\": {\"login\": "
       "\"${username}\"}}"}, 0, 0,
@@ -596,6 +608,7 @@ test_expiry_settings(void **state)
     apply_patch(root, "targets/app/deprovision_on_session_end",
                 "{\"grace_s\": 30, \"action\": \"remove_jit\"}");
     apply_patch(root, "targets/app/inactivity_days", "2");
+    apply_patch(root, "targets/app/delete_after_days", "30");
     apply_patch(root, "expiry", "{\"sweep_s\": 5, \"test_time_divisor\": 60}");
     assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
     json_decref(root);
@@ -607,6 +620,8 @@ test_expiry_settings(void **state)
                      PG_DEPROV_REMOVE_JIT);
     assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 30);
     assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 2 * 86400);
+    assert_int_equal(pg_config_target(cfg, "app")->delete_after_s,
+                     30 * 86400);
     assert_int_equal(cfg->expiry_sweep_s, 5);
     assert_int_equal(cfg->expiry_test_divisor, 60);
     pg_config_free(cfg);
@@ -615,6 +630,7 @@ test_expiry_settings(void **state)
     assert_non_null(root);
     apply_patch(root, "targets/app/deprovision_on_session_end", "{}");
     apply_patch(root, "targets/app/inactivity_s", "7");
+    apply_patch(root, "targets/app/delete_after_s", "4");
     assert_int_equal(json_dump_file(root, cfgpath, JSON_INDENT(2)), 0);
     json_decref(root);
     if (pg_config_load(cfgpath, &cfg, &err) != PG_OK) {
@@ -624,6 +640,7 @@ test_expiry_settings(void **state)
                      PG_DEPROV_DISABLE);
     assert_int_equal(pg_config_target(cfg, "app")->deprov_grace_s, 900);
     assert_int_equal(pg_config_target(cfg, "app")->inactivity_s, 7);
+    assert_int_equal(pg_config_target(cfg, "app")->delete_after_s, 4);
     pg_config_free(cfg);
 }
 

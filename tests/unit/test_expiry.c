@@ -258,6 +258,76 @@ test_inactivity(void **state)
     json_decref(a);
 }
 
+/* Leave retention: nothing before left + delete_after_s (due then); a
+ * delete once after it, marked retained:<app>; not again for the same
+ * leave; a new leave counts again; no "left" (rehired): nothing. The other
+ * rules of that target do not apply to a leaver. */
+static void
+test_retention(void **state)
+{
+    const char *f = "{\"acct:app\": \"A1\", \"attrs\": \"{}\", "
+                    "\"jit_at:app\": \"100\", \"last_session_end\": \"100\", "
+                    "\"left\": \"1000\"}";
+    json_t *a, *x;
+    int64_t due = 0;
+
+    (void) state;
+    cfg_reset();
+    g_targets[0].delete_after_s = 500;
+    a = decide(f, 0, 1499, &due);
+    assert_int_equal(json_array_size(a), 0);   /* no session-end disable */
+    assert_int_equal(due, 1500);
+    json_decref(a);
+    a = decide(f, 0, 1500, &due);
+    assert_int_equal(json_array_size(a), 1);
+    x = json_array_get(a, 0);
+    assert_string_equal(sget(x, "target"), "app");
+    assert_string_equal(sget(x, "event"), "jml.retention");
+    assert_string_equal(sget(x, "kind"), "delete");
+    assert_int_equal(json_integer_value(json_object_get(x, "left")), 1000);
+    assert_int_equal(json_integer_value(json_object_get(x,
+                                                        "delete_after_s")),
+                     500);
+    assert_string_equal(sget(json_object_get(x, "mark"), "retained:app"),
+                        "1000");
+    json_decref(a);
+    /* queued for this leave already */
+    a = decide("{\"acct:app\": \"A1\", \"left\": \"1000\", "
+               "\"retained:app\": \"1000\"}", 0, 5000, &due);
+    assert_int_equal(json_array_size(a), 0);
+    assert_int_equal(due, 0);
+    json_decref(a);
+    /* rehired and left again later: a new retention period */
+    a = decide("{\"acct:app\": \"A1\", \"left\": \"3000\", "
+               "\"retained:app\": \"1000\"}", 0, 3100, &due);
+    assert_int_equal(json_array_size(a), 0);
+    assert_int_equal(due, 3500);
+    json_decref(a);
+    a = decide("{\"acct:app\": \"A1\", \"left\": \"3000\", "
+               "\"retained:app\": \"1000\"}", 0, 3500, &due);
+    assert_int_equal(json_array_size(a), 1);
+    json_decref(a);
+    /* rehired (no "left"): never deleted; the usual rules apply again */
+    a = decide("{\"acct:app\": \"A1\", \"jit_at:app\": \"100\", "
+               "\"last_session_end\": \"100\"}", 0, 99999, &due);
+    assert_int_equal(json_array_size(a), 1);
+    assert_string_equal(sget(json_array_get(a, 0), "kind"), "disable");
+    json_decref(a);
+    /* no account there, or a malformed leave time: nothing */
+    a = decide("{\"left\": \"1000\"}", 0, 99999, &due);
+    assert_int_equal(json_array_size(a), 0);
+    json_decref(a);
+    a = decide("{\"acct:app\": \"A1\", \"left\": \"x1\"}", 0, 99999, &due);
+    assert_int_equal(json_array_size(a), 0);
+    json_decref(a);
+    /* a target without retention is not deleted */
+    g_targets[0].delete_after_s = 0;
+    a = decide("{\"acct:app\": \"A1\", \"left\": \"1000\"}", 0, 99999,
+               &due);
+    assert_int_equal(json_array_size(a), 0);
+    json_decref(a);
+}
+
 static void
 test_malformed_and_invalid(void **state)
 {
@@ -724,6 +794,7 @@ main(void)
         cmocka_unit_test(test_grant_expired),
         cmocka_unit_test(test_inactivity),
         cmocka_unit_test(test_malformed_and_invalid),
+        cmocka_unit_test(test_retention),
         cmocka_unit_test(test_sweep_session_end),
         cmocka_unit_test(test_sweep_grant_expired),
         cmocka_unit_test(test_sweep_due_later),

@@ -283,7 +283,8 @@ static const char USAGE[] =
     "  dlq list|retry ID|discard ID    outbox dead letters (gateway)\n"
     "  work list T|done T ID|reject T ID  manual work items of target T\n"
     "                                  (gateway)\n"
-    "  identity show ID                (no API exposes identities; see help)\n"
+    "  identity show ID | --hr-key K | --email E | --sub S [--iss I]\n"
+    "  identity list [--left] [--limit N]  identities (sidecar)\n"
     "  policy check|explain ...        offline policy tools\n"
     "\n"
     "Global options (before or after the command):\n"
@@ -381,13 +382,23 @@ static const char WORK_HELP[] =
     "reject: closed without effect.\n";
 
 static const char IDENTITY_HELP[] =
-    "usage: provgatectl identity show ID\n"
+    "usage: provgatectl [--sidecar URL] [--token-file F] identity show ID\n"
+    "       provgatectl ... identity show --hr-key K | --email E |\n"
+    "                   --sub S [--iss I]\n"
+    "       provgatectl ... identity list [--left] [--limit N]\n"
     "\n"
-    "Not available: neither the sidecar nor the gateway has an endpoint that\n"
-    "exposes identities, and provgatectl does not read Redis behind their\n"
-    "backs (key layout and access control belong to the services). The\n"
-    "command exits 1. To see what provgate decides for a person, use\n"
-    "\"provgatectl policy explain\" with the person's attributes.\n";
+    "show: GET /identities/ID or GET /identities?hr_key=K|email=E|sub=S\n"
+    "(admin token; audited as admin.read): the identity's state (active or\n"
+    "left, and since when), attributes, accounts per target (id, username,\n"
+    "state, entitlements), jit grants with their expiry, the number of live\n"
+    "sessions and open access requests. Never session ids or tokens.\n"
+    "--email looks in every correlation index fed by an email, --sub under\n"
+    "every configured OpenID Connect issuer (or only --iss I). Unknown: exit\n"
+    "1 (HTTP 404). Several identities match: exit 1 (HTTP 409) with the\n"
+    "candidate ids.\n"
+    "list: GET /identities page by page (SCAN): id, state, leave time,\n"
+    "username, email, HR key; --left only leavers; --limit N (1-100000,\n"
+    "default 100) at most N identities. The order is Redis' (unsorted).\n";
 
 /* 1 when argv (argc entries) holds -h or --help. */
 static int
@@ -1682,21 +1693,314 @@ cmd_work(const ctl_t *c, int argc, char **argv)
     return gateway_cmd(c, WORK_HELP, coll, "done", "reject", argc - 1, sub);
 }
 
-/* provgatectl identity ...: no API exposes identities (see the help). */
-static int
-cmd_identity(int argc, char **argv)
+/* ---- identity --------------------------------------------------------- */
+
+/* Unix seconds as "YYYY-MM-DDTHH:MM:SSZ" into buf, or "-". */
+static const char *
+utc_text(const json_t *v, char *buf, size_t bufsz)
 {
+    time_t t;
+    struct tm tm;
+
+    if (!json_is_integer(v) || bufsz < 21) {
+        return "-";
+    }
+    t = (time_t) json_integer_value(v);
+    if (gmtime_r(&t, &tm) == NULL
+        || strftime(buf, bufsz, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) {
+        return "-";
+    }
+    return buf;
+}
+
+/* "/identities?<name>=<escaped value>[&iss=<escaped>]" or
+ * "/identities/<escaped id>" (name NULL); malloc'd or NULL. */
+static char *
+identity_path(const char *name, const char *value, const char *iss)
+{
+    char *esc = curl_easy_escape(NULL, value, 0);
+    char *ie = iss != NULL ? curl_easy_escape(NULL, iss, 0) : NULL;
+    char *p = NULL;
+    size_t n;
+
+    if (esc != NULL && (iss == NULL || ie != NULL)) {
+        n = strlen(esc) + (ie != NULL ? strlen(ie) : 0) + 64;
+        p = malloc(n);
+        if (p != NULL && name == NULL) {
+            snprintf(p, n, "/identities/%s", esc);
+        } else if (p != NULL) {
+            snprintf(p, n, "/identities?%s=%s%s%s", name, esc,
+                     ie != NULL ? "&iss=" : "", ie != NULL ? ie : "");
+        }
+    }
+    curl_free(esc);
+    curl_free(ie);
+    return p;
+}
+
+/* The identity view as text. */
+static void
+print_identity(const json_t *v)
+{
+    char b[4][64];
+    const char *k;
+    json_t *x, *a, *it;
+    size_t i, j;
+
+    printf("identity    %s\n", jtext(json_object_get(v, "id"), b[0], 64));
+    if (strcmp(jtext(json_object_get(v, "state"), b[0], 64), "left") == 0) {
+        printf("state       left since %s\n",
+               utc_text(json_object_get(v, "left_at"), b[1], 64));
+    } else {
+        printf("state       active\n");
+    }
+    printf("hr_key      %s\n", jtext(json_object_get(json_object_get(v,
+                                     "attributes"), "hr_key"), b[0], 64));
+    printf("source      %s\n", jtext(json_object_get(v, "source"), b[0], 64));
+    printf("created     %s\n", utc_text(json_object_get(v, "created"), b[0],
+                                        64));
+    printf("updated     %s\n", utc_text(json_object_get(v, "updated"), b[0],
+                                        64));
+    x = json_object_get(v, "login");
+    if (json_is_object(x)) {
+        printf("login       %s %s\n",
+               jtext(json_object_get(x, "issuer"), b[0], 64),
+               jtext(json_object_get(x, "subject"), b[1], 64));
+    }
+    printf("sessions    %s live\n",
+           jtext(json_object_get(json_object_get(v, "sessions"), "live"),
+                 b[0], 64));
+    printf("attributes\n");
+    json_object_foreach(json_object_get(v, "attributes"), k, x) {
+        if (json_is_array(x)) {
+            printf("  %-20s", k);
+            json_array_foreach(x, i, it) {
+                printf("%s%s", i > 0 ? "," : "", jtext(it, b[0], 64));
+            }
+            printf("\n");
+        } else {
+            printf("  %-20s%s\n", k, jtext(x, b[0], 64));
+        }
+    }
+    printf("accounts    TARGET\tID\tUSERNAME\tSTATE\tENTITLEMENTS\n");
+    json_object_foreach(json_object_get(v, "accounts"), k, a) {
+        printf("  %s\t%s\t%s\t%s\t", k,
+               jtext(json_object_get(a, "id"), b[0], 64),
+               jtext(json_object_get(a, "username"), b[1], 64),
+               jtext(json_object_get(a, "state"), b[2], 64));
+        j = 0;
+        json_array_foreach(json_object_get(a, "entitlements"), i, it) {
+            printf("%s%s", j++ > 0 ? "," : "",
+                   jtext(json_object_get(it, "value"), b[0], 64));
+        }
+        printf("%s\n", j == 0 ? "-" : "");
+    }
+    printf("jit         TARGET\tTYPE\tVALUE\tEXPIRES_AT\n");
+    json_array_foreach(json_object_get(v, "jit"), i, it) {
+        printf("  %s\t%s\t%s\t%s\n",
+               jtext(json_object_get(it, "target"), b[0], 64),
+               jtext(json_object_get(it, "type"), b[1], 64),
+               jtext(json_object_get(it, "value"), b[2], 64),
+               utc_text(json_object_get(it, "expires_at"), b[3], 64));
+    }
+    printf("requests    ID\tTARGET\tTYPE\tVALUE\tSTATE\tEXPIRES_AT\n");
+    json_array_foreach(json_object_get(v, "access_requests"), i, it) {
+        printf("  %s\t%s\t%s\t%s\t%s\t", jtext(json_object_get(it, "id"),
+                                               b[0], 64),
+               jtext(json_object_get(it, "target"), b[1], 64),
+               jtext(json_object_get(it, "type"), b[2], 64),
+               jtext(json_object_get(it, "value"), b[3], 64),
+               jtext(json_object_get(it, "state"), b[0], 64));
+        printf("%s\n", utc_text(json_object_get(it, "expires_at"), b[1], 64));
+    }
+}
+
+static int
+identity_show(const ctl_t *c, const char *auth, int argc, char **argv)
+{
+    const char *name = NULL, *value = NULL, *iss = NULL;
+    char *path, *what;
+    json_t *j;
+    resp_t r;
+    long st;
+    int i, rc;
+
+    for (i = 0; i < argc; i++) {
+        const char *n = NULL;
+
+        if (strcmp(argv[i], "--hr-key") == 0) {
+            n = "hr_key";
+        } else if (strcmp(argv[i], "--email") == 0) {
+            n = "email";
+        } else if (strcmp(argv[i], "--sub") == 0) {
+            n = "sub";
+        } else if (strcmp(argv[i], "--iss") == 0 && i + 1 < argc
+                   && iss == NULL) {
+            iss = argv[++i];
+            continue;
+        } else if (argv[i][0] == '-' || value != NULL) {
+            return usage_error(IDENTITY_HELP, "identity show: unexpected %s",
+                               argv[i]);
+        } else {
+            value = argv[i];
+            continue;
+        }
+        if (value != NULL || i + 1 >= argc) {
+            return usage_error(IDENTITY_HELP, "identity show: %s needs a "
+                               "value (and only one lookup)", argv[i]);
+        }
+        name = n;
+        value = argv[++i];
+    }
+    if (value == NULL || value[0] == '\0'
+        || (iss != NULL && (name == NULL || strcmp(name, "sub") != 0))) {
+        return usage_error(IDENTITY_HELP, "identity show: expected ID, "
+                           "--hr-key K, --email E or --sub S [--iss I]%s",
+                           NULL);
+    }
+    if (name == NULL && !valid_id(value)) {
+        return usage_error(IDENTITY_HELP, "identity show: bad ID %s", value);
+    }
+    path = identity_path(name, value, iss);
+    if (path == NULL) {
+        fputs("provgatectl: out of memory\n", stderr);
+        return EX_FAIL;
+    }
+    rc = call(c, "GET", c->sidecar, path, auth, NULL, 0, &st, &r);
+    if (rc == EX_OK) {
+        if (asprintf(&what, "GET %s", path) < 0) {
+            what = NULL;
+        }
+        if (st != 200) {
+            rc = api_error(what != NULL ? what : "GET /identities", st, &r);
+        } else if ((j = parse_body("GET /identities", &r)) == NULL) {
+            rc = EX_FAIL;
+        } else {
+            rc = c->json ? print_json(j) : (print_identity(j), EX_OK);
+            json_decref(j);
+        }
+        free(what);
+        resp_clear(&r);
+    }
+    free(path);
+    return rc;
+}
+
+static int
+identity_list(const ctl_t *c, const char *auth, int argc, char **argv)
+{
+    long limit = 100, got = 0, st;
+    int left = 0, i, rc = EX_OK;
+    char cursor[32] = "0", path[128], b[4][64];
+    char *end;
+    json_t *all = json_array(), *j, *it;
+    resp_t r;
+    size_t k;
+
+    for (i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--left") == 0) {
+            left = 1;
+        } else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc) {
+            errno = 0;
+            limit = strtol(argv[++i], &end, 10);
+            if (errno != 0 || end == argv[i] || *end != '\0' || limit < 1
+                || limit > 100000) {
+                json_decref(all);
+                return usage_error(IDENTITY_HELP, "identity list: --limit: "
+                                   "1..100000%s", NULL);
+            }
+        } else {
+            json_decref(all);
+            return usage_error(IDENTITY_HELP, "identity list: unexpected %s",
+                               argv[i]);
+        }
+    }
+    if (all == NULL) {
+        return EX_FAIL;
+    }
+    do {
+        long want = limit - got > 1000 ? 1000 : limit - got;
+        const char *nc;
+
+        snprintf(path, sizeof(path), "/identities?limit=%ld&cursor=%s%s",
+                 want, cursor, left ? "&left=1" : "");
+        rc = call(c, "GET", c->sidecar, path, auth, NULL, 0, &st, &r);
+        if (rc != EX_OK) {
+            break;
+        }
+        if (st != 200) {
+            rc = api_error("GET /identities", st, &r);
+            resp_clear(&r);
+            break;
+        }
+        j = parse_body("GET /identities", &r);
+        resp_clear(&r);
+        nc = json_string_value(json_object_get(j, "cursor"));
+        if (j == NULL || nc == NULL || strlen(nc) >= sizeof(cursor)) {
+            json_decref(j);
+            rc = EX_FAIL;
+            break;
+        }
+        json_array_foreach(json_object_get(j, "identities"), k, it) {
+            if (got < limit) {
+                json_array_append(all, it);
+                got++;
+            }
+        }
+        snprintf(cursor, sizeof(cursor), "%s", nc);
+        json_decref(j);
+    } while (got < limit && strcmp(cursor, "0") != 0);
+    if (rc == EX_OK && c->json) {
+        j = json_pack("{s:O}", "identities", all);
+        rc = j != NULL ? print_json(j) : EX_FAIL;
+        json_decref(j);
+    } else if (rc == EX_OK) {
+        printf("ID\tSTATE\tLEFT_AT\tUSERNAME\tEMAIL\tHR_KEY\n");
+        json_array_foreach(all, k, it) {
+            printf("%s\t%s\t%s\t", jtext(json_object_get(it, "id"), b[0], 64),
+                   jtext(json_object_get(it, "state"), b[1], 64),
+                   utc_text(json_object_get(it, "left_at"), b[2], 64));
+            printf("%s\t%s\t%s\n",
+                   jtext(json_object_get(it, "username"), b[0], 64),
+                   jtext(json_object_get(it, "email"), b[1], 64),
+                   jtext(json_object_get(it, "hr_key"), b[2], 64));
+        }
+    }
+    json_decref(all);
+    return rc;
+}
+
+/* provgatectl identity show ... | list ...: the sidecar's GET /identities
+ * (admin token). */
+static int
+cmd_identity(const ctl_t *c, int argc, char **argv)
+{
+    char *auth;
+    int rc;
+
     if (has_help(argc, argv)) {
         fputs(IDENTITY_HELP, stdout);
         return EX_OK;
     }
-    if (argc != 2 || strcmp(argv[0], "show") != 0) {
-        return usage_error(IDENTITY_HELP, "identity: expected \"show ID\"%s",
-                           NULL);
+    if (argc < 1 || (strcmp(argv[0], "show") != 0
+                     && strcmp(argv[0], "list") != 0)) {
+        return usage_error(IDENTITY_HELP, "identity: expected \"show\" or "
+                           "\"list\"%s", NULL);
     }
-    fputs("provgatectl: identity show: no admin endpoint exposes identities "
-          "(see \"provgatectl identity --help\")\n", stderr);
-    return EX_FAIL;
+    if (strcmp(argv[0], "show") == 0 && argc < 2) {
+        return usage_error(IDENTITY_HELP, "identity show: expected ID, "
+                           "--hr-key K, --email E or --sub S%s", NULL);
+    }
+    auth = secret_header(c->token_file, "PROVGATE_ADMIN_TOKEN",
+                         "Authorization: Bearer ", 1, "admin token", &rc);
+    if (auth == NULL) {
+        return rc;
+    }
+    rc = strcmp(argv[0], "show") == 0
+             ? identity_show(c, auth, argc - 1, argv + 1)
+             : identity_list(c, auth, argc - 1, argv + 1);
+    secret_free(auth);
+    return rc;
 }
 
 /* ---- main ------------------------------------------------------------- */
@@ -1836,7 +2140,7 @@ main(int argc, char **argv)
     } else if (strcmp(cmd, "work") == 0) {
         rc = cmd_work(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "identity") == 0) {
-        rc = cmd_identity(n - 1, rest + 2);
+        rc = cmd_identity(&c, n - 1, rest + 2);
     } else {
         rc = usage_error(USAGE, "unknown command %s", cmd);
     }
