@@ -130,15 +130,16 @@ try {
       tUser[t.login] = Object.values(store.users).find((u) => u.userName === t.login);
       if (!tUser[t.login]) throw new Error(`template ${t.login} not in the SCIM peer`);
     }
-    const gIds = Object.fromEntries(Object.values(store.groups).map((g) => [g.displayName, g]));
+    // the groups each template is a member of (looked up once: the member
+    // lists grow to N)
+    const tGroups = Object.fromEntries(tpl.map((t) => [t.login, Object.values(store.groups)
+      .filter((g) => (g.members || []).some((m) => m.value === tUser[t.login].id))]));
     for (const p of people) {
       const u = tUser[p.t.login];
       const id = crypto.randomUUID();
       const copy = JSON.parse(subst(JSON.stringify(u), p).split(u.id).join(id));
       store.users[id] = copy;
-      for (const g of Object.values(gIds)) {
-        if ((g.members || []).some((m) => m.value === u.id)) g.members.push({ value: id, display: p.login });
-      }
+      for (const g of tGroups[p.t.login]) g.members.push({ value: id, display: p.login });
       p.scimId = id;
     }
     fs.writeFileSync(env.scim.dataFile, JSON.stringify(store));
