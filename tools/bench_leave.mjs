@@ -184,6 +184,6 @@ try {
   psql.stdin.end();
   pending = [];
 } finally {
-  if (env.sc) await env.sc.stop();
+  await env.stopSidecar();
   await cleanupAll();
 }

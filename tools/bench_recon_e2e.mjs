@@ -205,6 +205,6 @@ try {
   console.log(`  after: ${machine()}`);
   if (failed) process.exitCode = 1;
 } finally {
-  if (env.sc) await env.sc.stop();
+  await env.stopSidecar();
   await cleanupAll();
 }

@@ -136,6 +136,16 @@ export async function startBenchEnv(peers) {
     await waitForPort(env.scPort);
     env.scUrl = `http://127.0.0.1:${env.scPort}`;
   };
+  // stop provgated; with an ASan build (PG_PROVGATED_BIN) any sanitizer
+  // report or a bad exit fails the bench
+  env.stopSidecar = async () => {
+    if (!env.sc) return;
+    const { code, signal } = await env.sc.stop();
+    if (code !== 0 || signal !== null || /Sanitizer|runtime error/.test(env.sc.output)) {
+      process.exitCode = 1;
+      console.log(`provgated: exit ${code} signal ${signal}\n${env.sc.output.slice(-4000)}`);
+    }
+  };
   env.admin = (method, p, body) => jsonRequest(method, `${env.scUrl}${p}`, body, { authorization: `Bearer ${ADMIN_TOKEN}` });
   env.iidOf = (empId) => env.redisCmd('GET', `pg:idx:hr:${hrHash(empId)}`);
   return env;
