@@ -30,7 +30,7 @@ ASAN_MODULE_SO := $(BUILD)/asan-module/ngx_http_provgate_module.so
 
 PHONY_TOOLS := tools
 .PHONY: all lib module unit asan deps $(PHONY_TOOLS) demo demo-stop demo-status check check-unit \
-        check-integration check-asan check-fuzz bench bench-outbox clean fuzz
+        check-integration check-asan check-fuzz bench bench-outbox bench-recon bench-leave clean fuzz
 
 all: lib unit module tools
 
@@ -54,13 +54,13 @@ $(BUILD)/asan-bin/provgated: sidecar/provgated.c $(BUILD)/libprovgate-asan.a $(w
 	@echo "  LINK    $@"
 	@$(CC) $(BASE_CFLAGS) -O1 $(SAN) $(PKG_CFLAGS) $< $(BUILD)/libprovgate-asan.a $(PKG_LIBS) -o $@
 
-# policy evaluation benchmark (counts allocations with its own malloc wrapper)
 # reconciliation compare benchmark (no-op reconciliation, accounts/s)
 $(BUILD)/bench_recon: tools/bench_recon.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
 	@$(CC) $(BASE_CFLAGS) $(OPT) $(PKG_CFLAGS) $< $(BUILD)/libprovgate.a $(PKG_LIBS) -o $@
 
+# policy evaluation benchmark (counts allocations with its own malloc wrapper)
 $(BUILD)/bench_policy: tools/provgatectl/bench_policy.c $(BUILD)/libprovgate.a $(wildcard include/provgate/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LINK    $@"
@@ -146,6 +146,15 @@ bench: deps all tools
 # only the outbox part of `make bench` (tools/bench_outbox.mjs)
 bench-outbox: deps all tools
 	PROVGATE_MODULE=$(abspath $(MODULE_SO)) node tools/bench_outbox.mjs
+
+# only the end-to-end reconciliation part (tools/bench_recon_e2e.mjs;
+# BENCH_RECON_N=10000 for a quick run, BENCH_RECON_TARGETS=ldap,scim)
+bench-recon: deps $(BUILD)/provgated
+	node tools/bench_recon_e2e.mjs
+
+# only the leave -> disabled everywhere part (tools/bench_leave.mjs)
+bench-leave: deps $(BUILD)/provgated
+	node tools/bench_leave.mjs
 
 clean:
 	rm -rf $(BUILD)

@@ -672,6 +672,7 @@ struct pg_recon {
     void *arg;
     int full;
     uint64_t since_ms, started_ms;
+    uint64_t scanned_ms, listed_ms, compared_ms; /* phase ends, 0 = not yet */
     char run[32];
     char cursor[32];
     json_t *idents;            /* compare input */
@@ -888,6 +889,32 @@ pg_recon_write(const char *dir, const char *name, const char *text)
     return 0;
 }
 
+/* The duration of each phase the run reached, in ms of the wall clock:
+ * {"identities": scan + desired state, "list": the connector's list(),
+ * "compare", "act": actions and their audit events}. A new object (NULL on
+ * allocation failure); end_ms is the run's finished_ms. */
+static json_t *
+pg_recon_phases(const pg_recon_t *r, uint64_t end_ms)
+{
+    json_t *o = json_object();
+    const struct { const char *name; uint64_t from, to; } ph[] = {
+        { "identities", r->started_ms, r->scanned_ms },
+        { "list", r->scanned_ms, r->listed_ms },
+        { "compare", r->listed_ms, r->compared_ms },
+        { "act", r->compared_ms, end_ms },
+    };
+    size_t i;
+
+    for (i = 0; o != NULL && i < sizeof(ph) / sizeof(ph[0]); i++) {
+        if (ph[i].from == 0 || ph[i].to == 0 || ph[i].to < ph[i].from) {
+            break;             /* not reached (the run stopped before) */
+        }
+        json_object_set_new(o, ph[i].name,
+                            json_integer((json_int_t) (ph[i].to - ph[i].from)));
+    }
+    return o;
+}
+
 static void
 pg_recon_finish(pg_recon_t *r, pg_status_t st, const char *why)
 {
@@ -916,6 +943,11 @@ pg_recon_finish(pg_recon_t *r, pg_status_t st, const char *why)
                                                     : json_array());
     if (rep != NULL && st != PG_OK) {
         json_object_set_new(rep, "error", json_string(why ? why : "error"));
+    }
+    if (rep != NULL) {
+        json_object_set_new(rep, "phases_ms", pg_recon_phases(r,
+                            (uint64_t) json_integer_value(
+                                json_object_get(rep, "finished_ms"))));
     }
     if (rep != NULL && r->report_dir != NULL) {
         json_t *files = json_object();
@@ -1221,11 +1253,13 @@ pg_recon_listed(void *arg, pg_status_t st, const char *error)
         pg_recon_finish(r, st, why);
         return;
     }
+    r->listed_ms = pg_recon_wall_ms();
     st = pg_recon_compare(r->accounts, r->idents, r->full, &r->findings);
     if (st != PG_OK) {
         pg_recon_finish(r, st, "compare failed");
         return;
     }
+    r->compared_ms = pg_recon_wall_ms();
     r->fi = 0;
     pg_recon_next_action(r);
 }
@@ -1417,6 +1451,7 @@ pg_recon_scanned(void *arg, pg_status_t st, const redisReply *reply)
     memcpy(r->cursor, reply->element[0]->str, reply->element[0]->len);
     r->cursor[reply->element[0]->len] = '\0';
     if (strcmp(r->cursor, "0") == 0) {
+        r->scanned_ms = pg_recon_wall_ms();
         pg_recon_start_list(r);
         return;
     }
@@ -1479,6 +1514,7 @@ pg_recon_run(pg_recon_t *r, const char *target, int incremental,
     r->cb = cb;
     r->arg = arg;
     r->started_ms = pg_recon_wall_ms();
+    r->scanned_ms = r->listed_ms = r->compared_ms = 0;
     r->full = !(incremental && (x->conn->caps & PG_CONN_CAP_INCREMENTAL)
                 && x->last_ok_ms > 0);
     r->since_ms = r->full ? 0 : x->last_ok_ms;

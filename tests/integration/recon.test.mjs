@@ -397,6 +397,10 @@ describe('reconciliation of an LDAP target (real slapd) through the sidecar', ()
     assert.equal(clean.status, 'ok', JSON.stringify(clean));
     assert.equal(clean.accounts, 2);
     assert.deepEqual(clean.counts, { orphaned: 0, rogue: 0, missing: 0, drift: 0, sod: 0 }, JSON.stringify(clean.findings));
+    // the duration of each phase, in order, adding up to the run
+    assert.deepEqual(Object.keys(clean.phases_ms), ['identities', 'list', 'compare', 'act']);
+    assert.ok(Object.values(clean.phases_ms).every((v) => Number.isInteger(v) && v >= 0), JSON.stringify(clean.phases_ms));
+    assert.equal(Object.values(clean.phases_ms).reduce((a, b) => a + b, 0), clean.finished_ms - clean.started_ms);
 
     ldap.ldif(`dn: uid=mallory,${PEOPLE}\nobjectClass: inetOrgPerson\nuid: mallory\ncn: M\nsn: M\n\n`);
     ldap.del(`uid=otto,${PEOPLE}`);
