@@ -63,12 +63,20 @@ typedef enum pg_recon_action {
 typedef struct pg_recon_cfg {
     pg_recon_action_t action[PG_RECON_NKINDS];   /* default: report */
     unsigned schedule_s;       /* 0 = no scheduled runs; else 1..604800 */
+    unsigned page_size;        /* SCIM targets: Users per LIST page,
+                                  1..PG_RECON_PAGE_MAX; 0 = not set (the
+                                  default PG_RECON_PAGE_DEFAULT) */
 } pg_recon_cfg_t;
+
+#define PG_RECON_PAGE_DEFAULT 100u  /* SCIM LIST page size by default */
+#define PG_RECON_PAGE_MAX    1000u  /* reconcile.page_size cap */
 
 /*
  * Parse and validate a "reconcile" object at JSON path path:
- * {"orphaned"|"rogue"|"missing"|"drift"|"sod": action, "schedule_s": N}.
- * adopt is only valid for rogue. Unknown keys are errors. obj NULL gives
+ * {"orphaned"|"rogue"|"missing"|"drift"|"sod": action, "schedule_s": N,
+ * "page_size": N (1..PG_RECON_PAGE_MAX)}. adopt is only valid for rogue.
+ * (page_size is for SCIM targets: pg_recon_new refuses it on connector
+ * targets, which page with their connector's own settings.) Unknown keys are errors. obj NULL gives
  * the defaults. PG_ERR_CONFIG with "<path>.<key>: <reason>" in err.
  */
 PG_MUST_USE pg_status_t pg_recon_cfg_parse(const json_t *obj,

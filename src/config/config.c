@@ -1510,6 +1510,11 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         snprintf(rp, sizeof(rp), "%s.reconcile", p);
         TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
                                err));
+        if (rc.page_size != 0) {
+            pg_err_set(err, "%s.page_size: only for SCIM targets (a "
+                       "connector pages with its own settings)", rp);
+            return PG_ERR_CONFIG;
+        }
         t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));
         if (t->reconcile == NULL) {
             return PG_ERR_NOMEM;
@@ -1593,7 +1598,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "ca_file", "client_cert", "client_key", "insecure_skip_verify",
         "username_attr", "create_missing_groups", "attributes", "delivery",
         "wait_ms", "on_slow", "rate_limit", "discovery", "dialect",
-        "deprovision_on_session_end", "inactivity_days", "inactivity_s", NULL
+        "deprovision_on_session_end", "inactivity_days", "inactivity_s",
+        "reconcile", NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1643,6 +1649,19 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
     TRY(pg_cfg_bool(o, p, "create_missing_groups", 0,
                     &t->create_missing_groups, err));
     TRY(parse_scim_dialect(t, o, p, err));
+    /* reconciliation (docs/reconciliation.md) */
+    if (json_object_get(o, "reconcile") != NULL) {
+        pg_recon_cfg_t rc;
+        char rp[600];
+
+        snprintf(rp, sizeof(rp), "%s.reconcile", p);
+        TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
+                               err));
+        t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));
+        if (t->reconcile == NULL) {
+            return PG_ERR_NOMEM;
+        }
+    }
     TRY(parse_delivery(t, o, p, err));
     TRY(parse_expiry(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));
