@@ -343,7 +343,8 @@ app.post('/_admin/clear', (req, res) => {
   res.json({ ok: true });
 });
 // Advertised ServiceProviderConfig (additive): {"patch": bool, "etag": bool,
-// "filter_max_results": n}. patch=false also makes PATCH answer 501, so a
+// "filter": bool (filter.supported; only what is advertised: filters are
+// still evaluated), "filter_max_results": n}. patch=false also makes PATCH answer 501, so a
 // client must fall back to PUT. Reset by /_admin/clear.
 let spcOverride = {};
 function applySpc(o) {
@@ -351,8 +352,11 @@ function applySpc(o) {
   const set = {};
   if (o.patch !== undefined) set.patch = { supported: Boolean(o.patch) };
   if (o.etag !== undefined) set.etag = { supported: Boolean(o.etag) };
-  if (o.filter_max_results !== undefined) {
-    set.filter = { supported: cur.filter.supported, maxResults: Number(o.filter_max_results) };
+  if (o.filter_max_results !== undefined || o.filter !== undefined) {
+    set.filter = {
+      supported: o.filter !== undefined ? Boolean(o.filter) : cur.filter.supported,
+      maxResults: o.filter_max_results !== undefined ? Number(o.filter_max_results) : cur.filter.maxResults,
+    };
   }
   if (Object.keys(set).length) SCIMMY.Config.set(set);
 }
@@ -366,7 +370,9 @@ app.post('/_admin/config', (req, res) => {
   try {
     if (spcDefaults === null) {
       const c = SCIMMY.Config.get();
-      spcDefaults = { patch: c.patch.supported, etag: c.etag.supported, filter_max_results: c.filter.maxResults };
+      spcDefaults = {
+        patch: c.patch.supported, etag: c.etag.supported, filter: c.filter.supported, filter_max_results: c.filter.maxResults,
+      };
     }
     spcOverride = { ...spcOverride, ...(req.body || {}) };
     applySpc(spcOverride);
