@@ -1,5 +1,5 @@
 /*
- * provgate core: reconciliation of connector targets.
+ * provgate core: reconciliation of connector and SCIM targets.
  * Contract: include/provgate/recon.h; guide: docs/reconciliation.md.
  *
  * A run (one at a time per reconciler) goes through these phases, every
@@ -7,7 +7,9 @@
  *   scan     identities, one SCAN page at a time (Lua: SCAN + HMGET of
  *            attrs, left, acct:<t>, ents:<t>); each identity's desired
  *            state is computed at once (policy + attribute mapping)
- *   list     the connector's list() pages into an accounts array
+ *   list     the connector's list() pages into an accounts array (SCIM:
+ *            pg_scim_run LIST with a page callback, each User mapped by
+ *            pg_scim_user_account; discovery first for incremental runs)
  *   compare  pg_recon_compare (pure)
  *   act      each finding: audit recon.finding, apply the configured
  *            action (outbox enqueue / HSET acct:<t>), audit recon.action
