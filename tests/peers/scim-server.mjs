@@ -102,15 +102,28 @@ function plain(instance) {
   return JSON.parse(JSON.stringify(instance));
 }
 
-function groupsOfUser(userId) {
-  return Object.values(store.groups)
-    .filter((g) => (g.members || []).some((m) => m.value === userId))
-    .map((g) => ({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' }));
+// user id -> its "groups" entries, built once per request that lists
+// users (a per-user scan of every group's members would make listing
+// 100,000 users quadratic).
+function membershipIndex() {
+  const idx = new Map();
+  for (const g of Object.values(store.groups)) {
+    for (const m of g.members || []) {
+      if (!idx.has(m.value)) idx.set(m.value, []);
+      idx.get(m.value).push({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' });
+    }
+  }
+  return idx;
 }
 
-function userOut(u) {
-  const groups = groupsOfUser(u.id);
+function userOut(u, idx = membershipIndex()) {
+  const groups = idx.get(u.id) || [];
   return { ...u, ...(groups.length ? { groups } : {}) };
+}
+
+function usersOut() {
+  const idx = membershipIndex();
+  return Object.values(store.users).map((u) => userOut(u, idx));
 }
 
 function matchFilter(resource, list) {
@@ -186,7 +199,7 @@ SCIMMY.Resources.declare(SCIMMY.Resources.User, {
       if (!u) throw scimError(404, null, `Resource ${resource.id} not found`);
       return userOut(u);
     }
-    return filterList(resource, Object.values(store.users).map(userOut));
+    return filterList(resource, usersOut());
   },
   ingress(resource, instance) {
     const data = withoutDerived(instance);
@@ -318,7 +331,7 @@ app.get('/_admin/faults', (req, res) => {
 });
 app.get('/_admin/state', (req, res) => {
   res.json({
-    users: Object.values(store.users).map(userOut),
+    users: usersOut(),
     groups: Object.values(store.groups),
     requests: requestLog,
   });
