@@ -69,6 +69,10 @@ typedef struct pg_recon_cfg {
     unsigned page_size;        /* SCIM targets: Users per LIST page,
                                   1..PG_RECON_PAGE_MAX; 0 = not set (the
                                   default PG_RECON_PAGE_DEFAULT) */
+    int groups_from_members;   /* SCIM targets: "groups": "group_members"
+                                  (1): memberships from listing /Groups'
+                                  members; "user_attribute" (0, default):
+                                  from each User's "groups" */
 } pg_recon_cfg_t;
 
 #define PG_RECON_PAGE_DEFAULT 100u  /* SCIM LIST page size by default */
@@ -77,9 +81,10 @@ typedef struct pg_recon_cfg {
 /*
  * Parse and validate a "reconcile" object at JSON path path:
  * {"orphaned"|"rogue"|"missing"|"drift"|"sod": action, "schedule_s": N,
- * "page_size": N (1..PG_RECON_PAGE_MAX)}. adopt is only valid for rogue.
- * (page_size is for SCIM targets: pg_recon_new refuses it on connector
- * targets, which page with their connector's own settings.) Unknown keys are errors. obj NULL gives
+ * "page_size": N (1..PG_RECON_PAGE_MAX), "groups": "user_attribute" |
+ * "group_members"}. adopt is only valid for rogue. (page_size and groups
+ * are for SCIM targets: pg_recon_new and the config loader refuse them on
+ * connector targets, which list with their connector's own settings.) Unknown keys are errors. obj NULL gives
  * the defaults. PG_ERR_CONFIG with "<path>.<key>: <reason>" in err.
  */
 PG_MUST_USE pg_status_t pg_recon_cfg_parse(const json_t *obj,

@@ -1510,9 +1510,10 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         snprintf(rp, sizeof(rp), "%s.reconcile", p);
         TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
                                err));
-        if (rc.page_size != 0) {
-            pg_err_set(err, "%s.page_size: only for SCIM targets (a "
-                       "connector pages with its own settings)", rp);
+        if (rc.page_size != 0 || rc.groups_from_members) {
+            pg_err_set(err, "%s.%s: only for SCIM targets (a connector "
+                       "lists with its own settings)", rp,
+                       rc.page_size != 0 ? "page_size" : "groups");
             return PG_ERR_CONFIG;
         }
         t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));

@@ -113,6 +113,18 @@ pg_recon_cfg_parse(const json_t *obj, const char *path, pg_recon_cfg_t *out,
             out->page_size = (unsigned) n;
             continue;
         }
+        if (strcmp(k, "groups") == 0) {
+            const char *g = json_string_value(v);
+
+            if (g == NULL || (strcmp(g, "user_attribute") != 0
+                              && strcmp(g, "group_members") != 0)) {
+                pg_err_set(err, "%s.groups: must be \"user_attribute\" or "
+                           "\"group_members\"", path);
+                return PG_ERR_CONFIG;
+            }
+            out->groups_from_members = strcmp(g, "group_members") == 0;
+            continue;
+        }
         kind = pg_recon_kind_of(k);
         if (kind < 0) {
             pg_err_set(err, "%s.%s: unknown field", path, k);
@@ -701,6 +713,9 @@ struct pg_recon {
     pg_outbox_req_t *oreq;
     pg_conn_req_t *lreq;
     pg_scim_op_t *sop;         /* SCIM LIST / discovery in flight */
+    json_t *byid;              /* SCIM "group_members": account id ->
+                                  position in accounts */
+    int listing_groups;        /* SCIM: the /Groups listing is running */
     const char *note;          /* static text for the report, or NULL */
     int too_many;              /* 1 too many, 2 no memory, 3 bad account */
 };
@@ -770,9 +785,11 @@ pg_recon_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
         x->scim = t->type == PG_TARGET_SCIM;
         snprintf(path, sizeof(path), "$.targets.%s.reconcile", t->name);
         st = pg_recon_cfg_parse(t->reconcile, path, &x->rc, err);
-        if (st == PG_OK && !x->scim && x->rc.page_size != 0) {
-            pg_err_set(err, "%s.page_size: only for SCIM targets (a "
-                       "connector pages with its own settings)", path);
+        if (st == PG_OK && !x->scim
+            && (x->rc.page_size != 0 || x->rc.groups_from_members)) {
+            pg_err_set(err, "%s.%s: only for SCIM targets (a connector "
+                       "lists with its own settings)", path,
+                       x->rc.page_size != 0 ? "page_size" : "groups");
             st = PG_ERR_CONFIG;
         }
         if (st == PG_OK && !x->scim) {
@@ -820,6 +837,9 @@ pg_recon_reset(pg_recon_t *r)
     r->byiid = NULL;
     json_decref(r->accounts);
     r->accounts = NULL;
+    json_decref(r->byid);
+    r->byid = NULL;
+    r->listing_groups = 0;
     json_decref(r->findings);
     r->findings = NULL;
     r->busy = 0;
@@ -1289,6 +1309,21 @@ pg_recon_scim_page(void *arg, const json_t *resources, size_t total)
             r->too_many = st == PG_ERR_NOMEM ? 2 : 3;
             return 1;
         }
+        if (r->byid != NULL) {
+            /* memberships come from /Groups: index the account by id */
+            json_t *pos = json_integer((json_int_t)
+                                       json_array_size(r->accounts));
+
+            if (pos == NULL
+                || json_object_set_new(r->byid, json_string_value(
+                                           json_object_get(a, "id")),
+                                       pos) != 0
+                || json_object_set_new(a, "groups", json_array()) != 0) {
+                json_decref(a);
+                r->too_many = 2;
+                return 1;
+            }
+        }
         if (json_array_append_new(r->accounts, a) != 0) {
             r->too_many = 2;
             return 1;
@@ -1297,17 +1332,83 @@ pg_recon_scim_page(void *arg, const json_t *resources, size_t total)
     return 0;
 }
 
+/*
+ * One LIST page of Groups ("groups": "group_members"): each member that
+ * is a listed account gets the group's displayName (the entitlement
+ * value provisioning uses). Members that are not listed (other groups,
+ * Users outside an incremental run) are ignored. Non-zero on OOM.
+ */
+static int
+pg_recon_scim_gpage(void *arg, const json_t *resources, size_t total)
+{
+    pg_recon_t *r = arg;
+    json_t *g, *m, *ix, *groups;
+    const char *name, *id;
+    size_t i, j;
+
+    (void) total;
+    json_array_foreach(resources, i, g) {
+        name = json_string_value(json_object_get(g, "displayName"));
+        if (name == NULL) {
+            continue;
+        }
+        json_array_foreach(json_object_get(g, "members"), j, m) {
+            id = json_string_value(json_object_get(m, "value"));
+            ix = id != NULL ? json_object_get(r->byid, id) : NULL;
+            if (ix == NULL) {
+                continue;
+            }
+            groups = json_object_get(json_array_get(r->accounts, (size_t)
+                                         json_integer_value(ix)), "groups");
+            if (json_array_append_new(groups, json_string(name)) != 0) {
+                r->too_many = 2;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* A LIST finished: Users, then (with "group_members") Groups, then the
+ * comparison. */
 static void
 pg_recon_scim_listed(void *arg, const pg_scim_result_t *res)
 {
     pg_recon_t *r = arg;
+    pg_scim_op_request_t req;
+    pg_scim_options_t opts;
     char why[PG_CONN_ERROR_MAX + 32];
+    pg_status_t st;
 
     r->sop = NULL;
     if (r->too_many == 0 && res->st != PG_OK) {
-        snprintf(why, sizeof(why), "%s: %s", res->reason,
+        snprintf(why, sizeof(why), "%s%s: %s", r->listing_groups
+                                               ? "listing groups: " : "",
+                 res->reason,
                  res->detail[0] ? res->detail : pg_status_str(res->st));
         pg_recon_listed(r, res->st, why);
+        return;
+    }
+    if (r->too_many == 0 && r->byid != NULL && !r->listing_groups) {
+        r->listing_groups = 1;
+        memset(&opts, 0, sizeof(opts));
+        opts.host = r->host;
+        opts.caps = &r->cur->caps;
+        memset(&req, 0, sizeof(req));
+        req.kind = PG_SCIM_OP_LIST;
+        req.target = r->cur->t;
+        req.opts = &opts;
+        req.groups = 1;
+        req.page_size = r->cur->rc.page_size ? r->cur->rc.page_size
+                                             : PG_RECON_PAGE_DEFAULT;
+        req.max_results = PG_RECON_MAX_ACCOUNTS;
+        req.page_cb = pg_recon_scim_gpage;
+        req.page_arg = r;
+        st = pg_scim_run(r->http, &req, pg_recon_scim_listed, r, &r->sop);
+        if (st != PG_OK) {
+            r->sop = NULL;
+            pg_recon_listed(r, st, "listing groups could not start");
+        }
         return;
     }
     pg_recon_listed(r, PG_OK, NULL);
@@ -1363,6 +1464,11 @@ pg_recon_scim_list(pg_recon_t *r)
         r->note = "incremental run not possible: the target does not "
                   "support filtering (ServiceProviderConfig "
                   "filter.supported); listed in full";
+    }
+    if (x->rc.groups_from_members && r->byid == NULL
+        && (r->byid = json_object()) == NULL) {
+        pg_recon_finish(r, PG_ERR_NOMEM, "out of memory");
+        return;
     }
     req.kind = PG_SCIM_OP_LIST;
     req.page_size = x->rc.page_size ? x->rc.page_size

@@ -407,6 +407,33 @@ describe('reconciliation of a SCIM target (real SCIM peer) through the sidecar',
     await reload(REPORT_ONLY);
   });
 
+  test('a server without "groups" on Users: memberships from the Groups\' members', async () => {
+    const set = await jsonRequest('POST', `${e.scim.origin}/_admin/config`, { user_groups: false });
+    assert.equal(set.status, 200);
+    const u = await e.scim.request('GET', `/Users/${(await user('quinn')).id}`);
+    assert.equal(u.json.groups, undefined, 'the peer now serves Users without groups');
+    // read from the Users, every granted group looks missing (and no SoD)
+    const blind = await reconcile();
+    assert.equal(blind.status, 'ok', JSON.stringify(blind));
+    assert.equal(blind.counts.drift, 5, JSON.stringify(blind.findings));
+    assert.equal(blind.counts.sod, 0);
+    // "groups": "group_members": listed from /Groups, page by page
+    await reload({ ...REPORT_ONLY, page_size: 2, groups: 'group_members' });
+    await e.scim.resetLog();
+    const rep = await reconcile();
+    assert.equal(rep.status, 'ok', JSON.stringify(rep));
+    assert.deepEqual(rep.counts, { orphaned: 0, rogue: 2, missing: 0, drift: 0, sod: 2 }, JSON.stringify(rep.findings));
+    assert.deepEqual(find(rep, 'rogue', 'pia')[0].extra_groups, ['admins']);
+    const glists = (await e.scim.state()).requests.filter((q) => q.method === 'GET' && q.path.endsWith('/Groups'));
+    assert.deepEqual(glists.map((q) => new URL(q.url, 'http://x').searchParams.get('startIndex')), ['1', '3']);
+    // a membership removed on the Group is found
+    await members('engineering', 'remove', (await user('nora')).id);
+    const drift = await reconcile();
+    assert.deepEqual(drift.counts, { orphaned: 0, rogue: 2, missing: 0, drift: 1, sod: 1 }, JSON.stringify(drift.findings));
+    assert.deepEqual(find(drift, 'drift', 'nora')[0].missing_groups, ['engineering']);
+    await members('engineering', 'add', (await user('nora')).id);
+  });
+
   test('a bad page_size is refused at start with its JSON path', async () => {
     const { spawnSync } = await import('node:child_process');
     const cfg = JSON.parse(JSON.stringify(baseCfg));

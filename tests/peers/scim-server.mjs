@@ -116,14 +116,19 @@ function membershipIndex() {
   return idx;
 }
 
-function userOut(u, idx = membershipIndex()) {
-  const groups = idx.get(u.id) || [];
+// /_admin/config {"user_groups": false}: Users are served without their
+// "groups" attribute (a server that keeps memberships on Groups only).
+let userGroups = true;
+
+function userOut(u, idx = membershipIndex(), withGroups = userGroups) {
+  const groups = withGroups ? idx.get(u.id) || [] : [];
   return { ...u, ...(groups.length ? { groups } : {}) };
 }
 
-function usersOut() {
+// every user as served (/_admin/state: always with its groups)
+function usersOut(withGroups = userGroups) {
   const idx = membershipIndex();
-  return Object.values(store.users).map((u) => userOut(u, idx));
+  return Object.values(store.users).map((u) => userOut(u, idx, withGroups));
 }
 
 function matchFilter(resource, list) {
@@ -331,7 +336,7 @@ app.get('/_admin/faults', (req, res) => {
 });
 app.get('/_admin/state', (req, res) => {
   res.json({
-    users: usersOut(),
+    users: usersOut(true),
     groups: Object.values(store.groups),
     requests: requestLog,
   });
@@ -377,6 +382,7 @@ let spcDefaults = null;
 function resetSpc() {
   if (spcDefaults !== null) applySpc(spcDefaults);
   spcOverride = {};
+  userGroups = true;
   oauth = null;
 }
 app.post('/_admin/config', (req, res) => {
@@ -387,7 +393,9 @@ app.post('/_admin/config', (req, res) => {
         patch: c.patch.supported, etag: c.etag.supported, filter: c.filter.supported, filter_max_results: c.filter.maxResults,
       };
     }
-    spcOverride = { ...spcOverride, ...(req.body || {}) };
+    const { user_groups: ug, ...spc } = req.body || {};
+    if (ug !== undefined) userGroups = Boolean(ug);
+    spcOverride = { ...spcOverride, ...spc };
     applySpc(spcOverride);
   } catch (e) {
     res.status(400).json({ error: e.message });

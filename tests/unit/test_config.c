@@ -404,6 +404,9 @@ static const bad_case_t bad_cases[] = {
       "\"login\", \"reconcile\": {\"page_size\": 50}, \"attributes\": "
       "{\"login\": \"${username}\"}}"}, 0, 0,
      "$.targets.db.reconcile.page_size: only for SCIM targets"},
+    {{"targets/app/reconcile", "{\"groups\": \"members\"}"}, 0, 0,
+     "$.targets.app.reconcile.groups: must be \"user_attribute\" or "
+     "\"group_members\""},
     {{"targets/db", "{\"type\": \"rest\", \"connector\": {}, \"key\": "
       "\"login\", \"delivery\": \"direct\", \"attributes\": "
       "{\"login\": \"${username}\"}}"}, 0, 0,
