@@ -2274,6 +2274,45 @@ test_list_page_callback_and_since(void **state)
                      PG_ERR_INVALID);
 }
 
+/* A server that ignores startIndex answers the first page again: the
+ * LIST fails with bad_response instead of reading it as more Users. */
+static void
+test_list_ignored_start_index(void **state)
+{
+    static const canned_t resp[] = {
+        { 200, "application/scim+json",
+          "{\"totalResults\":4,\"Resources\":[{\"id\":\"a\","
+          "\"userName\":\"a\"},{\"id\":\"b\",\"userName\":\"b\"}]}" },
+        { 200, "application/scim+json",
+          "{\"totalResults\":4,\"Resources\":[{\"id\":\"a\","
+          "\"userName\":\"a\"},{\"id\":\"b\",\"userName\":\"b\"}]}" },
+    };
+    pg_scim_op_request_t req;
+    scripted_t s;
+    char base[128], *log = NULL;
+    pages_t pg;
+    run_t r;
+
+    (void)state;
+    scripted_start(&s, resp, 2);
+    scripted_base(&s, base, sizeof(base));
+    T.base_url = base;
+    memset(&pg, 0, sizeof(pg));
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = 2;
+    req.page_cb = on_page;
+    req.page_arg = &pg;
+    run_op(&r, &req);
+    scripted_stop(&s, &log);
+    assert_int_equal(r.st, PG_ERR_INVALID);
+    assert_string_equal(r.reason, "bad_response");
+    assert_non_null(strstr(r.detail, "ignores startIndex"));
+    assert_int_equal(pg.npages, 1);      /* the repeat was not delivered */
+    assert_non_null(strstr(log, "GET /scim/v2/Users?startIndex=3&count=2 "));
+    free(log);
+}
+
 static void
 test_discovery_cached(void **state)
 {
@@ -3134,6 +3173,7 @@ main(void)
         cmocka_unit_test_setup(test_group_put_412_rereads, test_setup),
         cmocka_unit_test(test_user_account_mapping),
         cmocka_unit_test_setup(test_list_page_callback_and_since, test_setup),
+        cmocka_unit_test_setup(test_list_ignored_start_index, test_setup),
     };
 
     return cmocka_run_group_tests_name("scim", tests, group_setup,

@@ -520,6 +520,9 @@ struct pg_scim_op {
     pg_scim_page_cb page_cb;   /* LIST: per-page delivery, or NULL */
     void *page_arg;
     size_t delivered;          /* LIST with page_cb: resources delivered */
+    char *page_first;          /* LIST: id of the previous page's first
+                                  resource (a server ignoring startIndex
+                                  repeats it), or NULL */
 
     /* OAuth: waiting for the token fetch of opts.oauth. */
     pg_scim_op_t **whead;      /* list the op waits on, or NULL */
@@ -602,6 +605,7 @@ scim_op_free(pg_scim_op_t *op)
     json_decref(op->payload);
     free(op->if_match);
     free(op->list_filter);
+    free(op->page_first);
     json_decref(op->res.resource);
     json_decref(op->res.resources);
     free(op);
@@ -2944,6 +2948,22 @@ on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp)
     n = json_array_size(res);
     have = op->page_cb != NULL ? op->delivered
                                : json_array_size(op->res.resources);
+    /* a server that ignores startIndex answers the same page again: stop
+     * rather than read it (up to max_results) as more resources */
+    e = json_array_get(res, 0);
+    if (n > 0 && resource_id(e) != NULL) {
+        if (op->page_first != NULL &&
+            strcmp(op->page_first, resource_id(e)) == 0) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_INVALID, "bad_response",
+                      "GET %s: startIndex=%zu repeats the previous page "
+                      "(the server ignores startIndex)", op->coll,
+                      op->start_index);
+            return;
+        }
+        free(op->page_first);
+        op->page_first = strdup(resource_id(e));
+    }
     json_array_foreach(res, i, e) {
         if (!json_is_object(e)) {
             json_decref(list);
