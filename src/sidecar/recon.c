@@ -1416,6 +1416,8 @@ pg_recon_scim_listed(void *arg, const pg_scim_result_t *res)
 
 static void pg_recon_scim_list(pg_recon_t *r);
 
+/* ServiceProviderConfig read (into r->cur->caps) for an incremental run:
+ * go on with the listing, which decides filter or full. */
 static void
 pg_recon_scim_discovered(void *arg, const pg_scim_result_t *res)
 {
