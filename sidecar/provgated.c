@@ -967,7 +967,7 @@ serve_import(daemon_t *d, struct evhttp_request *req)
  * block stays separate from the rest of the daemon. docs/reconciliation.md
  */
 static struct {
-    pg_recon_t *rc;              /* NULL: no connector target */
+    pg_recon_t *rc;              /* NULL: reconciliation unavailable */
     const char *dir;             /* --recon-dir (argv, borrowed) or NULL */
     json_t *last;                /* target -> last report */
     pg_timer_t *tick;            /* 1 s schedule check */

@@ -168,7 +168,8 @@ typedef struct pg_target_cfg {
                                   constructor, see pg_connector_create) */
     int leave_delete;          /* "leave": "disable" (0, default) | "delete" */
     json_t *reconcile;         /* "reconcile" object (validated by
-                                  pg_recon_cfg_parse, recon.h), or NULL */
+                                  pg_recon_cfg_parse, recon.h), or NULL;
+                                  also set on SCIM targets */
     /* Expiry (docs/sidecar.md "Expiry"; both target types): */
     int deprov_action;         /* "deprovision_on_session_end".action:
                                   PG_DEPROV_NONE (absent), _DISABLE,

@@ -1,8 +1,11 @@
 /*
- * provgate core: reconciliation of one connector target (docs/reconciliation.md).
+ * provgate core: reconciliation of one target (docs/reconciliation.md).
  *
  * A run lists every account of the target (connector list(); incremental
- * with since_ms when the connector has PG_CONN_CAP_INCREMENTAL) and
+ * with since_ms when the connector has PG_CONN_CAP_INCREMENTAL; a SCIM
+ * target: GET /Users page by page, mapped by pg_scim_user_account(),
+ * incremental with filter=meta.lastModified gt ... when its
+ * ServiceProviderConfig says filter.supported, else full with a "note") and
  * compares it with the desired state computed from the Redis identities
  * (<p>id:<iid>: attrs, left, acct:<target>, ents:<target>) and the policy
  * engine (pg_policy_decide + the target's attribute mapping). Findings:
@@ -63,12 +66,25 @@ typedef enum pg_recon_action {
 typedef struct pg_recon_cfg {
     pg_recon_action_t action[PG_RECON_NKINDS];   /* default: report */
     unsigned schedule_s;       /* 0 = no scheduled runs; else 1..604800 */
+    unsigned page_size;        /* SCIM targets: Users per LIST page,
+                                  1..PG_RECON_PAGE_MAX; 0 = not set (the
+                                  default PG_RECON_PAGE_DEFAULT) */
+    int groups_from_members;   /* SCIM targets: "groups": "group_members"
+                                  (1): memberships from listing /Groups'
+                                  members; "user_attribute" (0, default):
+                                  from each User's "groups" */
 } pg_recon_cfg_t;
+
+#define PG_RECON_PAGE_DEFAULT 100u  /* SCIM LIST page size by default */
+#define PG_RECON_PAGE_MAX    1000u  /* reconcile.page_size cap */
 
 /*
  * Parse and validate a "reconcile" object at JSON path path:
- * {"orphaned"|"rogue"|"missing"|"drift"|"sod": action, "schedule_s": N}.
- * adopt is only valid for rogue. Unknown keys are errors. obj NULL gives
+ * {"orphaned"|"rogue"|"missing"|"drift"|"sod": action, "schedule_s": N,
+ * "page_size": N (1..PG_RECON_PAGE_MAX), "groups": "user_attribute" |
+ * "group_members"}. adopt is only valid for rogue. (page_size and groups
+ * are for SCIM targets: pg_recon_new and the config loader refuse them on
+ * connector targets, which list with their connector's own settings.) Unknown keys are errors. obj NULL gives
  * the defaults. PG_ERR_CONFIG with "<path>.<key>: <reason>" in err.
  */
 PG_MUST_USE pg_status_t pg_recon_cfg_parse(const json_t *obj,
@@ -116,11 +132,12 @@ char *pg_recon_csv(const json_t *report);
 typedef struct pg_recon pg_recon_t;
 
 /*
- * A reconciler for every connector target of cfg (it builds its own
- * connectors and HTTP client on host). redis and audit are borrowed and
+ * A reconciler for every target of cfg, connector and SCIM (it builds its
+ * own connectors, SCIM capability caches and HTTP client on host). redis and audit are borrowed and
  * must outlive it. report_dir (may be NULL: reports stay in memory) is
  * where <target>-<run id>.json/.csv are written. PG_ERR_CONFIG with err
- * when a connector or a "reconcile" object is bad.
+ * when a connector or a "reconcile" object is bad (page_size on a
+ * connector target included).
  */
 PG_MUST_USE pg_status_t pg_recon_new(const pg_config_t *cfg,
                                      const pg_host_t *host, pg_redis_t *redis,
@@ -134,23 +151,24 @@ void pg_recon_free(pg_recon_t *r);
  *  "started_ms", "finished_ms", "accounts", "identities", "counts": {kind:
  *  n}, "actions": {"enqueued", "adopted", "reported", "skipped",
  *  "failed"}, "findings": [finding + "action", "action_outcome"],
- *  "files"?: {"json", "csv"}, "error"?}. st PG_OK when the run completed. */
+ *  "files"?: {"json", "csv"}, "error"?, "note"?: why the mode differs
+ *  from the one asked for}. st PG_OK when the run completed. */
 typedef void (*pg_recon_cb)(void *arg, pg_status_t st, const json_t *report);
 
 /*
- * Start a run on target (a connector target of cfg). incremental = 1 uses
+ * Start a run on target (a target of cfg). incremental = 1 uses
  * since_ms = the start of the last completed run of this target when the
- * connector can filter (else the run is full). One run at a time per
- * reconciler (PG_ERR_BUSY). Synchronous errors: PG_ERR_NOT_FOUND (no such
- * connector target), PG_ERR_INVALID (connector cannot list), PG_ERR_BUSY,
+ * connector can filter, or the SCIM target advertises filtering (else the
+ * run is full). One run at a time per reconciler (PG_ERR_BUSY).
+ * Synchronous errors: PG_ERR_NOT_FOUND (no such target), PG_ERR_INVALID (connector cannot list), PG_ERR_BUSY,
  * PG_ERR_NOMEM; everything else through cb (never inside this call).
  */
 PG_MUST_USE pg_status_t pg_recon_run(pg_recon_t *r, const char *target,
                                      int incremental, pg_recon_cb cb,
                                      void *arg);
 
-/* The parsed "reconcile" settings of target, or NULL if not a connector
- * target. Valid while r lives. */
+/* The parsed "reconcile" settings of target, or NULL if no such target.
+ * Valid while r lives. */
 const pg_recon_cfg_t *pg_recon_target_cfg(const pg_recon_t *r,
                                           const char *target);
 

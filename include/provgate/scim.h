@@ -252,6 +252,17 @@ typedef enum pg_scim_kind {
 } pg_scim_kind_t;
 
 #define PG_SCIM_LIST_MAX 10000u   /* hard cap of pg_scim_op_request.max_results */
+#define PG_SCIM_LIST_STREAM_MAX 1000000u /* the same with a page_cb */
+
+/*
+ * LIST page callback (pg_scim_op_request.page_cb): resources is one page's
+ * "Resources" array (every element an object; borrowed, valid only during
+ * the call), total the server's totalResults. Return 0 to go on, non-zero
+ * to stop: the op then finishes with PG_ERR_CANCELLED, reason "stopped".
+ * It must not cancel the op it is called for.
+ */
+typedef int (*pg_scim_page_cb)(void *arg, const json_t *resources,
+                               size_t total);
 
 typedef struct pg_scim_op_request {
     pg_scim_kind_t kind;
@@ -267,7 +278,19 @@ typedef struct pg_scim_op_request {
     const char *filter_value;
     unsigned page_size;         /* LIST: default 100, max caps.max_results */
     unsigned max_results;       /* LIST: default 1000, at most
-                                   PG_SCIM_LIST_MAX; more -> "too_many" */
+                                   PG_SCIM_LIST_MAX (PG_SCIM_LIST_STREAM_MAX
+                                   with page_cb); more -> "too_many" */
+    pg_scim_page_cb page_cb;    /* LIST: NULL = accumulate every resource
+                                   in res.resources; else each page goes to
+                                   page_cb(page_arg, ...) as it arrives and
+                                   nothing is kept (one page in memory,
+                                   capped at PG_SCIM_MAX_RESPONSE bytes) */
+    void *page_arg;
+    uint64_t modified_since_ms; /* LIST: > 0 adds filter=meta.lastModified
+                                   gt "<since - 1 ms, RFC 3339 UTC>", i.e.
+                                   resources modified at or after
+                                   modified_since_ms; not together with
+                                   filter_attr (PG_ERR_INVALID) */
     pg_scim_call_cb on_call;    /* may be NULL */
     const pg_scim_options_t *opts; /* may be NULL; copied (caps borrowed) */
 } pg_scim_op_request_t;
@@ -281,6 +304,23 @@ PG_MUST_USE pg_status_t pg_scim_run(pg_http_t *http,
                                     const pg_scim_op_request_t *req,
                                     pg_scim_cb cb, void *arg,
                                     pg_scim_op_t **op_out);
+
+/*
+ * The reconciliation view of one SCIM User resource (pure; borrowed
+ * arguments). *out (caller owns) = {"key": the value at t->username_attr,
+ * "id", "attrs": {path: value} for every other mapped path of t (the same
+ * names as t->attrs[].scim_path, "urn:...:User:attr" extension paths
+ * included; a multi-valued complex attribute such as emails becomes the
+ * array of its "value"s; absent attributes are left out), "groups": the
+ * "display" (else "value") of each "groups" entry, "active": the User's
+ * active (true when absent), "modified_ms": meta.lastModified in ms (0 when
+ * absent or unparsable)}. PG_ERR_INVALID when the User has no string id or
+ * no string value at username_attr (or either is over 1024 bytes),
+ * PG_ERR_NOMEM.
+ */
+PG_MUST_USE pg_status_t pg_scim_user_account(const pg_target_cfg_t *t,
+                                             const json_t *user,
+                                             json_t **out);
 
 /* ---- error classification (pure) ------------------------------------ */
 

@@ -1549,6 +1549,12 @@ parse_conn_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         snprintf(rp, sizeof(rp), "%s.reconcile", p);
         TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
                                err));
+        if (rc.page_size != 0 || rc.groups_from_members) {
+            pg_err_set(err, "%s.%s: only for SCIM targets (a connector "
+                       "lists with its own settings)", rp,
+                       rc.page_size != 0 ? "page_size" : "groups");
+            return PG_ERR_CONFIG;
+        }
         t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));
         if (t->reconcile == NULL) {
             return PG_ERR_NOMEM;
@@ -1686,7 +1692,8 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
         "username_attr", "create_missing_groups", "attributes", "delivery",
         "wait_ms", "on_slow", "rate_limit", "discovery", "dialect", "retry",
         "bulk", "deprovision_on_session_end", "inactivity_days",
-        "inactivity_s", "delete_after_days", "delete_after_s", NULL
+        "inactivity_s", "delete_after_days", "delete_after_s", "reconcile",
+        NULL
     };
     char *f = NULL;
     size_t i, n;
@@ -1737,6 +1744,19 @@ parse_target(pg_target_cfg_t *t, const json_t *o, const char *p,
                     &t->create_missing_groups, err));
     TRY(parse_scim_dialect(t, o, p, err));
     TRY(parse_scim_retry(t, o, p, err));
+    /* reconciliation (docs/reconciliation.md) */
+    if (json_object_get(o, "reconcile") != NULL) {
+        pg_recon_cfg_t rc;
+        char rp[600];
+
+        snprintf(rp, sizeof(rp), "%s.reconcile", p);
+        TRY(pg_recon_cfg_parse(json_object_get(o, "reconcile"), rp, &rc,
+                               err));
+        t->reconcile = json_deep_copy(json_object_get(o, "reconcile"));
+        if (t->reconcile == NULL) {
+            return PG_ERR_NOMEM;
+        }
+    }
     TRY(parse_delivery(t, o, p, err));
     TRY(parse_expiry(t, o, p, err));
     TRY(parse_attrs(t, json_object_get(o, "attributes"), p, err));

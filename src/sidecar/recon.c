@@ -1,5 +1,5 @@
 /*
- * provgate core: reconciliation of connector targets.
+ * provgate core: reconciliation of connector and SCIM targets.
  * Contract: include/provgate/recon.h; guide: docs/reconciliation.md.
  *
  * A run (one at a time per reconciler) goes through these phases, every
@@ -7,7 +7,9 @@
  *   scan     identities, one SCAN page at a time (Lua: SCAN + HMGET of
  *            attrs, left, acct:<t>, ents:<t>); each identity's desired
  *            state is computed at once (policy + attribute mapping)
- *   list     the connector's list() pages into an accounts array
+ *   list     the connector's list() pages into an accounts array (SCIM:
+ *            pg_scim_run LIST with a page callback, each User mapped by
+ *            pg_scim_user_account; discovery first for incremental runs)
  *   compare  pg_recon_compare (pure)
  *   act      each finding: audit recon.finding, apply the configured
  *            action (outbox enqueue / HSET acct:<t>), audit recon.action
@@ -30,6 +32,7 @@
 #include "provgate/outbox.h"
 #include "provgate/policy.h"
 #include "provgate/recon.h"
+#include "provgate/scim.h"
 #include "provgate/util.h"
 
 #define PG_RECON_SCAN_COUNT  "500"
@@ -97,6 +100,29 @@ pg_recon_cfg_parse(const json_t *obj, const char *path, pg_recon_cfg_t *out,
                 return PG_ERR_CONFIG;
             }
             out->schedule_s = (unsigned) n;
+            continue;
+        }
+        if (strcmp(k, "page_size") == 0) {
+            json_int_t n = json_integer_value(v);
+
+            if (!json_is_integer(v) || n < 1 || n > PG_RECON_PAGE_MAX) {
+                pg_err_set(err, "%s.page_size: must be an integer in "
+                           "1..%u", path, PG_RECON_PAGE_MAX);
+                return PG_ERR_CONFIG;
+            }
+            out->page_size = (unsigned) n;
+            continue;
+        }
+        if (strcmp(k, "groups") == 0) {
+            const char *g = json_string_value(v);
+
+            if (g == NULL || (strcmp(g, "user_attribute") != 0
+                              && strcmp(g, "group_members") != 0)) {
+                pg_err_set(err, "%s.groups: must be \"user_attribute\" or "
+                           "\"group_members\"", path);
+                return PG_ERR_CONFIG;
+            }
+            out->groups_from_members = strcmp(g, "group_members") == 0;
             continue;
         }
         kind = pg_recon_kind_of(k);
@@ -650,7 +676,9 @@ pg_recon_csv(const json_t *report)
 
 typedef struct pg_recon_tgt {
     const pg_target_cfg_t *t;
-    pg_connector_t *conn;
+    pg_connector_t *conn;      /* connector targets; NULL for SCIM */
+    int scim;                  /* a "type": "scim" target */
+    pg_scim_caps_t caps;       /* SCIM: ServiceProviderConfig, read once */
     pg_recon_cfg_t rc;
     uint64_t last_ok_ms;       /* wall-clock start of the last completed run */
 } pg_recon_tgt_t;
@@ -685,7 +713,12 @@ struct pg_recon {
     pg_redis_op_t *rop;
     pg_outbox_req_t *oreq;
     pg_conn_req_t *lreq;
-    int too_many;
+    pg_scim_op_t *sop;         /* SCIM LIST / discovery in flight */
+    json_t *byid;              /* SCIM "group_members": account id ->
+                                  position in accounts */
+    int listing_groups;        /* SCIM: the /Groups listing is running */
+    const char *note;          /* static text for the report, or NULL */
+    int too_many;              /* 1 too many, 2 no memory, 3 bad account */
 };
 
 /* Scan one page. ARGV: prefix, cursor, target, count.
@@ -748,14 +781,19 @@ pg_recon_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
         const pg_target_cfg_t *t = &cfg->targets[i];
         pg_recon_tgt_t *x;
 
-        if (t->type != PG_TARGET_CONNECTOR) {
-            continue;
-        }
         x = &r->tg[r->ntg];
         x->t = t;
+        x->scim = t->type == PG_TARGET_SCIM;
         snprintf(path, sizeof(path), "$.targets.%s.reconcile", t->name);
         st = pg_recon_cfg_parse(t->reconcile, path, &x->rc, err);
-        if (st == PG_OK) {
+        if (st == PG_OK && !x->scim
+            && (x->rc.page_size != 0 || x->rc.groups_from_members)) {
+            pg_err_set(err, "%s.%s: only for SCIM targets (a connector "
+                       "lists with its own settings)", path,
+                       x->rc.page_size != 0 ? "page_size" : "groups");
+            st = PG_ERR_CONFIG;
+        }
+        if (st == PG_OK && !x->scim) {
             st = pg_connector_create(host, r->http, redis,
                                      cfg->redis.key_prefix, t->name,
                                      t->type_name, t->connector, &x->conn,
@@ -786,6 +824,10 @@ pg_recon_reset(pg_recon_t *r)
         pg_conn_cancel(r->cur->conn, r->lreq);
         r->lreq = NULL;
     }
+    if (r->sop != NULL) {
+        pg_scim_cancel(r->sop);
+        r->sop = NULL;
+    }
     if (r->kick != NULL) {
         r->host->timer_close(r->kick);
         r->kick = NULL;
@@ -796,6 +838,9 @@ pg_recon_reset(pg_recon_t *r)
     r->byiid = NULL;
     json_decref(r->accounts);
     r->accounts = NULL;
+    json_decref(r->byid);
+    r->byid = NULL;
+    r->listing_groups = 0;
     json_decref(r->findings);
     r->findings = NULL;
     r->busy = 0;
@@ -948,6 +993,9 @@ pg_recon_finish(pg_recon_t *r, pg_status_t st, const char *why)
         json_object_set_new(rep, "phases_ms", pg_recon_phases(r,
                             (uint64_t) json_integer_value(
                                 json_object_get(rep, "finished_ms"))));
+    }
+    if (rep != NULL && r->note != NULL) {
+        json_object_set_new(rep, "note", json_string(r->note));
     }
     if (rep != NULL && r->report_dir != NULL) {
         json_t *files = json_object();
@@ -1242,9 +1290,13 @@ pg_recon_listed(void *arg, pg_status_t st, const char *error)
 
     r->lreq = NULL;
     if (r->too_many) {
-        pg_recon_finish(r, r->too_many == 1 ? PG_ERR_TOO_LARGE : PG_ERR_NOMEM,
+        pg_recon_finish(r, r->too_many == 1 ? PG_ERR_TOO_LARGE
+                           : r->too_many == 2 ? PG_ERR_NOMEM
+                                              : PG_ERR_INVALID,
                         r->too_many == 1 ? "too many accounts"
-                                         : "out of memory");
+                        : r->too_many == 2 ? "out of memory"
+                                           : "list failed: a User without "
+                                             "an id or a username");
         return;
     }
     if (st != PG_OK) {
@@ -1264,11 +1316,219 @@ pg_recon_listed(void *arg, pg_status_t st, const char *error)
     pg_recon_next_action(r);
 }
 
+/* ---- SCIM targets ------------------------------------------------------ */
+
+/*
+ * One LIST page of Users: each becomes a recon account
+ * (pg_scim_user_account) appended to r->accounts; the page itself is
+ * dropped by the client after this returns. Non-zero stops the LIST
+ * (r->too_many says why).
+ */
+static int
+pg_recon_scim_page(void *arg, const json_t *resources, size_t total)
+{
+    pg_recon_t *r = arg;
+    json_t *u, *a;
+    size_t i;
+    pg_status_t st;
+
+    (void) total;
+    json_array_foreach(resources, i, u) {
+        if (json_array_size(r->accounts) >= PG_RECON_MAX_ACCOUNTS) {
+            r->too_many = 1;
+            return 1;
+        }
+        st = pg_scim_user_account(r->cur->t, u, &a);
+        if (st != PG_OK) {
+            r->too_many = st == PG_ERR_NOMEM ? 2 : 3;
+            return 1;
+        }
+        if (r->byid != NULL) {
+            /* memberships come from /Groups: index the account by id */
+            json_t *pos = json_integer((json_int_t)
+                                       json_array_size(r->accounts));
+
+            if (pos == NULL
+                || json_object_set_new(r->byid, json_string_value(
+                                           json_object_get(a, "id")),
+                                       pos) != 0
+                || json_object_set_new(a, "groups", json_array()) != 0) {
+                json_decref(a);
+                r->too_many = 2;
+                return 1;
+            }
+        }
+        if (json_array_append_new(r->accounts, a) != 0) {
+            r->too_many = 2;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/*
+ * One LIST page of Groups ("groups": "group_members"): each member that
+ * is a listed account gets the group's displayName (the entitlement
+ * value provisioning uses). Members that are not listed (other groups,
+ * Users outside an incremental run) are ignored. Non-zero on OOM.
+ */
+static int
+pg_recon_scim_gpage(void *arg, const json_t *resources, size_t total)
+{
+    pg_recon_t *r = arg;
+    json_t *g, *m, *ix, *groups;
+    const char *name, *id;
+    size_t i, j;
+
+    (void) total;
+    json_array_foreach(resources, i, g) {
+        name = json_string_value(json_object_get(g, "displayName"));
+        if (name == NULL) {
+            continue;
+        }
+        json_array_foreach(json_object_get(g, "members"), j, m) {
+            id = json_string_value(json_object_get(m, "value"));
+            ix = id != NULL ? json_object_get(r->byid, id) : NULL;
+            if (ix == NULL) {
+                continue;
+            }
+            groups = json_object_get(json_array_get(r->accounts, (size_t)
+                                         json_integer_value(ix)), "groups");
+            if (json_array_append_new(groups, json_string(name)) != 0) {
+                r->too_many = 2;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* A LIST finished: Users, then (with "group_members") Groups, then the
+ * comparison. */
+static void
+pg_recon_scim_listed(void *arg, const pg_scim_result_t *res)
+{
+    pg_recon_t *r = arg;
+    pg_scim_op_request_t req;
+    pg_scim_options_t opts;
+    char why[PG_CONN_ERROR_MAX + 32];
+    pg_status_t st;
+
+    r->sop = NULL;
+    if (r->too_many == 0 && res->st != PG_OK) {
+        snprintf(why, sizeof(why), "%s%s: %s", r->listing_groups
+                                               ? "listing groups: " : "",
+                 res->reason,
+                 res->detail[0] ? res->detail : pg_status_str(res->st));
+        pg_recon_listed(r, res->st, why);
+        return;
+    }
+    if (r->too_many == 0 && r->byid != NULL && !r->listing_groups) {
+        r->listing_groups = 1;
+        memset(&opts, 0, sizeof(opts));
+        opts.host = r->host;
+        opts.caps = &r->cur->caps;
+        memset(&req, 0, sizeof(req));
+        req.kind = PG_SCIM_OP_LIST;
+        req.target = r->cur->t;
+        req.opts = &opts;
+        req.groups = 1;
+        req.page_size = r->cur->rc.page_size ? r->cur->rc.page_size
+                                             : PG_RECON_PAGE_DEFAULT;
+        req.max_results = PG_RECON_MAX_ACCOUNTS;
+        req.page_cb = pg_recon_scim_gpage;
+        req.page_arg = r;
+        st = pg_scim_run(r->http, &req, pg_recon_scim_listed, r, &r->sop);
+        if (st != PG_OK) {
+            r->sop = NULL;
+            pg_recon_listed(r, st, "listing groups could not start");
+        }
+        return;
+    }
+    pg_recon_listed(r, PG_OK, NULL);
+}
+
+static void pg_recon_scim_list(pg_recon_t *r);
+
+/* ServiceProviderConfig read (into r->cur->caps) for an incremental run:
+ * go on with the listing, which decides filter or full. */
+static void
+pg_recon_scim_discovered(void *arg, const pg_scim_result_t *res)
+{
+    pg_recon_t *r = arg;
+
+    r->sop = NULL;
+    (void) res;        /* a failed read leaves the defaults: no filter */
+    pg_recon_scim_list(r);
+}
+
+/*
+ * List the Users of a SCIM target, page by page (startIndex/count,
+ * page_size from the target's "reconcile", capped by the server's
+ * filter.maxResults). An incremental run filters on meta.lastModified
+ * when ServiceProviderConfig says filter.supported (read first, once per
+ * reconciler); otherwise it lists everything and the run is full, with a
+ * "note" in the report.
+ */
+static void
+pg_recon_scim_list(pg_recon_t *r)
+{
+    pg_recon_tgt_t *x = r->cur;
+    pg_scim_op_request_t req;
+    pg_scim_options_t opts;
+    pg_status_t st;
+
+    memset(&opts, 0, sizeof(opts));
+    opts.host = r->host;
+    opts.caps = &x->caps;
+    memset(&req, 0, sizeof(req));
+    req.target = x->t;
+    req.opts = &opts;
+    if (!r->full && !x->caps.loaded) {
+        req.kind = PG_SCIM_OP_DISCOVER;
+        st = pg_scim_run(r->http, &req, pg_recon_scim_discovered, r,
+                         &r->sop);
+        if (st != PG_OK) {
+            r->sop = NULL;
+            pg_recon_finish(r, st, "list could not start");
+        }
+        return;
+    }
+    if (!r->full && !x->caps.filter) {
+        r->full = 1;
+        r->since_ms = 0;
+        r->note = "incremental run not possible: the target does not "
+                  "support filtering (ServiceProviderConfig "
+                  "filter.supported); listed in full";
+    }
+    if (x->rc.groups_from_members && r->byid == NULL
+        && (r->byid = json_object()) == NULL) {
+        pg_recon_finish(r, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = x->rc.page_size ? x->rc.page_size
+                                    : PG_RECON_PAGE_DEFAULT;
+    req.max_results = PG_RECON_MAX_ACCOUNTS;
+    req.page_cb = pg_recon_scim_page;
+    req.page_arg = r;
+    req.modified_since_ms = r->full ? 0 : r->since_ms;
+    st = pg_scim_run(r->http, &req, pg_recon_scim_listed, r, &r->sop);
+    if (st != PG_OK) {
+        r->sop = NULL;
+        pg_recon_finish(r, st, "list could not start");
+    }
+}
+
 static void
 pg_recon_start_list(pg_recon_t *r)
 {
     pg_status_t st;
 
+    if (r->cur->scim) {
+        pg_recon_scim_list(r);
+        return;
+    }
     st = pg_conn_list(r->cur->conn, r->full ? 0 : r->since_ms, pg_recon_page,
                       pg_recon_listed, r, &r->lreq);
     if (st != PG_OK) {
@@ -1491,10 +1751,10 @@ pg_recon_run(pg_recon_t *r, const char *target, int incremental,
 {
     pg_recon_tgt_t *x = pg_recon_find(r, target);
 
-    if (x == NULL || x->conn == NULL) {
+    if (x == NULL || (x->conn == NULL && !x->scim)) {
         return PG_ERR_NOT_FOUND;
     }
-    if (!(x->conn->caps & PG_CONN_CAP_LIST)) {
+    if (!x->scim && !(x->conn->caps & PG_CONN_CAP_LIST)) {
         return PG_ERR_INVALID;
     }
     if (r->busy) {
@@ -1515,8 +1775,12 @@ pg_recon_run(pg_recon_t *r, const char *target, int incremental,
     r->arg = arg;
     r->started_ms = pg_recon_wall_ms();
     r->scanned_ms = r->listed_ms = r->compared_ms = 0;
-    r->full = !(incremental && (x->conn->caps & PG_CONN_CAP_INCREMENTAL)
+    /* SCIM: incremental when asked; whether the target can filter is
+     * known after discovery (pg_recon_scim_list) */
+    r->full = !(incremental
+                && (x->scim || (x->conn->caps & PG_CONN_CAP_INCREMENTAL))
                 && x->last_ok_ms > 0);
+    r->note = NULL;
     r->since_ms = r->full ? 0 : x->last_ok_ms;
     snprintf(r->run, sizeof(r->run), "%llu",
              (unsigned long long) r->started_ms);

@@ -102,15 +102,33 @@ function plain(instance) {
   return JSON.parse(JSON.stringify(instance));
 }
 
-function groupsOfUser(userId) {
-  return Object.values(store.groups)
-    .filter((g) => (g.members || []).some((m) => m.value === userId))
-    .map((g) => ({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' }));
+// user id -> its "groups" entries, built once per request that lists
+// users (a per-user scan of every group's members would make listing
+// 100,000 users quadratic).
+function membershipIndex() {
+  const idx = new Map();
+  for (const g of Object.values(store.groups)) {
+    for (const m of g.members || []) {
+      if (!idx.has(m.value)) idx.set(m.value, []);
+      idx.get(m.value).push({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' });
+    }
+  }
+  return idx;
 }
 
-function userOut(u) {
-  const groups = groupsOfUser(u.id);
+// /_admin/config {"user_groups": false}: Users are served without their
+// "groups" attribute (a server that keeps memberships on Groups only).
+let userGroups = true;
+
+function userOut(u, idx = membershipIndex(), withGroups = userGroups) {
+  const groups = withGroups ? idx.get(u.id) || [] : [];
   return { ...u, ...(groups.length ? { groups } : {}) };
+}
+
+// every user as served (/_admin/state: always with its groups)
+function usersOut(withGroups = userGroups) {
+  const idx = membershipIndex();
+  return Object.values(store.users).map((u) => userOut(u, idx, withGroups));
 }
 
 function matchFilter(resource, list) {
@@ -188,7 +206,7 @@ SCIMMY.Resources.declare(SCIMMY.Resources.User, {
       if (!u) throw scimError(404, null, `Resource ${resource.id} not found`);
       return userOut(u);
     }
-    return filterList(resource, Object.values(store.users).map(userOut));
+    return filterList(resource, usersOut());
   },
   ingress(resource, instance) {
     const data = withoutDerived(instance);
@@ -321,7 +339,7 @@ app.get('/_admin/faults', (req, res) => {
 });
 app.get('/_admin/state', (req, res) => {
   res.json({
-    users: Object.values(store.users).map(userOut),
+    users: usersOut(true),
     groups: Object.values(store.groups),
     requests: requestLog,
   });
@@ -346,8 +364,9 @@ app.post('/_admin/clear', (req, res) => {
   res.json({ ok: true });
 });
 // Advertised ServiceProviderConfig (additive): {"patch": bool, "etag": bool,
-// "filter_max_results": n, "bulk": bool, "bulk_max_operations": n,
-// "bulk_max_payload": bytes}. patch=false also makes PATCH answer 501, so a
+// "filter": bool (filter.supported; only what is advertised: filters are
+// still evaluated), "filter_max_results": n, "bulk": bool,
+// "bulk_max_operations": n, "bulk_max_payload": bytes}. patch=false also makes PATCH answer 501, so a
 // client must fall back to PUT. Reset by /_admin/clear.
 let spcOverride = {};
 function applySpc(o) {
@@ -355,8 +374,11 @@ function applySpc(o) {
   const set = {};
   if (o.patch !== undefined) set.patch = { supported: Boolean(o.patch) };
   if (o.etag !== undefined) set.etag = { supported: Boolean(o.etag) };
-  if (o.filter_max_results !== undefined) {
-    set.filter = { supported: cur.filter.supported, maxResults: Number(o.filter_max_results) };
+  if (o.filter_max_results !== undefined || o.filter !== undefined) {
+    set.filter = {
+      supported: o.filter !== undefined ? Boolean(o.filter) : cur.filter.supported,
+      maxResults: o.filter_max_results !== undefined ? Number(o.filter_max_results) : cur.filter.maxResults,
+    };
   }
   if (o.bulk !== undefined || o.bulk_max_operations !== undefined || o.bulk_max_payload !== undefined) {
     set.bulk = {
@@ -371,6 +393,7 @@ let spcDefaults = null;
 function resetSpc() {
   if (spcDefaults !== null) applySpc(spcDefaults);
   spcOverride = {};
+  userGroups = true;
   oauth = null;
 }
 app.post('/_admin/config', (req, res) => {
@@ -378,11 +401,13 @@ app.post('/_admin/config', (req, res) => {
     if (spcDefaults === null) {
       const c = SCIMMY.Config.get();
       spcDefaults = {
-        patch: c.patch.supported, etag: c.etag.supported, filter_max_results: c.filter.maxResults,
+        patch: c.patch.supported, etag: c.etag.supported, filter: c.filter.supported, filter_max_results: c.filter.maxResults,
         bulk: c.bulk.supported, bulk_max_operations: c.bulk.maxOperations, bulk_max_payload: c.bulk.maxPayloadSize,
       };
     }
-    spcOverride = { ...spcOverride, ...(req.body || {}) };
+    const { user_groups: ug, ...spc } = req.body || {};
+    if (ug !== undefined) userGroups = Boolean(ug);
+    spcOverride = { ...spcOverride, ...spc };
     applySpc(spcOverride);
   } catch (e) {
     res.status(400).json({ error: e.message });

@@ -443,6 +443,18 @@ static const bad_case_t bad_cases[] = {
       "\"key\": \"login\", \"attributes\": {\"login\": "
       "\"${username}\"}}"}, 0, 0,
      "$.targets.db.connector.bogus: unknown field"},
+    /* reconciliation: SCIM targets take a "reconcile" object too */
+    {{"targets/app/reconcile", "{\"page_size\": 0}"}, 0, 0,
+     "$.targets.app.reconcile.page_size: must be an integer in 1..1000"},
+    {{"targets/app/reconcile", "{\"drift\": \"adopt\"}"}, 0, 0,
+     "$.targets.app.reconcile.drift: \"adopt\" is only valid for rogue"},
+    {{"targets/db", "{\"type\": \"sql\", \"connector\": {}, \"key\": "
+      "\"login\", \"reconcile\": {\"page_size\": 50}, \"attributes\": "
+      "{\"login\": \"${username}\"}}"}, 0, 0,
+     "$.targets.db.reconcile.page_size: only for SCIM targets"},
+    {{"targets/app/reconcile", "{\"groups\": \"members\"}"}, 0, 0,
+     "$.targets.app.reconcile.groups: must be \"user_attribute\" or "
+     "\"group_members\""},
     {{"targets/db", "{\"type\": \"rest\", \"connector\": {}, \"key\": "
       "\"login\", \"delivery\": \"direct\", \"attributes\": "
       "{\"login\": \"${username}\"}}"}, 0, 0,

@@ -392,6 +392,24 @@ test_cfg_parse(void **state)
     o = J("[]");
     assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
     json_decref(o);
+    /* page_size (SCIM targets): 1..PG_RECON_PAGE_MAX, 0 = the default */
+    assert_int_equal(pg_recon_cfg_parse(NULL, "$.r", &rc, &err), PG_OK);
+    assert_int_equal(rc.page_size, 0);
+    o = J("{\"page_size\":250}");
+    assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_OK);
+    assert_int_equal(rc.page_size, 250);
+    json_decref(o);
+    o = J("{\"page_size\":1001}");
+    assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
+    assert_non_null(strstr(err.msg, "$.r.page_size: must be an integer in "
+                                    "1..1000"));
+    json_decref(o);
+    o = J("{\"page_size\":0}");
+    assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
+    json_decref(o);
+    o = J("{\"page_size\":\"10\"}");
+    assert_int_equal(pg_recon_cfg_parse(o, "$.r", &rc, &err), PG_ERR_CONFIG);
+    json_decref(o);
     assert_string_equal(pg_recon_kind_str(PG_RECON_SOD), "sod");
     assert_string_equal(pg_recon_action_str(PG_RECON_REVERT), "revert");
 }

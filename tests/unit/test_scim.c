@@ -2072,6 +2072,249 @@ test_list_pagination_and_filters(void **state)
     json_decref(st);
 }
 
+/* The reconciliation view of a User: key, id, mapped attributes (nested,
+ * multi-valued, extension), groups, active, lastModified (pure). */
+static void
+test_user_account_mapping(void **state)
+{
+    static pg_attr_map_t map[5];
+    pg_target_cfg_t t;
+    json_t *u, *a, *want;
+
+    (void)state;
+    memset(map, 0, sizeof(map));
+    map[0].scim_path = (char *)"userName";
+    map[0].tpl = (char *)"${username}";
+    map[1].scim_path = (char *)"name.givenName";
+    map[1].tpl = (char *)"${given}";
+    map[2].scim_path = (char *)"emails";
+    map[2].tpl = (char *)"${email}";
+    map[3].scim_path = (char *)
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
+    map[3].tpl = (char *)"${department}";
+    map[4].scim_path = (char *)"title";
+    map[4].tpl = (char *)"${title}";
+    memset(&t, 0, sizeof(t));
+    t.name = (char *)"app";
+    t.type = PG_TARGET_SCIM;
+    t.attrs = map;
+    t.nattrs = 5;
+    t.username_attr = (char *)"userName";
+
+    u = json_loads("{\"id\": \"u-1\", \"userName\": \"nora\","
+                   " \"name\": {\"GivenName\": \"Nora\"},"
+                   " \"emails\": [{\"value\": \"n@x.org\", \"primary\": true},"
+                   "              {\"value\": \"n2@x.org\"}],"
+                   " \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:"
+                   "User\": {\"department\": \"ENG\"},"
+                   " \"active\": false,"
+                   " \"groups\": [{\"value\": \"g1\", \"display\": \"staff\"},"
+                   "              {\"value\": \"g2\"}],"
+                   " \"meta\": {\"lastModified\": \"2026-11-27T22:15:53.939Z\"}}",
+                   0, NULL);
+    assert_non_null(u);
+    assert_int_equal(pg_scim_user_account(&t, u, &a), PG_OK);
+    assert_string_equal(json_string_value(json_object_get(a, "key")), "nora");
+    assert_string_equal(json_string_value(json_object_get(a, "id")), "u-1");
+    want = json_loads("{\"name.givenName\": \"Nora\", \"emails\": "
+                      "[\"n@x.org\", \"n2@x.org\"], \"urn:ietf:params:scim:"
+                      "schemas:extension:enterprise:2.0:User:department\": "
+                      "\"ENG\"}", 0, NULL);
+    assert_true(json_equal(json_object_get(a, "attrs"), want));
+    json_decref(want);
+    /* title is absent on the User: left out, never invented */
+    assert_null(json_object_get(json_object_get(a, "attrs"), "title"));
+    assert_null(json_object_get(json_object_get(a, "attrs"), "userName"));
+    want = json_loads("[\"staff\", \"g2\"]", 0, NULL);
+    assert_true(json_equal(json_object_get(a, "groups"), want));
+    json_decref(want);
+    assert_true(json_is_false(json_object_get(a, "active")));
+    assert_int_equal(json_integer_value(json_object_get(a, "modified_ms")),
+                     1795817753939LL);
+    json_decref(a);
+
+    /* active absent = true; no groups = []; an offset timestamp */
+    json_object_del(u, "active");
+    json_object_del(u, "groups");
+    json_object_set_new(json_object_get(u, "meta"), "lastModified",
+                        json_string("2026-11-27T23:15:53+01:00"));
+    assert_int_equal(pg_scim_user_account(&t, u, &a), PG_OK);
+    assert_true(json_is_true(json_object_get(a, "active")));
+    assert_int_equal(json_array_size(json_object_get(a, "groups")), 0);
+    assert_int_equal(json_integer_value(json_object_get(a, "modified_ms")),
+                     1795817753000LL);
+    json_decref(a);
+
+    /* a nested username attribute */
+    t.username_attr = (char *)"name.givenName";
+    assert_int_equal(pg_scim_user_account(&t, u, &a), PG_OK);
+    assert_string_equal(json_string_value(json_object_get(a, "key")), "Nora");
+    assert_non_null(json_object_get(json_object_get(a, "attrs"), "userName"));
+    json_decref(a);
+    t.username_attr = (char *)"userName";
+
+    /* no usable id or username: refused, never guessed */
+    json_object_set_new(u, "id", json_integer(7));
+    a = (json_t *)1;
+    assert_int_equal(pg_scim_user_account(&t, u, &a), PG_ERR_INVALID);
+    assert_null(a);
+    json_object_set_new(u, "id", json_string("u-1"));
+    json_object_del(u, "userName");
+    assert_int_equal(pg_scim_user_account(&t, u, &a), PG_ERR_INVALID);
+    json_decref(u);
+}
+
+typedef struct pages {
+    size_t npages, nres, total;
+    size_t stop_at;            /* return 1 on this page (1-based), 0: never */
+    char names[16][32];
+} pages_t;
+
+static int
+on_page(void *arg, const json_t *res, size_t total)
+{
+    pages_t *p = arg;
+    json_t *e;
+    size_t i;
+
+    p->npages++;
+    p->total = total;
+    json_array_foreach(res, i, e) {
+        if (p->nres < 16) {
+            snprintf(p->names[p->nres], sizeof(p->names[0]), "%s",
+                     json_string_value(json_object_get(e, "userName")));
+        }
+        p->nres++;
+    }
+    return p->stop_at != 0 && p->npages == p->stop_at;
+}
+
+/* LIST with a page callback: every page delivered as it comes, nothing
+ * accumulated; the callback can stop; meta.lastModified filter. */
+static void
+test_list_page_callback_and_since(void **state)
+{
+    static const char *names[] = { "p1", "p2", "p3", "p4", "p5" };
+    pg_scim_op_request_t req;
+    char id[256], expect[256];
+    struct timespec ts;
+    uint64_t since;
+    pages_t pg;
+    size_t i;
+    run_t r;
+
+    (void)state;
+    for (i = 0; i < 5; i++) {
+        make_user(names[i], NULL, id, sizeof(id));
+    }
+    assert_int_equal(peer_call("POST", "/_admin/reset-log", "{}", NULL), 200);
+    memset(&pg, 0, sizeof(pg));
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = 2;
+    req.page_cb = on_page;
+    req.page_arg = &pg;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(pg.npages, 3);
+    assert_int_equal(pg.nres, 5);
+    assert_int_equal(pg.total, 5);
+    assert_int_equal(r.nresources, 0);      /* nothing accumulated */
+    assert_int_equal(r.ncalls, 3);
+    assert_string_equal(r.calls[2], "GET /Users?startIndex=5&count=2 200");
+    for (i = 0; i < 5; i++) {
+        assert_string_equal(pg.names[i], names[i]);
+    }
+
+    /* the callback stops the listing: no further page is asked for */
+    memset(&pg, 0, sizeof(pg));
+    pg.stop_at = 2;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_CANCELLED);
+    assert_string_equal(r.reason, "stopped");
+    assert_int_equal(pg.npages, 2);
+    assert_int_equal(r.ncalls, 2);
+
+    /* the stream cap: more than max_results is an error */
+    memset(&pg, 0, sizeof(pg));
+    req.max_results = 3;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_ERR_TOO_LARGE);
+    assert_string_equal(r.reason, "too_many");
+    assert_int_equal(pg.npages, 1);
+    req.max_results = 0;
+
+    /* modified since: only the user changed at or after the time */
+    usleep(20000);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    since = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    make_user("p6", NULL, id, sizeof(id));
+    memset(&pg, 0, sizeof(pg));
+    req.modified_since_ms = since;
+    run_op(&r, &req);
+    assert_int_equal(r.st, PG_OK);
+    assert_int_equal(pg.nres, 1);
+    assert_string_equal(pg.names[0], "p6");
+    {
+        time_t secs = (time_t)((since - 1) / 1000u);
+        struct tm tm;
+        char t0[32];
+
+        gmtime_r(&secs, &tm);
+        strftime(t0, sizeof(t0), "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(expect, sizeof(expect), "GET /Users?startIndex=1&count=2"
+                 "&filter=meta.lastModified%%20gt%%20%%22%s.%03uZ%%22 200",
+                 t0, (unsigned)((since - 1) % 1000u));
+    }
+    assert_string_equal(r.calls[0], expect);
+    /* not together with an attribute filter */
+    req.filter_attr = "userName";
+    req.filter_value = "p6";
+    memset(&r, 0, sizeof(r));
+    req.target = &T;
+    assert_int_equal(pg_scim_run(G.http, &req, on_result, &r, &r.op),
+                     PG_ERR_INVALID);
+}
+
+/* A server that ignores startIndex answers the first page again: the
+ * LIST fails with bad_response instead of reading it as more Users. */
+static void
+test_list_ignored_start_index(void **state)
+{
+    static const canned_t resp[] = {
+        { 200, "application/scim+json",
+          "{\"totalResults\":4,\"Resources\":[{\"id\":\"a\","
+          "\"userName\":\"a\"},{\"id\":\"b\",\"userName\":\"b\"}]}" },
+        { 200, "application/scim+json",
+          "{\"totalResults\":4,\"Resources\":[{\"id\":\"a\","
+          "\"userName\":\"a\"},{\"id\":\"b\",\"userName\":\"b\"}]}" },
+    };
+    pg_scim_op_request_t req;
+    scripted_t s;
+    char base[128], *log = NULL;
+    pages_t pg;
+    run_t r;
+
+    (void)state;
+    scripted_start(&s, resp, 2);
+    scripted_base(&s, base, sizeof(base));
+    T.base_url = base;
+    memset(&pg, 0, sizeof(pg));
+    memset(&req, 0, sizeof(req));
+    req.kind = PG_SCIM_OP_LIST;
+    req.page_size = 2;
+    req.page_cb = on_page;
+    req.page_arg = &pg;
+    run_op(&r, &req);
+    scripted_stop(&s, &log);
+    assert_int_equal(r.st, PG_ERR_INVALID);
+    assert_string_equal(r.reason, "bad_response");
+    assert_non_null(strstr(r.detail, "ignores startIndex"));
+    assert_int_equal(pg.npages, 1);      /* the repeat was not delivered */
+    assert_non_null(strstr(log, "GET /scim/v2/Users?startIndex=3&count=2 "));
+    free(log);
+}
+
 static void
 test_discovery_cached(void **state)
 {
@@ -3094,6 +3337,9 @@ main(void)
         cmocka_unit_test_setup(test_put_fallback_applies_ops, test_setup),
         cmocka_unit_test_setup(test_group_add_by_put, test_setup),
         cmocka_unit_test_setup(test_group_put_412_rereads, test_setup),
+        cmocka_unit_test(test_user_account_mapping),
+        cmocka_unit_test_setup(test_list_page_callback_and_since, test_setup),
+        cmocka_unit_test_setup(test_list_ignored_start_index, test_setup),
     };
 
     return cmocka_run_group_tests_name("scim", tests, group_setup,

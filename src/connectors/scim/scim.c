@@ -527,6 +527,12 @@ struct pg_scim_op {
     char *list_filter;         /* LIST: URL-encoded filter or NULL */
     unsigned page_size, max_results;
     size_t start_index;
+    pg_scim_page_cb page_cb;   /* LIST: per-page delivery, or NULL */
+    void *page_arg;
+    size_t delivered;          /* LIST with page_cb: resources delivered */
+    char *page_first;          /* LIST: id of the previous page's first
+                                  resource (a server ignoring startIndex
+                                  repeats it), or NULL */
 
     /* OAuth: waiting for the token fetch of opts.oauth. */
     pg_scim_op_t **whead;      /* list the op waits on, or NULL */
@@ -611,6 +617,7 @@ scim_op_free(pg_scim_op_t *op)
     json_decref(op->payload);
     free(op->if_match);
     free(op->list_filter);
+    free(op->page_first);
     json_decref(op->res.resource);
     json_decref(op->res.resources);
     free(op);
@@ -3419,14 +3426,17 @@ on_x_write(pg_scim_op_t *op, const pg_http_response_t *resp)
     json_decref(r);
 }
 
-/* One LIST page: append its Resources (capped at max_results), then the
- * next page until totalResults is reached or a page comes back empty. */
+/* One LIST page: append its Resources (capped at max_results), or hand
+ * them to page_cb, then ask for the next page until totalResults is
+ * reached or a page comes back empty. Only this page's body is in memory
+ * (pg_http caps it at PG_SCIM_MAX_RESPONSE). */
 static void
 on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp)
 {
     json_t *list, *res, *e, *tot;
     pg_status_t st;
-    size_t i, n;
+    size_t i, n, have;
+    int stop;
 
     if (resp->status != 200) {
         scim_status_error(op, resp);
@@ -3446,6 +3456,24 @@ on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp)
     }
     op->res.total_results = (size_t)json_integer_value(tot);
     n = json_array_size(res);
+    have = op->page_cb != NULL ? op->delivered
+                               : json_array_size(op->res.resources);
+    /* a server that ignores startIndex answers the same page again: stop
+     * rather than read it (up to max_results) as more resources */
+    e = json_array_get(res, 0);
+    if (n > 0 && resource_id(e) != NULL) {
+        if (op->page_first != NULL &&
+            strcmp(op->page_first, resource_id(e)) == 0) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_INVALID, "bad_response",
+                      "GET %s: startIndex=%zu repeats the previous page "
+                      "(the server ignores startIndex)", op->coll,
+                      op->start_index);
+            return;
+        }
+        free(op->page_first);
+        op->page_first = strdup(resource_id(e));
+    }
     json_array_foreach(res, i, e) {
         if (!json_is_object(e)) {
             json_decref(list);
@@ -3453,22 +3481,45 @@ on_x_list(pg_scim_op_t *op, const pg_http_response_t *resp)
                       "GET %s: a resource is not an object", op->coll);
             return;
         }
-        if (json_array_size(op->res.resources) >= op->max_results) {
+        if (have + i >= op->max_results) {
             json_decref(list);
             scim_fail(op, PG_ERR_TOO_LARGE, "too_many",
                       "GET %s: more than %u resources", op->coll,
                       op->max_results);
             return;
         }
-        if (json_array_append(op->res.resources, e) != 0) {
+        if (op->page_cb == NULL &&
+            json_array_append(op->res.resources, e) != 0) {
             json_decref(list);
             scim_fail(op, PG_ERR_NOMEM, "target_unavailable",
                       "out of memory");
             return;
         }
     }
+    have += n;
+    if (op->page_cb != NULL) {
+        op->delivered = have;
+        stop = 0;
+        if (n > 0) {
+            op->in_cb++;
+            stop = op->page_cb(op->page_arg, res, op->res.total_results);
+            op->in_cb--;
+        }
+        if (op->cancelled) {
+            /* not allowed by the contract; never touch op->cb again */
+            json_decref(list);
+            scim_op_free(op);
+            return;
+        }
+        if (stop) {
+            json_decref(list);
+            scim_fail(op, PG_ERR_CANCELLED, "stopped",
+                      "GET %s: stopped by the caller", op->coll);
+            return;
+        }
+    }
     json_decref(list);
-    if (n == 0 || json_array_size(op->res.resources) >= op->res.total_results) {
+    if (n == 0 || have >= op->res.total_results) {
         op->res.detail[0] = '\0';
         scim_finish(op, PG_OK, "ok");
         return;
@@ -3518,6 +3569,30 @@ list_filter_q(const char *attr, const char *value)
     return out;
 }
 
+/* "&filter=<urlencoded meta.lastModified gt "<since_ms - 1 ms>">",
+ * malloc'd, NULL on OOM or a time gmtime cannot represent. */
+static char *
+list_since_q(uint64_t since_ms)
+{
+    uint64_t at = since_ms - 1;
+    time_t secs = (time_t)(at / 1000u);
+    struct tm tm;
+    char ts[64], *out;
+
+    if (gmtime_r(&secs, &tm) == NULL ||
+        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+        return NULL;
+    }
+    out = malloc(160);
+    if (out != NULL) {
+        /* meta.lastModified gt "<ts>.<ms>Z", URL-encoded (the timestamp
+         * holds only digits, '-', ':', 'T', '.' and 'Z') */
+        snprintf(out, 160, "&filter=meta.lastModified%%20gt%%20%%22%s.%03uZ"
+                 "%%22", ts, (unsigned)(at % 1000u));
+    }
+    return out;
+}
+
 /*
  * Start one operation (see scim.h). req and everything it points to is
  * copied, except req->target and opts->caps/opts->host (borrowed: they
@@ -3561,7 +3636,7 @@ pg_scim_run(pg_http_t *http, const pg_scim_op_request_t *req, pg_scim_cb cb,
         return PG_ERR_INVALID;
     }
     if (req->kind == PG_SCIM_OP_LIST && req->filter_attr != NULL &&
-        (req->filter_value == NULL ||
+        (req->filter_value == NULL || req->modified_since_ms > 0 ||
          !filter_attr_ok(req->filter_attr, req->groups))) {
         return PG_ERR_INVALID;
     }
@@ -3669,12 +3744,21 @@ pg_scim_run(pg_http_t *http, const pg_scim_op_request_t *req, pg_scim_cb cb,
         }
         op->max_results = req->max_results != 0 ? req->max_results
                                                  : SCIM_DEFAULT_MAX_RESULTS;
-        if (op->max_results > PG_SCIM_LIST_MAX) {
-            op->max_results = PG_SCIM_LIST_MAX;
+        op->page_cb = req->page_cb;
+        op->page_arg = req->page_arg;
+        if (op->max_results > (op->page_cb != NULL ? PG_SCIM_LIST_STREAM_MAX
+                                                   : PG_SCIM_LIST_MAX)) {
+            op->max_results = op->page_cb != NULL ? PG_SCIM_LIST_STREAM_MAX
+                                                  : PG_SCIM_LIST_MAX;
         }
         if (req->filter_attr != NULL &&
             (op->list_filter = list_filter_q(req->filter_attr,
                                              req->filter_value)) == NULL) {
+            goto nomem;
+        }
+        if (req->modified_since_ms > 0 &&
+            (op->list_filter = list_since_q(req->modified_since_ms))
+                == NULL) {
             goto nomem;
         }
         break;
@@ -4010,5 +4094,172 @@ op_start(pg_scim_op_t *op)
         o->waiters->wprev = op;
     }
     o->waiters = op;
+    return PG_OK;
+}
+
+/* ======================================================================
+ * The reconciliation view of a User (pure).
+ * ====================================================================== */
+
+#define SCIM_ACCT_MAX 1024u     /* id and key length cap */
+
+/*
+ * Value at a mapping path inside user (borrowed, or NULL when absent):
+ * "urn:...:User:a.b" looks "a.b" up under the extension object whose key
+ * is the URN before the last ':' (the way pg_scim_build_user() writes
+ * it); other paths are dotted, every segment matched case-insensitively.
+ */
+static json_t *
+user_path_get(const json_t *user, const char *path)
+{
+    char urn[SCIM_MAX_PATH];
+    const char *colon;
+    size_t n;
+
+    if (strncasecmp(path, "urn:", 4) != 0) {
+        return scim_get_path(user, path);
+    }
+    colon = strrchr(path, ':');
+    n = (size_t)(colon - path);
+    if (colon[1] == '\0' || n >= sizeof(urn)) {
+        return NULL;
+    }
+    memcpy(urn, path, n);
+    urn[n] = '\0';
+    return scim_get_path(scim_get_ci(user, urn), colon + 1);
+}
+
+/* RFC 3339 date-time ("2026-11-27T22:15:53.939Z", or with +hh:mm) in ms
+ * since the epoch; 0 when absent or unparsable. */
+static uint64_t
+rfc3339_ms(const json_t *v)
+{
+    const char *s = json_string_value(v), *p;
+    struct tm tm;
+    uint64_t ms = 0;
+    unsigned d = 0;
+    long off = 0;
+    time_t t;
+
+    if (s == NULL || strlen(s) > 64) {
+        return 0;
+    }
+    memset(&tm, 0, sizeof(tm));
+    p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+    if (p == NULL) {
+        return 0;
+    }
+    if (*p == '.') {
+        for (p++; *p >= '0' && *p <= '9'; p++, d++) {
+            if (d < 3) {
+                ms = ms * 10 + (uint64_t)(*p - '0');
+            }
+        }
+    }
+    for (; d < 3; d++) {
+        ms *= 10;
+    }
+    if ((*p == '+' || *p == '-') && p[1] >= '0' && p[1] <= '9' &&
+        p[2] >= '0' && p[2] <= '9' && p[3] == ':' && p[4] >= '0' &&
+        p[4] <= '9' && p[5] >= '0' && p[5] <= '9' && p[6] == '\0') {
+        off = (*p == '-' ? -1 : 1) *
+              (((p[1] - '0') * 10 + (p[2] - '0')) * 3600L +
+               ((p[4] - '0') * 10 + (p[5] - '0')) * 60L);
+    } else if (!((*p == 'Z' || *p == 'z') && p[1] == '\0')) {
+        return 0;
+    }
+    t = timegm(&tm) - off;
+    return t > 0 ? (uint64_t)t * 1000u + ms : 0;
+}
+
+/* A string of at most SCIM_ACCT_MAX bytes without NUL inside, or NULL. */
+static const char *
+acct_str(const json_t *v)
+{
+    if (!json_is_string(v) || json_string_length(v) == 0 ||
+        json_string_length(v) > SCIM_ACCT_MAX ||
+        strlen(json_string_value(v)) != json_string_length(v)) {
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+/* The comparable form of an attribute value: an array of complex values
+ * with "value" members (emails, phoneNumbers, ...) becomes the array of
+ * those values; anything else is itself. New reference, NULL on OOM. */
+static json_t *
+acct_value(json_t *v)
+{
+    json_t *out, *e, *x;
+    size_t i;
+
+    if (!json_is_array(v) || json_array_size(v) == 0 ||
+        !json_is_object(json_array_get(v, 0))) {
+        return json_incref(v);
+    }
+    out = json_array();
+    json_array_foreach(v, i, e) {
+        x = scim_get_ci(e, "value");
+        if (out != NULL && x != NULL && json_array_append(out, x) != 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+pg_status_t
+pg_scim_user_account(const pg_target_cfg_t *t, const json_t *user,
+                     json_t **out)
+{
+    const char *ua, *id, *key, *g;
+    json_t *acct, *attrs, *groups, *v, *e;
+    size_t i;
+    int bad = 0;
+
+    *out = NULL;
+    if (t == NULL || !json_is_object(user)) {
+        return PG_ERR_INVALID;
+    }
+    ua = t->username_attr != NULL && t->username_attr[0] != '\0'
+             ? t->username_attr : "userName";
+    id = acct_str(json_object_get(user, "id"));
+    key = acct_str(user_path_get(user, ua));
+    if (id == NULL || key == NULL) {
+        return PG_ERR_INVALID;
+    }
+    attrs = json_object();
+    groups = json_array();
+    for (i = 0; attrs != NULL && i < t->nattrs; i++) {
+        const char *path = t->attrs[i].scim_path;
+
+        if (strcasecmp(path, ua) == 0) {
+            continue;
+        }
+        v = user_path_get(user, path);
+        if (v != NULL && !json_is_null(v)) {
+            bad |= json_object_set_new(attrs, path, acct_value(v)) != 0;
+        }
+    }
+    json_array_foreach(scim_get_ci(user, "groups"), i, e) {
+        g = acct_str(scim_get_ci(e, "display"));
+        if (g == NULL) {
+            g = acct_str(scim_get_ci(e, "value"));
+        }
+        if (g != NULL && groups != NULL) {
+            bad |= json_array_append_new(groups, json_string(g)) != 0;
+        }
+    }
+    v = scim_get_ci(user, "active");
+    acct = json_pack("{s:s, s:s, s:o, s:o, s:b, s:I}", "key", key, "id", id,
+                     "attrs", attrs, "groups", groups, "active",
+                     !json_is_false(v), "modified_ms",
+                     (json_int_t)rfc3339_ms(scim_get_ci(
+                         scim_get_ci(user, "meta"), "lastModified")));
+    if (acct == NULL || bad) {
+        json_decref(acct);
+        return PG_ERR_NOMEM;
+    }
+    *out = acct;
     return PG_OK;
 }
