@@ -679,6 +679,7 @@ typedef struct pg_recon_tgt {
     pg_connector_t *conn;      /* connector targets; NULL for SCIM */
     int scim;                  /* a "type": "scim" target */
     pg_scim_caps_t caps;       /* SCIM: ServiceProviderConfig, read once */
+    pg_scim_oauth_t *oauth;    /* SCIM "oauth2" target: its token cache */
     pg_recon_cfg_t rc;
     uint64_t last_ok_ms;       /* wall-clock start of the last completed run */
 } pg_recon_tgt_t;
@@ -793,6 +794,23 @@ pg_recon_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
                        x->rc.page_size != 0 ? "page_size" : "groups");
             st = PG_ERR_CONFIG;
         }
+        if (st == PG_OK && x->scim && t->auth == PG_AUTH_OAUTH2) {
+            pg_scim_oauth_cfg_t oc;
+
+            memset(&oc, 0, sizeof(oc));
+            oc.token_url = t->oauth_token_url;
+            oc.client_id = t->oauth_client_id;
+            oc.client_secret = t->oauth_client_secret;
+            oc.scope = t->oauth_scope;
+            oc.skew_s = t->oauth_skew_s;
+            oc.timeout_ms = t->timeout_ms;
+            oc.tls = t->tls;
+            st = pg_scim_oauth_new(&oc, &x->oauth);
+            if (st != PG_OK) {
+                pg_err_set(err, "target %s: oauth2 token cache: %s",
+                           t->name, pg_status_str(st));
+            }
+        }
         if (st == PG_OK && !x->scim) {
             st = pg_connector_create(host, r->http, redis,
                                      cfg->redis.key_prefix, t->name,
@@ -858,6 +876,7 @@ pg_recon_free(pg_recon_t *r)
     pg_recon_reset(r);
     for (i = 0; i < r->ntg; i++) {
         pg_connector_free(r->tg[i].conn);
+        pg_scim_oauth_free(r->tg[i].oauth);  /* before r->http goes */
     }
     free(r->tg);
     pg_http_free(r->http);
@@ -1403,6 +1422,23 @@ pg_recon_scim_gpage(void *arg, const json_t *resources, size_t total)
     return 0;
 }
 
+/* The SCIM options of target x for reconciliation calls into *o (owned by
+ * the caller, needed only for the pg_scim_run call): the host, x's caps,
+ * its oauth2 token cache and the target's "retry". */
+static void
+pg_recon_scim_opts(pg_recon_t *r, pg_recon_tgt_t *x, pg_scim_options_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->host = r->host;
+    o->caps = &x->caps;
+    o->oauth = x->oauth;
+    if (x->t->retry_attempts > 1) {
+        o->retry.max_attempts = x->t->retry_attempts;
+        o->retry.base_ms = x->t->retry_base_ms;
+        o->retry.max_ms = x->t->retry_max_ms;
+    }
+}
+
 /* A LIST finished: Users, then (with "group_members") Groups, then the
  * comparison. */
 static void
@@ -1425,9 +1461,7 @@ pg_recon_scim_listed(void *arg, const pg_scim_result_t *res)
     }
     if (r->too_many == 0 && r->byid != NULL && !r->listing_groups) {
         r->listing_groups = 1;
-        memset(&opts, 0, sizeof(opts));
-        opts.host = r->host;
-        opts.caps = &r->cur->caps;
+        pg_recon_scim_opts(r, r->cur, &opts);
         memset(&req, 0, sizeof(req));
         req.kind = PG_SCIM_OP_LIST;
         req.target = r->cur->t;
@@ -1478,9 +1512,7 @@ pg_recon_scim_list(pg_recon_t *r)
     pg_scim_options_t opts;
     pg_status_t st;
 
-    memset(&opts, 0, sizeof(opts));
-    opts.host = r->host;
-    opts.caps = &x->caps;
+    pg_recon_scim_opts(r, x, &opts);
     memset(&req, 0, sizeof(req));
     req.target = x->t;
     req.opts = &opts;
