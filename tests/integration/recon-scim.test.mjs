@@ -434,6 +434,34 @@ describe('reconciliation of a SCIM target (real SCIM peer) through the sidecar',
     await members('engineering', 'add', (await user('nora')).id);
   });
 
+  test('an "oauth2" SCIM target is listed with a client-credentials token', async () => {
+    const o = await jsonRequest('POST', `${e.scim.origin}/_admin/oauth`,
+      { client_id: 'recon-client', client_secret: 'recon-client-secret', expires_in: 3600 });
+    assert.equal(o.status, 200);
+    const cfg = JSON.parse(JSON.stringify(baseCfg));
+    cfg.targets.demoapp.reconcile = { ...REPORT_ONLY, page_size: 3 };
+    cfg.targets.demoapp.auth = {
+      type: 'oauth2', token_url: `${e.scim.origin}/oauth/token`, client_id: 'recon-client',
+      client_secret: 'recon-client-secret',
+    };
+    fs.writeFileSync(scCfgFile, JSON.stringify(cfg, null, 2));
+    const before = e.audit().filter((x) => x.type === 'config.reload' && x.outcome === 'success').length;
+    sc.kill('SIGHUP');
+    await until('reloaded', () => e.audit().filter((x) => x.type === 'config.reload' && x.outcome === 'success').length
+      > before);
+    await e.scim.resetLog();
+    const rep = await reconcile();
+    assert.equal(rep.status, 'ok', JSON.stringify(rep));
+    assert.equal(rep.accounts, 7);
+    const lists = await userLists();
+    assert.ok(lists.length >= 3, JSON.stringify(lists));
+    assert.deepEqual((await e.scim.state()).requests.filter((q) => q.auth !== 'oauth').map((q) => q.url), [],
+      'every call carried the token');
+    const tok = await jsonRequest('GET', `${e.scim.origin}/_admin/oauth`);
+    assert.equal(tok.json.token_requests, 1);
+    await reload(REPORT_ONLY);
+  });
+
   test('a bad page_size is refused at start with its JSON path', async () => {
     const { spawnSync } = await import('node:child_process');
     const cfg = JSON.parse(JSON.stringify(baseCfg));
