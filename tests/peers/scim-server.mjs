@@ -206,6 +206,20 @@ SCIMMY.Resources.declare(SCIMMY.Resources.User, {
       if (!u) throw scimError(404, null, `Resource ${resource.id} not found`);
       return userOut(u);
     }
+    // An unfiltered, unsorted page is cut here, so that listing a large
+    // store page by page costs one page per request, not the whole store.
+    // SCIMMY's ListResponse re-offsets a result when 1 < startIndex <= its
+    // length: those requests (never the ones provgate makes: startIndex 1
+    // or past a whole page) take the whole-list path.
+    const c = resource.constraints || {};
+    const start = c.startIndex || 1;
+    if (!resource.filter && !c.sortBy && Number.isInteger(c.count) && (start === 1 || start > c.count)) {
+      const all = Object.values(store.users);
+      const idx = membershipIndex();
+      c.totalResults = all.length;
+      resource.constraints = c;
+      return all.slice(start - 1, start - 1 + c.count).map((u) => userOut(u, idx, userGroups));
+    }
     return filterList(resource, usersOut());
   },
   ingress(resource, instance) {
