@@ -320,8 +320,12 @@ pg_ob_enqueued(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
                    "again shortly.", f);
         return;
     }
-    f = json_pack("{s:s, s:s, s:s, s:b}", "target", op->app, "idem",
-                  op->ob_idem, "entry", res->id, "new", res->created);
+    f = json_pack("{s:s, s:s, s:s, s:b, s:b}", "target", op->app, "idem",
+                  op->ob_idem, "entry", res->id, "new", res->created,
+                  "own", res->own);
+    if (f != NULL && op->g->ob_name[0] != '\0') {
+        json_object_set_new(f, "consumer", json_string(op->g->ob_name));
+    }
     pg_op_audit(op, "provision.queued", "success",
                 res->created ? "enqueued" : "joined_pending", f, NULL);
     op->ob_deadline = h->now_ms(h->ctx) + op->target->wait_ms;
@@ -356,6 +360,9 @@ pg_ob_provision(pg_op_t *op)
     o.state = state;
     o.dedup_ttl_s = g->cfg->outbox.dedup_ttl_s;
     o.release_when_done = 1;   /* a later login applies (and checks) again */
+    /* this worker's consumer applies it itself when nothing else waits
+     * (no hop to whichever worker's XREADGROUP would read it) */
+    o.own = g->ob_consumer;
     st = pg_outbox_enqueue(g->redis, &o, PG_OB_ENQUEUE_MS, pg_ob_enqueued, op,
                            idem, &op->obreq);
     json_decref(state);
@@ -584,6 +591,7 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
         j->op->decision.entitlements = json_incref(ents);
     }
     j->op->decision.has_account = 1;
+    j->op->ob_own = e->own;
     j->op->after_provision = pg_ob_job_applied;
     json_decref(state);
     j->next = g->ob_jobs;
@@ -651,6 +659,7 @@ pg_ob_init(pg_gate_t *g, pg_err_t *err)
         return PG_OK;
     }
     snprintf(name, sizeof(name), "%s:%ld", cfg->instance, (long) getpid());
+    snprintf(g->ob_name, sizeof(g->ob_name), "%s", name);
     memset(&oc, 0, sizeof(oc));
     oc.consumer = name;
     oc.batch = cfg->outbox.batch;
@@ -681,6 +690,7 @@ pg_ob_free(pg_gate_t *g)
      * (their entries stay pending and are reclaimed by another consumer) */
     pg_outbox_consumer_free(g->ob_consumer);
     g->ob_consumer = NULL;
+    g->ob_name[0] = '\0';
     while ((j = g->ob_jobs) != NULL) {
         g->ob_jobs = j->next;
         if (j->op != NULL) {
