@@ -28,6 +28,7 @@
  * Only http and https, no redirects, no signals (CURLOPT_NOSIGNAL).
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@
 #define PG_HTTP_MAX_REQ_HEADERS 100u
 #define PG_HTTP_MAX_REQ_HEADER_LEN 8192u
 #define PG_HTTP_MAX_METHOD 32u
+#define PG_HTTP_POOL 16u        /* idle easy handles kept for reuse */
+#define PG_HTTP_MAX_IDLE_CONNS 64 /* connection cache of the multi handle */
 
 typedef struct hsock {
     struct hsock *prev, *next;
@@ -97,6 +100,9 @@ struct pg_http {
     op_list_t batch;            /* being delivered now */
     int depth;
     int freeing;
+    CURL *pool[PG_HTTP_POOL];   /* idle easy handles (curl_easy_reset) */
+    unsigned npool;
+    uint64_t easy_created, easy_reused;
 };
 
 /* ---- small helpers -------------------------------------------------- */
@@ -137,12 +143,25 @@ list_del(pg_http_op_t *op)
     op->list = NULL;
 }
 
-/* Release an op that is on no list and not in the multi handle. */
+/*
+ * Release an op that is on no list and not in the multi handle. Its easy
+ * handle goes back to h's pool (reset to defaults: no option, header list,
+ * body or credential of this request survives) unless the client is being
+ * freed or the pool is full. Connections stay in the multi handle's cache
+ * either way, so keep-alive does not depend on the pool.
+ */
 static void
 op_free(pg_http_op_t *op)
 {
+    pg_http_t *h = op->h;
+
     if (op->easy != NULL) {
-        curl_easy_cleanup(op->easy);
+        if (h != NULL && !h->freeing && h->npool < PG_HTTP_POOL) {
+            curl_easy_reset(op->easy);
+            h->pool[h->npool++] = op->easy;
+        } else {
+            curl_easy_cleanup(op->easy);
+        }
     }
     curl_slist_free_all(op->req_headers);
     free(op->req_body);
@@ -160,6 +179,9 @@ enter(pg_http_t *h)
 static void
 destroy(pg_http_t *h)
 {
+    while (h->npool > 0) {
+        curl_easy_cleanup(h->pool[--h->npool]);
+    }
     if (h->multi != NULL) {
         curl_multi_cleanup(h->multi); /* may call sock_cb(REMOVE) */
     }
@@ -524,7 +546,12 @@ pg_http_new(const pg_host_t *host, pg_http_t **out)
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK) {
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+        /* idle keep-alive connections kept in the multi handle's cache
+         * (curl's default, 4 x the handles in use now, closes most of a
+         * burst's connections once it is over) */
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS,
+                          (long)PG_HTTP_MAX_IDLE_CONNS) != CURLM_OK) {
         destroy(h);
         return PG_ERR_NOMEM;
     }
@@ -776,7 +803,13 @@ pg_http_start(pg_http_t *h, const pg_http_request_t *req, pg_http_cb cb,
         return PG_OK;
     }
 
-    op->easy = curl_easy_init();
+    if (h->npool > 0) {
+        op->easy = h->pool[--h->npool];
+        h->easy_reused++;
+    } else {
+        op->easy = curl_easy_init();
+        h->easy_created++;
+    }
     if (op->easy == NULL) {
         op_free(op);
         return PG_ERR_NOMEM;
@@ -839,4 +872,16 @@ pg_http_response_header(const pg_http_response_t *resp, const char *name)
         }
     }
     return NULL;
+}
+
+/* See http.h. */
+void
+pg_http_easy_stats(const pg_http_t *h, uint64_t *created, uint64_t *reused)
+{
+    if (created != NULL) {
+        *created = h != NULL ? h->easy_created : 0;
+    }
+    if (reused != NULL) {
+        *reused = h != NULL ? h->easy_reused : 0;
+    }
 }
