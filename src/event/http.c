@@ -65,7 +65,8 @@ struct pg_http_op {
     op_list_t *list;            /* the list op is on, or NULL */
     pg_http_t *h;
     enum op_state state;
-    CURL *easy;                 /* NULL for ops failed before start */
+    CURL *easy;                 /* NULL until one is made; in the multi
+                                   handle only while OP_ACTIVE */
     pg_http_cb cb;
     void *arg;
     struct curl_slist *req_headers;
@@ -78,7 +79,6 @@ struct pg_http_op {
     size_t body_len, body_cap;
     int too_large;
 
-    char hbuf[PG_HTTP_MAX_HEADER_BYTES]; /* name\0value\0 ... */
     size_t hbuf_len;
     unsigned hname[PG_HTTP_MAX_HEADERS];
     unsigned hval[PG_HTTP_MAX_HEADERS];
@@ -86,6 +86,9 @@ struct pg_http_op {
     int header_overflow;
 
     pg_http_response_t resp;
+    /* last: not cleared when a pooled op is reused (hbuf_len says how
+     * much of it is valid) */
+    char hbuf[PG_HTTP_MAX_HEADER_BYTES]; /* name\0value\0 ... */
 };
 
 struct pg_http {
@@ -100,7 +103,8 @@ struct pg_http {
     op_list_t batch;            /* being delivered now */
     int depth;
     int freeing;
-    CURL *pool[PG_HTTP_POOL];   /* idle easy handles (curl_easy_reset) */
+    pg_http_op_t *pool[PG_HTTP_POOL]; /* idle ops, each with its reset
+                                        easy handle (curl_easy_reset) */
     unsigned npool;
     uint64_t easy_created, easy_reused;
 };
@@ -155,17 +159,23 @@ op_free(pg_http_op_t *op)
 {
     pg_http_t *h = op->h;
 
-    if (op->easy != NULL) {
-        if (h != NULL && !h->freeing && h->npool < PG_HTTP_POOL) {
-            curl_easy_reset(op->easy);
-            h->pool[h->npool++] = op->easy;
-        } else {
-            curl_easy_cleanup(op->easy);
-        }
-    }
     curl_slist_free_all(op->req_headers);
     free(op->req_body);
     free(op->body);
+    if (op->easy != NULL && h != NULL && !h->freeing &&
+        h->npool < PG_HTTP_POOL) {
+        /* keep the op (its 16 KiB header buffer) and the handle */
+        CURL *easy = op->easy;
+
+        curl_easy_reset(easy);
+        memset(op, 0, offsetof(pg_http_op_t, hbuf));
+        op->easy = easy;
+        h->pool[h->npool++] = op;
+        return;
+    }
+    if (op->easy != NULL) {
+        curl_easy_cleanup(op->easy);
+    }
     free(op);
 }
 
@@ -180,7 +190,10 @@ static void
 destroy(pg_http_t *h)
 {
     while (h->npool > 0) {
-        curl_easy_cleanup(h->pool[--h->npool]);
+        pg_http_op_t *op = h->pool[--h->npool];
+
+        curl_easy_cleanup(op->easy);
+        free(op);
     }
     if (h->multi != NULL) {
         curl_multi_cleanup(h->multi); /* may call sock_cb(REMOVE) */
@@ -778,9 +791,15 @@ pg_http_start(pg_http_t *h, const pg_http_request_t *req, pg_http_cb cb,
     if (h->freeing) {
         return PG_ERR_CANCELLED;
     }
-    op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        return PG_ERR_NOMEM;
+    if (h->npool > 0) {
+        /* fields cleared, easy handle reset by op_free */
+        op = h->pool[--h->npool];
+        h->easy_reused++;
+    } else {
+        op = calloc(1, sizeof(*op));
+        if (op == NULL) {
+            return PG_ERR_NOMEM;
+        }
     }
     op->h = h;
     op->cb = cb;
@@ -803,10 +822,7 @@ pg_http_start(pg_http_t *h, const pg_http_request_t *req, pg_http_cb cb,
         return PG_OK;
     }
 
-    if (h->npool > 0) {
-        op->easy = h->pool[--h->npool];
-        h->easy_reused++;
-    } else {
+    if (op->easy == NULL) {
         op->easy = curl_easy_init();
         h->easy_created++;
     }
