@@ -237,6 +237,9 @@ struct pg_gate_op {
     uint64_t                ob_deadline;
     int                     ob_own;         /* consumer op: delivered by this
                                                process's own enqueue */
+    const char             *ob_wake;        /* how the outcome arrived:
+                                               "local" (applied by this
+                                               process), "event", "poll" */
 
     /* connector targets and deprovisioning (provision.c) */
     pg_conn_req_t          *creq;           /* connector call in flight */
