@@ -97,13 +97,14 @@ static const char LUA_FINISH[] =
     "  return {0, ''}\n"
     "end\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
-    LUA_NOW
     "local st, res = 'done', ''\n"
     "if ARGV[3] == 'retry' then\n"
+    LUA_NOW
     "  local due = now + tonumber(ARGV[5])\n"
     "  redis.call('ZADD', KEYS[2], due, ARGV[8])\n"
     "  st, res = 'retry', string.format('%.0f', due)\n"
     "elseif ARGV[3] == 'dead' then\n"
+    LUA_NOW
     "  local f = {}\n"
     "  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end\n"
     "  f[#f + 1] = 'reason'; f[#f + 1] = ARGV[6]\n"
@@ -1825,6 +1826,20 @@ own_dispatch(pg_outbox_consumer_t *c, pg_outbox_job_t *j)
     }
 }
 
+/* 1 when an entry with this id is a job of c right now. */
+static int
+job_busy(const pg_outbox_consumer_t *c, const char *id)
+{
+    const pg_outbox_job_t *j;
+
+    for (j = c->jobs; j != NULL && id != NULL; j = j->next) {
+        if (j->ent.id != NULL && strcmp(j->ent.id, id) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /*
  * Turn an entries array into jobs and hand them to the handler. An empty
  * array continues the loop. Entries that cannot be parsed are
@@ -1854,6 +1869,12 @@ dispatch(pg_outbox_consumer_t *c, const redisReply *arr, int reclaimed)
             j->malformed = 1;
         }
         j->ent.reclaimed = reclaimed;
+        if (reclaimed && job_busy(c, j->ent.id)) {
+            /* ours and still being applied (an own delivery keeps the loop
+             * running): XAUTOCLAIM only renewed its idle time */
+            job_free(j);
+            continue;
+        }
         j->c = c;
         j->prev = last;
         if (last != NULL) {

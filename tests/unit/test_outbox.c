@@ -582,6 +582,48 @@ test_own_delivery(void **state)
     assert_string_equal(buf, ":0");
     assert_int_equal(pel_count(), 0);
 
+    /* An own job applied for longer than claim_idle_ms: the consumer's
+     * loop keeps running (own jobs are not part of a batch) and its
+     * XAUTOCLAIM sees the entry idle, but never hands it out again while
+     * the job runs. */
+    {
+        json_t *js = json_pack("{s:s}", "n", "slow");
+        pg_outbox_op_t op = mkop("own-slow", "scim:hr", js);
+        enq_res_t e;
+
+        pg_outbox_consumer_free(a);
+        pg_outbox_consumer_free(b);
+        a = b = NULL;
+        pg_redis_free(f.rc);
+        pg_redis_free(f.rc2);
+        f.rc = client(&f, &g_srv);
+        f.rc2 = client(&f, &g_srv);
+        ca.block_ms = 50;          /* claim_idle_ms 200: many cycles */
+        ha.hold = 1;
+        assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &ca, handler_cb,
+                                                &ha, &a), PG_OK);
+        spin(&f, 100);
+        op.own = a;
+        e = enqueue1(&f, &op);
+        assert_int_equal(e.own, 1);
+        assert_int_equal(ha.ncalls, 11);
+        spin(&f, 900);             /* > 4 x claim_idle_ms */
+        assert_int_equal(ha.ncalls, 11);
+        assert_int_equal(pel_count(), 1);
+        ha.hold = 0;
+        pg_outbox_job_done(ha.held[--ha.nheld], PG_OUTBOX_RESULT_DONE, NULL);
+        spin(&f, 200);
+        assert_int_equal(pel_count(), 0);
+        assert_int_equal(ha.ncalls, 11);
+        pg_outbox_consumer_stats(a, &s);
+        assert_int_equal(s.reclaimed, 0);
+        assert_int_equal(s.done, 1);
+        json_decref(js);
+        pg_outbox_consumer_free(a);
+        a = NULL;
+        ha.ncalls = 10;            /* the numbering below continues at 10 */
+    }
+
     /* A backlog: an entry nobody has read yet. The own enqueue after it
      * must not deliver anything itself. */
     pg_outbox_consumer_free(a);
