@@ -1718,24 +1718,29 @@ job_hand_out(pg_outbox_consumer_t *c, pg_outbox_job_t *j)
 
 /* ---- own deliveries (pg_outbox_op_t.own) ----------------------------- */
 
+/* c's group name (owned by c), for the enqueue script's XREADGROUP. */
 static const char *
 own_group(const pg_outbox_consumer_t *c)
 {
     return c->group;
 }
 
+/* c's consumer name (owned by c), for the enqueue script's XREADGROUP. */
 static const char *
 own_name(const pg_outbox_consumer_t *c)
 {
     return c->consumer;
 }
 
+/* Enter a frame of c from the enqueue reply (c stays allocated until the
+ * matching own_leave, even if freed meanwhile). */
 static void
 own_enter(pg_outbox_consumer_t *c)
 {
     c_enter(c);
 }
 
+/* Leave that frame; c may be gone afterwards. */
 static void
 own_leave(pg_outbox_consumer_t *c)
 {
