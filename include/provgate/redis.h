@@ -73,8 +73,10 @@ void pg_redis_cancel(pg_redis_op_t *op);
  * loads it). A NOSCRIPT reply (SCRIPT FLUSH, failover) is never seen by
  * the caller: the same command is sent again as EVAL on the same
  * connection. Up to 32 distinct scripts of at most 64 KiB are cached per
- * client (by content); others always go as EVAL. This counts the NOSCRIPT
- * fallbacks so far (for tests and stats).
+ * client (by content); others always go as EVAL. Not for EVAL inside
+ * MULTI/EXEC (the NOSCRIPT would be inside EXEC's reply; nothing here uses
+ * transactions). This counts the NOSCRIPT fallbacks so far (for tests and
+ * stats).
  */
 uint64_t pg_redis_noscript_count(const pg_redis_t *r);
 
