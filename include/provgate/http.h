@@ -16,6 +16,7 @@
 #define PROVGATE_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "provgate/host.h"
 
 #define PG_HTTP_DEFAULT_MAX_RESPONSE (1024u * 1024u)
@@ -66,6 +67,14 @@ PG_MUST_USE pg_status_t pg_http_start(pg_http_t *h,
                                       pg_http_op_t **op_out);
 
 void pg_http_cancel(pg_http_op_t *op);
+
+/*
+ * Easy handles: a finished request's handle is reset (curl_easy_reset)
+ * and kept in a pool of up to 16 for the next request, instead of being
+ * created and freed per request. Counts so far, for tests and stats.
+ */
+void pg_http_easy_stats(const pg_http_t *h, uint64_t *created,
+                        uint64_t *reused);
 
 /*
  * Value of a response header (case-insensitive name), or NULL. Valid only

@@ -57,6 +57,8 @@ typedef struct pg_outbox_entry {
     const char *last_error;  /* error of the previous attempt, "" if none */
     uint64_t created_ms;     /* Redis server time of the first enqueue */
     int reclaimed;           /* delivered by XAUTOCLAIM (a consumer died) */
+    int own;                 /* delivered by the enqueue of this process
+                                (pg_outbox_op_t.own), not by a read */
     /* Dead letters only ("" / 0 otherwise): */
     const char *reason;      /* why it was dead-lettered */
     const char *orig_id;     /* its id in the outbox stream */
@@ -67,6 +69,8 @@ typedef struct pg_outbox_entry {
 void pg_outbox_cancel(pg_outbox_req_t *req);
 
 /* ---- enqueue --------------------------------------------------------- */
+
+typedef struct pg_outbox_consumer pg_outbox_consumer_t;
 
 typedef struct pg_outbox_op {
     const char *idem;        /* optional; NULL/"" = derived (see below) */
@@ -81,12 +85,27 @@ typedef struct pg_outbox_op {
                                 the same desired state can be applied again
                                 later (a login after A -> B -> A). Any key
                                 that starts with "live:" behaves so. */
+    pg_outbox_consumer_t *own;  /* optional: a consumer of this process.
+                                When the entry is created now and every
+                                earlier entry of the stream has already been
+                                delivered, the same script delivers it to
+                                this consumer (XREADGROUP, so it is in its
+                                pending list like any delivery) and its
+                                handler is called right after the enqueue
+                                callback: the process that enqueued applies
+                                it without waiting for a read. Otherwise
+                                (backlog, no group yet, consumer freed
+                                meanwhile) the entry is delivered as usual.
+                                The consumer must outlive the request or
+                                be freed normally (it detaches). */
 } pg_outbox_op_t;
 
 typedef struct pg_outbox_enqueued {
     const char *id;          /* the entry id (new or existing) */
     const char *idem;
     int created;             /* 1 = appended now, 0 = an entry existed */
+    int own;                 /* 1 = delivered to op->own: its handler is
+                                called with it after this callback */
 } pg_outbox_enqueued_t;
 
 typedef void (*pg_outbox_enqueue_cb)(void *arg, pg_status_t st,
@@ -191,7 +210,6 @@ typedef struct pg_outbox_config {
     int (*needed)(void *arg);
 } pg_outbox_config_t;
 
-typedef struct pg_outbox_consumer pg_outbox_consumer_t;
 
 /*
  * Create a consumer on rb (a client used only by this consumer: it blocks
@@ -234,6 +252,7 @@ typedef struct pg_outbox_stats {
     uint64_t lost_race;       /* finishes that found the entry not pending */
     uint64_t promoted;        /* due retries moved back into the stream */
     uint64_t redis_errors;
+    uint64_t own;             /* of delivered: by this process's enqueue */
 } pg_outbox_stats_t;
 
 void pg_outbox_consumer_stats(const pg_outbox_consumer_t *c,

@@ -22,6 +22,7 @@
 #define PROVGATE_REDIS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "provgate/host.h"
 
 struct redisReply;
@@ -65,6 +66,19 @@ PG_MUST_USE pg_status_t pg_redis_command(pg_redis_t *r, int argc,
                                          pg_redis_op_t **op_out);
 
 void pg_redis_cancel(pg_redis_op_t *op);
+
+/*
+ * Scripts: a command "EVAL <script> <numkeys> ..." is sent as EVALSHA once
+ * this connection has sent that script as EVAL (first use per connection
+ * loads it). A NOSCRIPT reply (SCRIPT FLUSH, failover) is never seen by
+ * the caller: the same command is sent again as EVAL on the same
+ * connection. Up to 32 distinct scripts of at most 64 KiB are cached per
+ * client (by content); others always go as EVAL. Not for EVAL inside
+ * MULTI/EXEC (the NOSCRIPT would be inside EXEC's reply; nothing here uses
+ * transactions). This counts the NOSCRIPT fallbacks so far (for tests and
+ * stats).
+ */
+uint64_t pg_redis_noscript_count(const pg_redis_t *r);
 
 /* The configured key prefix, e.g. "pg:". Never NULL. */
 const char *pg_redis_prefix(const pg_redis_t *r);

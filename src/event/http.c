@@ -28,6 +28,7 @@
  * Only http and https, no redirects, no signals (CURLOPT_NOSIGNAL).
  */
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@
 #define PG_HTTP_MAX_REQ_HEADERS 100u
 #define PG_HTTP_MAX_REQ_HEADER_LEN 8192u
 #define PG_HTTP_MAX_METHOD 32u
+#define PG_HTTP_POOL 16u        /* idle easy handles kept for reuse */
+#define PG_HTTP_MAX_IDLE_CONNS 64 /* connection cache of the multi handle */
 
 typedef struct hsock {
     struct hsock *prev, *next;
@@ -62,7 +65,8 @@ struct pg_http_op {
     op_list_t *list;            /* the list op is on, or NULL */
     pg_http_t *h;
     enum op_state state;
-    CURL *easy;                 /* NULL for ops failed before start */
+    CURL *easy;                 /* NULL until one is made; in the multi
+                                   handle only while OP_ACTIVE */
     pg_http_cb cb;
     void *arg;
     struct curl_slist *req_headers;
@@ -75,7 +79,6 @@ struct pg_http_op {
     size_t body_len, body_cap;
     int too_large;
 
-    char hbuf[PG_HTTP_MAX_HEADER_BYTES]; /* name\0value\0 ... */
     size_t hbuf_len;
     unsigned hname[PG_HTTP_MAX_HEADERS];
     unsigned hval[PG_HTTP_MAX_HEADERS];
@@ -83,6 +86,9 @@ struct pg_http_op {
     int header_overflow;
 
     pg_http_response_t resp;
+    /* last: not cleared when a pooled op is reused (hbuf_len says how
+     * much of it is valid) */
+    char hbuf[PG_HTTP_MAX_HEADER_BYTES]; /* name\0value\0 ... */
 };
 
 struct pg_http {
@@ -97,6 +103,10 @@ struct pg_http {
     op_list_t batch;            /* being delivered now */
     int depth;
     int freeing;
+    pg_http_op_t *pool[PG_HTTP_POOL]; /* idle ops, each with its reset
+                                        easy handle (curl_easy_reset) */
+    unsigned npool;
+    uint64_t easy_created, easy_reused;
 };
 
 /* ---- small helpers -------------------------------------------------- */
@@ -137,16 +147,35 @@ list_del(pg_http_op_t *op)
     op->list = NULL;
 }
 
-/* Release an op that is on no list and not in the multi handle. */
+/*
+ * Release an op that is on no list and not in the multi handle. Its easy
+ * handle goes back to h's pool (reset to defaults: no option, header list,
+ * body or credential of this request survives) unless the client is being
+ * freed or the pool is full. Connections stay in the multi handle's cache
+ * either way, so keep-alive does not depend on the pool.
+ */
 static void
 op_free(pg_http_op_t *op)
 {
-    if (op->easy != NULL) {
-        curl_easy_cleanup(op->easy);
-    }
+    pg_http_t *h = op->h;
+
     curl_slist_free_all(op->req_headers);
     free(op->req_body);
     free(op->body);
+    if (op->easy != NULL && h != NULL && !h->freeing &&
+        h->npool < PG_HTTP_POOL) {
+        /* keep the op (its 16 KiB header buffer) and the handle */
+        CURL *easy = op->easy;
+
+        curl_easy_reset(easy);
+        memset(op, 0, offsetof(pg_http_op_t, hbuf));
+        op->easy = easy;
+        h->pool[h->npool++] = op;
+        return;
+    }
+    if (op->easy != NULL) {
+        curl_easy_cleanup(op->easy);
+    }
     free(op);
 }
 
@@ -160,6 +189,12 @@ enter(pg_http_t *h)
 static void
 destroy(pg_http_t *h)
 {
+    while (h->npool > 0) {
+        pg_http_op_t *op = h->pool[--h->npool];
+
+        curl_easy_cleanup(op->easy);
+        free(op);
+    }
     if (h->multi != NULL) {
         curl_multi_cleanup(h->multi); /* may call sock_cb(REMOVE) */
     }
@@ -524,7 +559,12 @@ pg_http_new(const pg_host_t *host, pg_http_t **out)
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h) != CURLM_OK ||
         curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK ||
-        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK) {
+        curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h) != CURLM_OK ||
+        /* idle keep-alive connections kept in the multi handle's cache
+         * (curl's default, 4 x the handles in use now, closes most of a
+         * burst's connections once it is over) */
+        curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS,
+                          (long)PG_HTTP_MAX_IDLE_CONNS) != CURLM_OK) {
         destroy(h);
         return PG_ERR_NOMEM;
     }
@@ -751,9 +791,15 @@ pg_http_start(pg_http_t *h, const pg_http_request_t *req, pg_http_cb cb,
     if (h->freeing) {
         return PG_ERR_CANCELLED;
     }
-    op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        return PG_ERR_NOMEM;
+    if (h->npool > 0) {
+        /* fields cleared, easy handle reset by op_free */
+        op = h->pool[--h->npool];
+        h->easy_reused++;
+    } else {
+        op = calloc(1, sizeof(*op));
+        if (op == NULL) {
+            return PG_ERR_NOMEM;
+        }
     }
     op->h = h;
     op->cb = cb;
@@ -776,7 +822,10 @@ pg_http_start(pg_http_t *h, const pg_http_request_t *req, pg_http_cb cb,
         return PG_OK;
     }
 
-    op->easy = curl_easy_init();
+    if (op->easy == NULL) {
+        op->easy = curl_easy_init();
+        h->easy_created++;
+    }
     if (op->easy == NULL) {
         op_free(op);
         return PG_ERR_NOMEM;
@@ -839,4 +888,16 @@ pg_http_response_header(const pg_http_response_t *resp, const char *name)
         }
     }
     return NULL;
+}
+
+/* See http.h. */
+void
+pg_http_easy_stats(const pg_http_t *h, uint64_t *created, uint64_t *reused)
+{
+    if (created != NULL) {
+        *created = h != NULL ? h->easy_created : 0;
+    }
+    if (reused != NULL) {
+        *reused = h != NULL ? h->easy_reused : 0;
+    }
 }

@@ -46,13 +46,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/un.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include <openssl/evp.h>
 #include "provgate/redis.h"
 
 #define PG_REDIS_RETRY_MS 250u
 #define PG_REDIS_MAX_ARGC (1024 * 1024)
+#define PG_REDIS_SCRIPTS 32u          /* scripts cached per client */
+#define PG_REDIS_SCRIPT_MAX (64u * 1024u) /* longest script cached */
 
 /* Intrusive circular doubly linked list with a sentinel head. */
 typedef struct pg_link {
@@ -113,7 +117,28 @@ struct pg_redis_op {
     pg_timer_t *timer;      /* command timeout; only while in_hiredis */
     unsigned in_hiredis : 1; /* hiredis holds op as privdata */
     unsigned done : 1;       /* cb called or cancelled: user let go */
+    struct evalsha_fb *fb;  /* sent as EVALSHA: the args for EVAL again */
 };
+
+/*
+ * A command sent as EVALSHA keeps a copy of its arguments after the
+ * script (numkeys, keys, args) so that a NOSCRIPT reply can be answered
+ * by sending the same command as EVAL, once, on the same connection.
+ */
+typedef struct evalsha_fb {
+    unsigned script;        /* index into r->scripts */
+    int argc;               /* including "EVAL" and the script */
+    const char **argv;      /* argv[2..] point into data */
+    size_t *argvlen;
+    char data[];
+} evalsha_fb_t;
+
+/* A script seen in an EVAL: its text and SHA-1 (hex) for EVALSHA. */
+typedef struct script {
+    char *text;
+    size_t len;
+    char sha[41];
+} script_t;
 
 struct rconn {
     pg_redis_t *r;
@@ -126,6 +151,7 @@ struct rconn {
     int ready;              /* connected and handshake done */
     int dead;
     int broken;             /* watch_update failed: drop from kick timer */
+    uint32_t loaded;        /* bit i: r->scripts[i] was sent as EVAL here */
     rconn_t *grave_next;
 };
 
@@ -154,6 +180,10 @@ struct pg_redis {
 
     int depth;
     int freeing;
+
+    script_t scripts[PG_REDIS_SCRIPTS];  /* EVALSHA cache, never evicted */
+    unsigned nscripts;
+    uint64_t noscript;                   /* NOSCRIPT fallbacks (tests) */
 };
 
 static void conn_drop(rconn_t *c, int failed_attempt);
@@ -169,6 +199,11 @@ enter(pg_redis_t *r)
 static void
 destroy(pg_redis_t *r)
 {
+    unsigned i;
+
+    for (i = 0; i < r->nscripts; i++) {
+        free(r->scripts[i].text);
+    }
     if (r->password != NULL) {
         explicit_bzero(r->password, strlen(r->password));
     }
@@ -420,6 +455,55 @@ op_finish(pg_redis_op_t *op)
     }
 }
 
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Free an op and its EVAL fallback copy. */
+static void
+op_release(pg_redis_op_t *op)
+{
+    free(op->fb);
+    free(op);
+}
+
+/*
+ * A reply to an EVALSHA: when it is a NOSCRIPT error (Redis restarted
+ * with the same connection impossible, so: SCRIPT FLUSH, or a replica
+ * promoted), send the same command as EVAL on the same connection, which
+ * also loads the script again. Returns 1 when resent (the op stays with
+ * hiredis, its timeout keeps running), 0 to deliver the reply as is.
+ * op->fb is consumed either way when resent.
+ */
+static int
+evalsha_retry(redisAsyncContext *ac, pg_redis_op_t *op, const redisReply *rep)
+{
+    rconn_t *c = ac->data;
+    evalsha_fb_t *fb = op->fb;
+    const script_t *sc;
+
+    if (rep->type != REDIS_REPLY_ERROR || rep->str == NULL ||
+        strncmp(rep->str, "NOSCRIPT", 8) != 0 || c == NULL || c->dead ||
+        c->ac != ac) {
+        return 0;
+    }
+    sc = &op->r->scripts[fb->script];
+    fb->argv[0] = "EVAL";
+    fb->argvlen[0] = 4;
+    fb->argv[1] = sc->text;
+    fb->argvlen[1] = sc->len;
+    if (redisAsyncCommandArgv(ac, on_reply, op, fb->argc, fb->argv,
+                              fb->argvlen) != REDIS_OK) {
+        return 0;
+    }
+    op->r->noscript++;
+    c->loaded |= 1u << fb->script;
+    free(fb);
+    op->fb = NULL;
+    /* keep r->sent in send order */
+    link_del(&op->link);
+    link_add_tail(&op->r->sent, &op->link);
+    return 1;
+}
+
 /*
  * Reply (or NULL: the context is being torn down) for a user command.
  * Calls the user cb unless the op is already done (cancelled / timed out).
@@ -432,13 +516,15 @@ on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (reply == NULL) {
         rconn_t *c = ac->data;
         conn_dead(c, !c->ready);
+    } else if (op->fb != NULL && !op->done && evalsha_retry(ac, op, reply)) {
+        return; /* sent again as EVAL; hiredis still holds op */
     }
     op->in_hiredis = 0;
     if (!op->done) {
         op_finish(op);
         op->cb(op->arg, reply ? PG_OK : PG_ERR_REDIS, reply);
     }
-    free(op);
+    op_release(op);
 }
 
 /* ---- timers --------------------------------------------------------- */
@@ -467,7 +553,7 @@ on_op_timeout(void *arg)
     }
     cb(cbarg, PG_ERR_TIMEOUT, NULL);
     if (free_now) {
-        free(op);
+        op_release(op);
     }
     if (ac != NULL) {
         redisAsyncFree(ac); /* frees op too (in_hiredis) */
@@ -506,7 +592,7 @@ on_kick(void *arg)
         pg_redis_op_t *op = (pg_redis_op_t *)r->failing.next;
         op_finish(op);
         op->cb(op->arg, PG_ERR_REDIS, NULL);
-        free(op);
+        op_release(op);
     }
     leave(r);
 }
@@ -712,7 +798,7 @@ cancel_list(pg_link_t *h)
         op_finish(op);
         op->cb(op->arg, PG_ERR_CANCELLED, NULL);
         if (!op->in_hiredis) {
-            free(op);
+            op_release(op);
         }
     }
 }
@@ -743,6 +829,128 @@ pg_redis_free(pg_redis_t *r)
     r->host->timer_close(r->kick_timer);
     r->kick_timer = NULL;
     leave(r);
+}
+
+/*
+ * Index of script[0..len) in r's EVALSHA cache, adding it (with its
+ * SHA-1) when new. -1 when it cannot be cached (cache full, script longer
+ * than PG_REDIS_SCRIPT_MAX, out of memory): the caller sends plain EVAL.
+ * Scripts are compared by content, so a caller may build them anywhere.
+ */
+static int
+script_index(pg_redis_t *r, const char *script, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0, i;
+    script_t *sc;
+
+    for (i = 0; i < r->nscripts; i++) {
+        if (r->scripts[i].len == len &&
+            memcmp(r->scripts[i].text, script, len) == 0) {
+            return (int)i;
+        }
+    }
+    if (r->nscripts >= PG_REDIS_SCRIPTS || len == 0 ||
+        len > PG_REDIS_SCRIPT_MAX ||
+        EVP_Digest(script, len, md, &mdlen, EVP_sha1(), NULL) != 1 ||
+        mdlen != 20) {
+        return -1;
+    }
+    sc = &r->scripts[r->nscripts];
+    sc->text = malloc(len);
+    if (sc->text == NULL) {
+        return -1;
+    }
+    memcpy(sc->text, script, len);
+    sc->len = len;
+    for (i = 0; i < 20; i++) {
+        sc->sha[2 * i] = hex[md[i] >> 4];
+        sc->sha[2 * i + 1] = hex[md[i] & 15];
+    }
+    sc->sha[40] = '\0';
+    return (int)r->nscripts++;
+}
+
+/*
+ * Hand one command to hiredis on r->conn. "EVAL script numkeys ..." goes
+ * as EVALSHA when this connection has sent the script before (as EVAL:
+ * that loads it into Redis' script cache), keeping a copy of the other
+ * arguments in op->fb for the NOSCRIPT fallback (evalsha_retry). Anything
+ * else, and scripts that cannot be cached, go as they are.
+ */
+static pg_status_t
+send_argv(pg_redis_t *r, pg_redis_op_t *op, int argc, const char **argv,
+          const size_t *argvlen)
+{
+    rconn_t *c = r->conn;
+    size_t l0, l1, total = 0, off = 0;
+    evalsha_fb_t *fb;
+    int i, idx;
+
+    l0 = argvlen ? argvlen[0] : strlen(argv[0]);
+    if (argc < 3 || l0 != 4 || strncasecmp(argv[0], "EVAL", 4) != 0) {
+        goto plain;
+    }
+    l1 = argvlen ? argvlen[1] : strlen(argv[1]);
+    idx = script_index(r, argv[1], l1);
+    if (idx < 0) {
+        goto plain;
+    }
+    if (!(c->loaded & (1u << idx))) {
+        /* first use on this connection: EVAL loads it */
+        if (redisAsyncCommandArgv(c->ac, on_reply, op, argc, argv,
+                                  argvlen) != REDIS_OK) {
+            return PG_ERR_NOMEM;
+        }
+        c->loaded |= 1u << idx;
+        return PG_OK;
+    }
+    for (i = 2; i < argc; i++) {
+        total += argvlen ? argvlen[i] : strlen(argv[i]);
+    }
+    fb = malloc(sizeof(*fb) + (size_t)argc * (sizeof(char *) + sizeof(size_t))
+                + total);
+    if (fb == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    fb->script = (unsigned)idx;
+    fb->argc = argc;
+    fb->argv = (const char **)(void *)fb->data;
+    fb->argvlen = (size_t *)(void *)(fb->data + (size_t)argc * sizeof(char *));
+    {
+        char *d = fb->data + (size_t)argc * (sizeof(char *) + sizeof(size_t));
+
+        for (i = 2; i < argc; i++) {
+            size_t n = argvlen ? argvlen[i] : strlen(argv[i]);
+
+            memcpy(d + off, argv[i], n);
+            fb->argv[i] = d + off;
+            fb->argvlen[i] = n;
+            off += n;
+        }
+    }
+    fb->argv[0] = "EVALSHA";
+    fb->argvlen[0] = 7;
+    fb->argv[1] = r->scripts[idx].sha;
+    fb->argvlen[1] = 40;
+    if (redisAsyncCommandArgv(c->ac, on_reply, op, argc, fb->argv,
+                              fb->argvlen) != REDIS_OK) {
+        free(fb);
+        return PG_ERR_NOMEM;
+    }
+    op->fb = fb;
+    return PG_OK;
+plain:
+    return redisAsyncCommandArgv(c->ac, on_reply, op, argc, argv,
+                                 argvlen) == REDIS_OK ? PG_OK : PG_ERR_NOMEM;
+}
+
+/* See redis.h. */
+uint64_t
+pg_redis_noscript_count(const pg_redis_t *r)
+{
+    return r != NULL ? r->noscript : 0;
 }
 
 /*
@@ -793,8 +1001,7 @@ pg_redis_command(pg_redis_t *r, int argc, const char **argv,
         op->timer = r->host->timer_open(r->host->ctx, on_op_timeout, op);
         if (op->timer == NULL) {
             st = PG_ERR_NOMEM;
-        } else if (redisAsyncCommandArgv(r->conn->ac, on_reply, op, argc,
-                                         argv, argvlen) != REDIS_OK) {
+        } else if (send_argv(r, op, argc, argv, argvlen) != PG_OK) {
             r->host->timer_close(op->timer);
             st = PG_ERR_NOMEM;
         } else {
@@ -808,7 +1015,7 @@ pg_redis_command(pg_redis_t *r, int argc, const char **argv,
         kick(r);
     }
     if (st != PG_OK) {
-        free(op);
+        op_release(op);
         op = NULL;
     }
     if (op_out != NULL) {
@@ -831,7 +1038,7 @@ pg_redis_cancel(pg_redis_op_t *op)
     }
     op_finish(op);
     if (!op->in_hiredis) {
-        free(op);
+        op_release(op);
     }
 }
 

@@ -708,6 +708,13 @@ pg_op_audit(pg_op_t *op, const char *type, const char *outcome,
         if (op->request_id) {
             json_object_set_new(fields, "request_id", json_string(op->request_id));
         }
+        if (op->flow == PG_FLOW_OUTBOX && op->g->ob_name[0] != '\0') {
+            /* which worker applied it, and whether its own login's
+             * enqueue handed it over (outbox.own) */
+            json_object_set_new(fields, "consumer",
+                                json_string(op->g->ob_name));
+            json_object_set_new(fields, "own", json_boolean(op->ob_own));
+        }
         if (op->claims != NULL) {
             json_t *sub = json_object_get(op->claims, "sub");
             if (json_is_string(sub)) {

@@ -131,6 +131,8 @@ struct pg_gate {
     /* the provisioning outbox (outbox_login.c) */
     pg_redis_t             *ob_redis;       /* consumer: XREADGROUP BLOCK */
     pg_outbox_consumer_t   *ob_consumer;
+    char                    ob_name[320];   /* its name "<instance>:<pid>",
+                                               "" without a consumer */
     pg_follow_t             ob_events;      /* <prefix>outbox:events */
     int                     ob_following;
     pg_op_t                *ob_waiters;     /* logins waiting for an outcome */
@@ -238,6 +240,11 @@ struct pg_gate_op {
     int                     ob_outcome;     /* 0 pending, 1 done, 2 failed */
     char                    ob_error[256];  /* last error reported */
     uint64_t                ob_deadline;
+    int                     ob_own;         /* consumer op: delivered by this
+                                               process's own enqueue */
+    const char             *ob_wake;        /* how the outcome arrived:
+                                               "local" (applied by this
+                                               process), "event", "poll" */
 
     /* connector targets and deprovisioning (provision.c) */
     pg_conn_req_t          *creq;           /* connector call in flight */

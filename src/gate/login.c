@@ -207,6 +207,10 @@ pg_cb_session_indexed(pg_op_t *op, pg_status_t st)
         json_object_set_new(f, "saml_verify_offloaded",
                             json_boolean(op->verify_offloaded));
     }
+    if (f != NULL && op->ob_wake != NULL) {
+        /* outbox delivery: how this login learnt of the outcome */
+        json_object_set_new(f, "outbox_wake", json_string(op->ob_wake));
+    }
     if (f != NULL && op->prov_start_us > 0) {
         /* policy decision + provisioning (direct, or the outbox wait) */
         json_object_set_new(f, "provision_us",

@@ -123,6 +123,11 @@ pg_ob_outcome(pg_op_t *op)
                   (json_int_t) (h->now_ms(h->ctx) - op->started_ms));
     if (op->ob_outcome == 1) {
         json_decref(f);
+        if (op->have_scim) {
+            /* applied by this process: the account id came with it */
+            op->after_provision(op, PG_OK);
+            return;
+        }
         snprintf(field, sizeof(field), "acct:%s", op->app);
         {
             char *key = pg_key(op->g, "id:", op->iid);
@@ -202,8 +207,10 @@ pg_ob_status(pg_op_t *op, pg_status_t st)
                 if (k->len == 6 && memcmp(k->str, "status", 6) == 0) {
                     if (v->len == 4 && memcmp(v->str, "done", 4) == 0) {
                         op->ob_outcome = 1;
+                        op->ob_wake = "poll";
                     } else if (v->len == 6 && memcmp(v->str, "failed", 6) == 0) {
                         op->ob_outcome = 2;
+                        op->ob_wake = "poll";
                     }
                 } else if (k->len == 5 && memcmp(k->str, "error", 5) == 0) {
                     size_t n = v->len < sizeof(op->ob_error) - 1
@@ -283,11 +290,52 @@ again:
             continue;
         }
         op->ob_outcome = strcmp(status, "done") == 0 ? 1 : 2;
+        op->ob_wake = "event";
         snprintf(op->ob_error, sizeof(op->ob_error), "%s", error);
         if (op->timer != NULL) {
             /* sleeping between polls: wake now (a status read in flight
              * sees ob_outcome when it returns). Finishing an op may change
              * the list: start over (woken ops are unlisted). */
+            g->host->timer_close(op->timer);
+            op->timer = NULL;
+            op->next = NULL;
+            pg_ob_outcome(op);
+            goto again;
+        }
+    }
+}
+
+/*
+ * This process's consumer applied operation idem (account account_id,
+ * may be NULL): wake the logins of this process waiting for it at once,
+ * without the round trip through <prefix>outbox:events, and hand them the
+ * account id (no HGET). The finish script is on its way; should it fail,
+ * the entry stays pending and is applied again (idempotent) later, which
+ * does not change that the account exists now. Failures still arrive
+ * through the follower (only the finish script dead-letters).
+ */
+static void
+pg_ob_wake_local(pg_gate_t *g, const char *idem, const char *account_id)
+{
+    pg_op_t *op;
+
+again:
+    for (op = g->ob_waiters; op != NULL; op = op->ob_next) {
+        if (op->ob_outcome != 0 || op->ob_idem == NULL
+            || strcmp(op->ob_idem, idem) != 0) {
+            continue;
+        }
+        op->ob_outcome = 1;
+        op->ob_wake = "local";
+        op->ob_error[0] = '\0';
+        if (account_id != NULL && !op->have_scim) {
+            free(op->scim.account_id);
+            op->scim.account_id = strdup(account_id);
+            op->have_scim = op->scim.account_id != NULL;
+        }
+        if (op->timer != NULL) {
+            /* as in pg_ob_event: a status read in flight sees ob_outcome
+             * when it returns; woken ops are unlisted, so start over */
             g->host->timer_close(op->timer);
             op->timer = NULL;
             op->next = NULL;
@@ -320,8 +368,12 @@ pg_ob_enqueued(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
                    "again shortly.", f);
         return;
     }
-    f = json_pack("{s:s, s:s, s:s, s:b}", "target", op->app, "idem",
-                  op->ob_idem, "entry", res->id, "new", res->created);
+    f = json_pack("{s:s, s:s, s:s, s:b, s:b}", "target", op->app, "idem",
+                  op->ob_idem, "entry", res->id, "new", res->created,
+                  "own", res->own);
+    if (f != NULL && op->g->ob_name[0] != '\0') {
+        json_object_set_new(f, "consumer", json_string(op->g->ob_name));
+    }
     pg_op_audit(op, "provision.queued", "success",
                 res->created ? "enqueued" : "joined_pending", f, NULL);
     op->ob_deadline = h->now_ms(h->ctx) + op->target->wait_ms;
@@ -356,6 +408,9 @@ pg_ob_provision(pg_op_t *op)
     o.state = state;
     o.dedup_ttl_s = g->cfg->outbox.dedup_ttl_s;
     o.release_when_done = 1;   /* a later login applies (and checks) again */
+    /* this worker's consumer applies it itself when nothing else waits
+     * (no hop to whichever worker's XREADGROUP would read it) */
+    o.own = g->ob_consumer;
     st = pg_outbox_enqueue(g->redis, &o, PG_OB_ENQUEUE_MS, pg_ob_enqueued, op,
                            idem, &op->obreq);
     json_decref(state);
@@ -428,6 +483,10 @@ static void
 pg_ob_job_applied(pg_op_t *op, pg_status_t st)
 {
     (void) st;
+    if (op->request_id != NULL && op->deprovision == 0) {
+        pg_ob_wake_local(op->g, op->request_id,
+                         op->have_scim ? op->scim.account_id : NULL);
+    }
     pg_op_finish(op, pg_result_new(PG_RES_ALLOW, 200));
 }
 
@@ -584,6 +643,7 @@ pg_ob_handle(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
         j->op->decision.entitlements = json_incref(ents);
     }
     j->op->decision.has_account = 1;
+    j->op->ob_own = e->own;
     j->op->after_provision = pg_ob_job_applied;
     json_decref(state);
     j->next = g->ob_jobs;
@@ -651,6 +711,7 @@ pg_ob_init(pg_gate_t *g, pg_err_t *err)
         return PG_OK;
     }
     snprintf(name, sizeof(name), "%s:%ld", cfg->instance, (long) getpid());
+    snprintf(g->ob_name, sizeof(g->ob_name), "%s", name);
     memset(&oc, 0, sizeof(oc));
     oc.consumer = name;
     oc.batch = cfg->outbox.batch;
@@ -681,6 +742,7 @@ pg_ob_free(pg_gate_t *g)
      * (their entries stay pending and are reclaimed by another consumer) */
     pg_outbox_consumer_free(g->ob_consumer);
     g->ob_consumer = NULL;
+    g->ob_name[0] = '\0';
     while ((j = g->ob_jobs) != NULL) {
         g->ob_jobs = j->next;
         if (j->op != NULL) {

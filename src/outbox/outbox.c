@@ -43,8 +43,12 @@
 
 /*
  * KEYS: stream, key:<idem>, status:<idem>
- * ARGV: dedup ttl s, then field/value pairs (created_ms is appended).
- * -> {1, new id} or {0, existing id}
+ * ARGV: dedup ttl s, group, own consumer ("" = none), then field/value
+ *       pairs (created_ms is appended).
+ * -> {1, new id} or {0, existing id}, or {1, new id, entry} when the new
+ *    entry was delivered to the own consumer: only when the group exists
+ *    and nothing before the entry is undelivered, so the XREADGROUP ">"
+ *    returns exactly this entry and no one else's.
  */
 static const char LUA_ENQUEUE[] =
     "if not redis.call('SET', KEYS[2], '-', 'NX', 'EX', ARGV[1]) then\n"
@@ -52,12 +56,32 @@ static const char LUA_ENQUEUE[] =
     "end\n"
     LUA_NOW
     "local f = {}\n"
-    "for i = 2, #ARGV do f[#f + 1] = ARGV[i] end\n"
+    "for i = 4, #ARGV do f[#f + 1] = ARGV[i] end\n"
     "f[#f + 1] = 'created_ms'\n"
     "f[#f + 1] = string.format('%.0f', now)\n"
     "local id = redis.call('XADD', KEYS[1], '*', unpack(f))\n"
     "redis.call('SET', KEYS[2], id, 'KEEPTTL')\n"
     "redis.call('DEL', KEYS[3])\n"
+    "if ARGV[3] ~= '' then\n"
+    "  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do\n"
+    "    local name, last\n"
+    "    for i = 1, #g - 1, 2 do\n"
+    "      if g[i] == 'name' then name = g[i + 1]\n"
+    "      elseif g[i] == 'last-delivered-id' then last = g[i + 1] end\n"
+    "    end\n"
+    "    if name == ARGV[2] and last then\n"
+    "      local nx = redis.call('XRANGE', KEYS[1], '(' .. last, '+',\n"
+    "                            'COUNT', 1)\n"
+    "      if #nx == 1 and nx[1][1] == id then\n"
+    "        local r = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3],\n"
+    "                             'COUNT', 1, 'STREAMS', KEYS[1], '>')\n"
+    "        if r and r[1] and r[1][2][1] and r[1][2][1][1] == id then\n"
+    "          return {1, id, r[1][2][1]}\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
     "return {1, id}\n";
 
 /*
@@ -73,13 +97,14 @@ static const char LUA_FINISH[] =
     "  return {0, ''}\n"
     "end\n"
     "redis.call('XDEL', KEYS[1], ARGV[2])\n"
-    LUA_NOW
     "local st, res = 'done', ''\n"
     "if ARGV[3] == 'retry' then\n"
+    LUA_NOW
     "  local due = now + tonumber(ARGV[5])\n"
     "  redis.call('ZADD', KEYS[2], due, ARGV[8])\n"
     "  st, res = 'retry', string.format('%.0f', due)\n"
     "elseif ARGV[3] == 'dead' then\n"
+    LUA_NOW
     "  local f = {}\n"
     "  for i = 9, #ARGV do f[#f + 1] = ARGV[i] end\n"
     "  f[#f + 1] = 'reason'; f[#f + 1] = ARGV[6]\n"
@@ -405,6 +430,7 @@ typedef struct ent {
     unsigned attempt;
     uint64_t created_ms, dead_ms;
     int reclaimed;
+    int own;
 } ent_t;
 
 static void
@@ -437,6 +463,7 @@ ent_view(const ent_t *e, pg_outbox_entry_t *v)
     v->last_error = S(e->last_error);
     v->created_ms = e->created_ms;
     v->reclaimed = e->reclaimed;
+    v->own = e->own;
     v->reason = S(e->reason);
     v->orig_id = S(e->orig_id);
     v->dead_ms = e->dead_ms;
@@ -557,11 +584,25 @@ struct pg_outbox_req {
     uint64_t deadline;
     unsigned attempts;
     char error[PG_OUTBOX_FIELD_MAX + 1];
+    /* enqueue with op->own: the consumer (NULL once it was freed) */
+    pg_outbox_consumer_t *own;
+    pg_outbox_req_t *own_prev, *own_next;   /* own->own_reqs */
 };
+
+static void own_detach(pg_outbox_req_t *q);
+static pg_outbox_job_t *own_take(pg_outbox_consumer_t *c, pg_redis_t *fr,
+                                 const redisReply *el);
+static void own_dispatch(pg_outbox_consumer_t *c, pg_outbox_job_t *j);
+static void own_enter(pg_outbox_consumer_t *c);
+static void own_leave(pg_outbox_consumer_t *c);
+static void own_attach(pg_outbox_consumer_t *c, pg_outbox_req_t *q);
+static const char *own_group(const pg_outbox_consumer_t *c);
+static const char *own_name(const pg_outbox_consumer_t *c);
 
 static void
 req_free(pg_outbox_req_t *q)
 {
+    own_detach(q);
     free(q->key);
     free(q);
 }
@@ -730,18 +771,35 @@ pg_outbox_idem(const pg_outbox_op_t *op, char *out, size_t outsz)
     return st;
 }
 
+/*
+ * The enqueue script's reply. With a third element the entry was
+ * delivered to q->own: it becomes a job of that consumer (linked before
+ * the caller's callback, so a consumer freed inside the callback cleans it
+ * up and the entry stays pending for a reclaim), and the handler gets it
+ * after the callback returned.
+ */
 static void
 on_enqueue(void *arg, pg_status_t st, const struct redisReply *rep)
 {
     pg_outbox_req_t *q = arg;
+    pg_outbox_consumer_t *c = q->own;
+    pg_outbox_job_t *j = NULL;
     pg_outbox_enqueued_t res;
 
     q->op = NULL;
     st = reply_status(st, rep);
-    if (st == PG_OK && (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+    if (st == PG_OK && (rep->type != REDIS_REPLY_ARRAY ||
+                        (rep->elements != 2 && rep->elements != 3) ||
                         rep_int(rep->element[0]) < 0 ||
                         rep_copy(rep->element[1], q->id, sizeof(q->id)) != PG_OK)) {
         st = PG_ERR_INVALID;
+    }
+    if (c != NULL) {
+        own_enter(c);
+        if (st == PG_OK && rep->elements == 3) {
+            /* NULL (OOM, consumer stopping): stays pending, reclaimed */
+            j = own_take(c, q->r, rep->element[2]);
+        }
     }
     if (st != PG_OK) {
         q->cb.enqueue(q->arg, st, NULL);
@@ -749,9 +807,16 @@ on_enqueue(void *arg, pg_status_t st, const struct redisReply *rep)
         res.id = q->id;
         res.idem = q->idem;
         res.created = rep_int(rep->element[0]) == 1;
+        res.own = j != NULL;
         q->cb.enqueue(q->arg, PG_OK, &res);
     }
     req_free(q);
+    if (c != NULL) {
+        if (j != NULL) {
+            own_dispatch(c, j);
+        }
+        own_leave(c);
+    }
 }
 
 /*
@@ -802,6 +867,8 @@ pg_outbox_enqueue(pg_redis_t *r, const pg_outbox_op_t *op,
         ab_str(&a, kkey);
         ab_str(&a, kstatus);
         ab_num(&a, op->dedup_ttl_s ? op->dedup_ttl_s : 86400);
+        ab_str(&a, op->own != NULL ? own_group(op->own) : "");
+        ab_str(&a, op->own != NULL ? own_name(op->own) : "");
         ab_str(&a, "idem");
         ab_str(&a, q->idem);
         ab_str(&a, "identity");
@@ -818,6 +885,9 @@ pg_outbox_enqueue(pg_redis_t *r, const pg_outbox_op_t *op,
         ab_str(&a, "");
         if (idem_out != NULL) {
             memcpy(idem_out, q->idem, strlen(q->idem) + 1);
+        }
+        if (op->own != NULL) {
+            own_attach(op->own, q);
         }
         st = req_send(q, &a, timeout_ms, on_enqueue, req_out);
         q = NULL; /* freed by req_send on failure */
@@ -1260,6 +1330,11 @@ struct pg_outbox_job {
     int malformed;
     ent_t ent;
     pg_redis_op_t *op;              /* finish script */
+    int own;                        /* delivered by an enqueue: not part of
+                                       the batch (c->pending) */
+    pg_redis_t *fr;                 /* client for the finish script: the
+                                       enqueue's (c->r may be blocked in
+                                       XREADGROUP), or c->r */
 };
 
 struct pg_outbox_consumer {
@@ -1279,6 +1354,7 @@ struct pg_outbox_consumer {
     char cursor[PG_OUTBOX_ID_MAX + 1];   /* XAUTOCLAIM cursor */
     pg_outbox_job_t *jobs;          /* jobs of the current batch */
     unsigned pending;               /* jobs of the batch not yet finished */
+    pg_outbox_req_t *own_reqs;      /* enqueues delivering to this one */
     int depth, freeing;
     pg_outbox_stats_t stats;
 };
@@ -1286,6 +1362,7 @@ struct pg_outbox_consumer {
 #define OB_EXIT_RECHECK_MS 200      /* idle re-check while exiting */
 
 static void cycle(pg_outbox_consumer_t *c);
+static void c_schedule(pg_outbox_consumer_t *c, unsigned ms);
 static void step_claim(pg_outbox_consumer_t *c);
 static void step_read(pg_outbox_consumer_t *c);
 
@@ -1310,6 +1387,21 @@ job_free(pg_outbox_job_t *j)
 {
     ent_clear(&j->ent);
     free(j);
+}
+
+/* A job of c is over (finished or dropped): free it; the last one of a
+ * batch lets the loop continue. */
+static void
+job_end(pg_outbox_job_t *j)
+{
+    pg_outbox_consumer_t *c = j->c;
+    int own = j->own;
+
+    job_unlink(j);
+    job_free(j);
+    if (!own && --c->pending == 0 && !c->freeing) {
+        c_schedule(c, 0);
+    }
 }
 
 static void
@@ -1420,11 +1512,7 @@ on_finish(void *arg, pg_status_t st, const struct redisReply *rep)
     } else if (rep_int(rep->element[0]) == 0) {
         c->stats.lost_race++;
     }
-    job_unlink(j);
-    job_free(j);
-    if (--c->pending == 0 && !c->freeing) {
-        c_schedule(c, 0);
-    }
+    job_end(j);
     c_leave(c);
 }
 
@@ -1558,7 +1646,7 @@ job_finish(pg_outbox_job_t *j, pg_outbox_result_t res, const char *error)
     ab_str(&a, err);
     ab_str(&a, "created_ms");
     ab_num(&a, e->created_ms);
-    st = ab_send(c->r, &a, 0, on_finish, j, &j->op);
+    st = ab_send(j->fr != NULL ? j->fr : c->r, &a, 0, on_finish, j, &j->op);
     if (st == PG_OK) {
         if (mode[0] == 'd' && mode[1] == 'o') {
             c->stats.done++;
@@ -1576,11 +1664,7 @@ fail:
         c->stats.redis_errors++;
         pg_log(c->host, PG_LOG_WARN, "outbox: cannot finish %s: %s",
                e->id ? e->id : "?", pg_status_str(st));
-        job_unlink(j);
-        job_free(j);
-        if (--c->pending == 0 && !c->freeing) {
-            c_schedule(c, 0);
-        }
+        job_end(j);
     }
 }
 
@@ -1607,6 +1691,158 @@ pg_outbox_job_done(pg_outbox_job_t *job, pg_outbox_result_t res,
     c_enter(c);
     job_finish(job, res, error);
     c_leave(c);
+}
+
+/* Give one job (state JOB_NEW, linked) to the handler, or dead-letter it
+ * when malformed. */
+static void
+job_hand_out(pg_outbox_consumer_t *c, pg_outbox_job_t *j)
+{
+    pg_outbox_entry_t v;
+
+    j->state = JOB_HANDLER;
+    if (j->malformed) {
+        job_finish(j, PG_OUTBOX_RESULT_FAIL, "malformed entry");
+        return;
+    }
+    ent_view(&j->ent, &v);
+    c->stats.delivered++;
+    if (j->ent.reclaimed) {
+        c->stats.reclaimed++;
+    }
+    if (j->own) {
+        c->stats.own++;
+    }
+    c->handler(c->arg, j, &v);
+}
+
+/* ---- own deliveries (pg_outbox_op_t.own) ----------------------------- */
+
+/* c's group name (owned by c), for the enqueue script's XREADGROUP. */
+static const char *
+own_group(const pg_outbox_consumer_t *c)
+{
+    return c->group;
+}
+
+/* c's consumer name (owned by c), for the enqueue script's XREADGROUP. */
+static const char *
+own_name(const pg_outbox_consumer_t *c)
+{
+    return c->consumer;
+}
+
+/* Enter a frame of c from the enqueue reply (c stays allocated until the
+ * matching own_leave, even if freed meanwhile). */
+static void
+own_enter(pg_outbox_consumer_t *c)
+{
+    c_enter(c);
+}
+
+/* Leave that frame; c may be gone afterwards. */
+static void
+own_leave(pg_outbox_consumer_t *c)
+{
+    c_leave(c);
+}
+
+/* Track q as an enqueue that may deliver to c (detached on c's free). */
+static void
+own_attach(pg_outbox_consumer_t *c, pg_outbox_req_t *q)
+{
+    if (c->freeing) {
+        return;
+    }
+    q->own = c;
+    q->own_prev = NULL;
+    q->own_next = c->own_reqs;
+    if (c->own_reqs != NULL) {
+        c->own_reqs->own_prev = q;
+    }
+    c->own_reqs = q;
+}
+
+/* Forget q's consumer (q done, or the consumer is being freed). */
+static void
+own_detach(pg_outbox_req_t *q)
+{
+    pg_outbox_consumer_t *c = q->own;
+
+    if (c == NULL) {
+        return;
+    }
+    if (q->own_prev != NULL) {
+        q->own_prev->own_next = q->own_next;
+    } else {
+        c->own_reqs = q->own_next;
+    }
+    if (q->own_next != NULL) {
+        q->own_next->own_prev = q->own_prev;
+    }
+    q->own = NULL;
+    q->own_prev = q->own_next = NULL;
+}
+
+/*
+ * The entry el ([id, [f, v, ...]]) was delivered to c by an enqueue on fr:
+ * make it a job of c (linked, not counted in the batch), finished through
+ * fr. NULL when c is stopping or out of memory, or el has no readable id:
+ * the entry stays in c's pending list and is reclaimed after idle time.
+ */
+static pg_outbox_job_t *
+own_take(pg_outbox_consumer_t *c, pg_redis_t *fr, const redisReply *el)
+{
+    pg_outbox_job_t *j;
+
+    if (c->freeing) {
+        return NULL;
+    }
+    j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return NULL;
+    }
+    if (ent_parse(el, &j->ent) != PG_OK) {
+        if (j->ent.id == NULL || !id_ok(j->ent.id)) {
+            job_free(j);
+            return NULL;
+        }
+        j->malformed = 1;
+    }
+    j->c = c;
+    j->own = 1;
+    j->ent.own = 1;
+    j->fr = fr;
+    j->next = c->jobs;
+    if (c->jobs != NULL) {
+        c->jobs->prev = j;
+    }
+    c->jobs = j;
+    return j;
+}
+
+/* Hand an own job to the handler unless c was freed meanwhile (then
+ * pg_outbox_consumer_free already dropped it). */
+static void
+own_dispatch(pg_outbox_consumer_t *c, pg_outbox_job_t *j)
+{
+    if (!c->freeing) {
+        job_hand_out(c, j);
+    }
+}
+
+/* 1 when an entry with this id is a job of c right now. */
+static int
+job_busy(const pg_outbox_consumer_t *c, const char *id)
+{
+    const pg_outbox_job_t *j;
+
+    for (j = c->jobs; j != NULL && id != NULL; j = j->next) {
+        if (j->ent.id != NULL && strcmp(j->ent.id, id) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /*
@@ -1638,6 +1874,12 @@ dispatch(pg_outbox_consumer_t *c, const redisReply *arr, int reclaimed)
             j->malformed = 1;
         }
         j->ent.reclaimed = reclaimed;
+        if (reclaimed && job_busy(c, j->ent.id)) {
+            /* ours and still being applied (an own delivery keeps the loop
+             * running): XAUTOCLAIM only renewed its idle time */
+            job_free(j);
+            continue;
+        }
         j->c = c;
         j->prev = last;
         if (last != NULL) {
@@ -1662,20 +1904,7 @@ dispatch(pg_outbox_consumer_t *c, const redisReply *arr, int reclaimed)
      * pg_outbox_consumer_free, which we detect with c->freeing. */
     for (j = first; j != NULL && !c->freeing; j = next) {
         next = (j == last) ? NULL : j->next;
-        j->state = JOB_HANDLER;
-        if (j->malformed) {
-            job_finish(j, PG_OUTBOX_RESULT_FAIL, "malformed entry");
-            continue;
-        }
-        {
-            pg_outbox_entry_t v;
-            ent_view(&j->ent, &v);
-            c->stats.delivered++;
-            if (reclaimed) {
-                c->stats.reclaimed++;
-            }
-            c->handler(c->arg, j, &v);
-        }
+        job_hand_out(c, j);
     }
 }
 
@@ -1952,6 +2181,9 @@ pg_outbox_consumer_free(pg_outbox_consumer_t *c)
     }
     c->jobs = NULL;
     c->pending = 0;
+    while (c->own_reqs != NULL) {
+        own_detach(c->own_reqs);
+    }
     c_leave(c);
 }
 

@@ -159,3 +159,77 @@ describe('durable outbox through the gateway', () => {
     assert.deepEqual(sanitizerReports(e.prefix), []);
   });
 });
+
+const OWN = {};
+for (const [i, name] of ['oa', 'ob', 'oc', 'od', 'oe', 'of', 'og', 'oh'].entries()) {
+  OWN[name] = {
+    password: `${name}-pw`,
+    claims: {
+      sub: `sub-own-${i}`, email: `${name}@example.com`, email_verified: true,
+      preferred_username: name, name: `${name} Own`, given_name: name, family_name: 'Own',
+      groups: ['staff'], employee_type: 'employee', department: 'engineering', employee_number: `95${i}`,
+    },
+  };
+}
+
+const OWN_BY_SUB = Object.fromEntries(Object.entries(OWN).map(([n, u]) => [u.claims.sub, n]));
+
+describe('the worker that enqueued a login\'s operation applies it (2 workers)', () => {
+  after(cleanupAll);
+  let e;
+
+  test('setup', async () => {
+    e = await startEnv(undefined, { workers: 2, users: OWN });
+  });
+
+  test('every first login\'s operation is handed to its own worker\'s consumer by the enqueue', async () => {
+    const names = Object.keys(OWN).slice(0, 6);
+    // in parallel, so that both workers take logins
+    const results = await Promise.all(names.map((u) => e.login(u, `/app/own-${u}`)));
+    for (const { res } of results) assert.equal(res.status, 200, res.body.slice(0, 300));
+    const ev = e.audit();
+    const queued = ev.filter((x) => x.type === 'provision.queued' && x.reason === 'enqueued');
+    assert.equal(queued.length, names.length);
+    for (const q of queued) {
+      assert.equal(q.own, true, `delivered by the enqueue: ${JSON.stringify(q)}`);
+      assert.match(q.consumer, /:\d+$/);
+      // every event of the apply names the same worker's consumer
+      const applied = ev.filter((x) => x.request_id === q.idem && x.consumer !== undefined);
+      assert.ok(applied.some((x) => x.type === 'provision.call'), `apply events for ${q.idem}`);
+      for (const a of applied) {
+        assert.equal(a.consumer, q.consumer, `${a.type} applied by ${a.consumer}, enqueued by ${q.consumer}`);
+        assert.equal(a.own, true);
+      }
+    }
+    // the worker that applied it woke its login at once, with the account id
+    const succ = ev.filter((x) => x.type === 'login.success' && names.includes(OWN_BY_SUB[x.subject]));
+    assert.equal(succ.length, names.length);
+    for (const x of succ) {
+      assert.equal(x.outbox_wake, 'local', JSON.stringify(x));
+      assert.ok(x.account, `account id on the session: ${JSON.stringify(x)}`);
+    }
+    for (const u of names) assert.equal((await e.scimUsers(u)).length, 1, `one account for ${u}`);
+    assert.equal(await pendingCount(e), 0);
+    assert.equal(Number(await e.redisCmd('XLEN', 'pg:outbox')), 0);
+  });
+
+  test('after SCRIPT FLUSH a first login still works: NOSCRIPT falls back to EVAL', async () => {
+    await e.redisCmd('CONFIG', 'RESETSTAT');
+    await e.redisCmd('SCRIPT', 'FLUSH');
+    // each worker's consumer runs its promote script every block_ms (1 s)
+    // on a connection that loaded it long ago: EVALSHA -> NOSCRIPT -> EVAL
+    await sleep(1500);
+    const info = String(await e.redisCmd('INFO', 'errorstats'));
+    const m = /errorstat_NOSCRIPT:count=(\d+)/.exec(info);
+    assert.ok(m && Number(m[1]) >= 2, `NOSCRIPT replies (one per worker at least): ${info}`);
+    // and a first login after the flush works (its scripts load again)
+    await e.redisCmd('SCRIPT', 'FLUSH');
+    const { res } = await e.login('og', '/app/own-flush');
+    assert.equal(res.status, 200, res.body.slice(0, 300));
+    assert.equal((await e.scimUsers('og')).length, 1);
+    const stats = String(await e.redisCmd('INFO', 'commandstats'));
+    assert.match(stats, /cmdstat_evalsha:calls=\d+/);
+    await e.nginx.stop();
+    assert.deepEqual(sanitizerReports(e.prefix), []);
+  });
+});

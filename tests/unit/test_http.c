@@ -237,6 +237,105 @@ test_get_post_patch_echo(void **state)
     fx_close(&fx);
 }
 
+/*
+ * Easy handles are reused (reset) across requests to a target that closes
+ * every connection (this server always answers "Connection: close"):
+ * every request still gets a fresh connection and none of a previous
+ * request's method, body, headers or credentials leaks into the next.
+ * Sequential requests need one handle; 8 at once need 8, kept for later.
+ */
+static void
+test_easy_reuse(void **state)
+{
+    fixture_t fx;
+    pg_http_request_t req;
+    res_t res, par[8];
+    char url[128];
+    const char *hdrs[] = {"X-Secret-Header: s1", "Content-Type: application/json"};
+    uint64_t created = 0, reused = 0;
+    int i, count = 0;
+
+    (void)state;
+    fx_open(&fx);
+    url_for(url, sizeof(url), g_srv.port, "/echo");
+    for (i = 0; i < 30; i++) {
+        memset(&req, 0, sizeof(req));
+        memset(&res, 0, sizeof(res));
+        req.url = url;
+        res.want[0] = "X-Echo-Method";
+        if (i % 3 == 0) {
+            req.method = "POST";
+            req.headers = hdrs;
+            req.nheaders = 2;
+            req.body = "{\"b\":2}";
+            req.body_len = 7;
+            req.basic_user = "u";
+            req.basic_pass = "p";
+        } else if (i % 3 == 1) {
+            req.method = "GET";
+        } else {
+            req.method = "DELETE";
+        }
+        run1(&fx, &req, &res);
+        assert_int_equal(res.st, PG_OK);
+        assert_int_equal(res.status, 200);
+        assert_string_equal(res.got[0], req.method);
+        if (i % 3 == 0) {
+            assert_non_null(strstr(res.body, "X-Secret-Header: s1"));
+            assert_non_null(strstr(res.body, "Authorization: Basic dTpw"));
+            assert_string_equal(res.body + res.body_len - 8, "\n{\"b\":2}");
+        } else {
+            assert_null(strstr(res.body, "X-Secret-Header"));
+            assert_null(strstr(res.body, "Authorization"));
+            assert_null(strstr(res.body, "Content-Length"));
+            assert_null(strstr(res.body, "{\"b\":2}"));
+        }
+        res_reset(&res);
+    }
+    pg_http_easy_stats(fx.h, &created, &reused);
+    assert_int_equal(created, 1);
+    assert_int_equal(reused, 29);
+
+    /* 8 at once: 7 more handles, all pooled afterwards */
+    for (i = 0; i < 8; i++) {
+        memset(&par[i], 0, sizeof(par[i]));
+        par[i].count = &count;
+        memset(&req, 0, sizeof(req));
+        req.url = url;
+        assert_int_equal(start(&fx, &req, &par[i], NULL), PG_OK);
+    }
+    {
+        uint64_t end = pgt_now_ms() + 10000;
+
+        while (count < 8 && pgt_now_ms() < end) {
+            int never = 0;
+            pg_status_t st = pg_loop_run(fx.loop, &never, 20);
+            assert_true(st == PG_OK || st == PG_ERR_TIMEOUT);
+        }
+        assert_int_equal(count, 8);
+    }
+    for (i = 0; i < 8; i++) {
+        assert_int_equal(par[i].st, PG_OK);
+        assert_int_equal(par[i].status, 200);
+        res_reset(&par[i]);
+    }
+    pg_http_easy_stats(fx.h, &created, &reused);
+    assert_int_equal(created, 8);
+    assert_int_equal(reused, 30);
+    for (i = 0; i < 8; i++) {
+        memset(&req, 0, sizeof(req));
+        memset(&res, 0, sizeof(res));
+        req.url = url;
+        run1(&fx, &req, &res);
+        assert_int_equal(res.status, 200);
+        res_reset(&res);
+    }
+    pg_http_easy_stats(fx.h, &created, &reused);
+    assert_int_equal(created, 8);
+    assert_int_equal(reused, 38);
+    fx_close(&fx);
+}
+
 static void
 test_statuses_pass_through(void **state)
 {
@@ -727,6 +826,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_post_patch_echo),
+        cmocka_unit_test(test_easy_reuse),
         cmocka_unit_test(test_statuses_pass_through),
         cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_io_errors),

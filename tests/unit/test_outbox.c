@@ -98,10 +98,14 @@ typedef struct enq_res {
     int called;
     pg_status_t st;
     int created;
+    int own;
     char id[PG_OUTBOX_ID_MAX + 1];
     char idem[PG_OUTBOX_IDEM_MAX + 1];
     int *done;
+    pg_outbox_consumer_t **free_c;  /* free this consumer in the callback */
 } enq_res_t;
+
+static int g_enq_calls;        /* enqueue callbacks so far */
 
 static void
 enq_cb(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
@@ -113,10 +117,16 @@ enq_cb(void *arg, pg_status_t st, const pg_outbox_enqueued_t *res)
     if (st == PG_OK) {
         assert_non_null(res);
         e->created = res->created;
+        e->own = res->own;
         snprintf(e->id, sizeof(e->id), "%s", res->id);
         snprintf(e->idem, sizeof(e->idem), "%s", res->idem);
     } else {
         assert_null(res);
+    }
+    g_enq_calls++;
+    if (e->free_c != NULL) {
+        pg_outbox_consumer_free(*e->free_c);
+        *e->free_c = NULL;
     }
     if (e->done != NULL) {
         (*e->done)++;
@@ -184,6 +194,8 @@ typedef struct call {
     char last_error[128];
     unsigned attempt;
     int reclaimed;
+    int own;
+    int enq_seen;                  /* g_enq_calls when the handler ran */
     uint64_t at_ms;
 } call_t;
 
@@ -215,6 +227,8 @@ handler_cb(void *arg, pg_outbox_job_t *job, const pg_outbox_entry_t *e)
     snprintf(c->last_error, sizeof(c->last_error), "%s", e->last_error);
     c->attempt = e->attempt;
     c->reclaimed = e->reclaimed;
+    c->own = e->own;
+    c->enq_seen = g_enq_calls;
     c->at_ms = pgt_now_ms();
     assert_true(e->created_ms > 0);
     if (h->hold) {
@@ -479,6 +493,205 @@ test_deliver_ack_wait(void **state)
 
     pg_outbox_consumer_free(c);
     json_decref(js);
+    fx_close(&f);
+}
+
+/* Number of entries pending in the group (XPENDING summary count). */
+static long
+pel_count(void)
+{
+    char cnt[32];
+
+    q(&g_srv, "EVAL \"return redis.call('XPENDING',KEYS[1],'provgate')[1]\" 1 pg:outbox",
+      cnt, sizeof(cnt));
+    assert_int_equal(cnt[0], ':');
+    return strtol(cnt + 1, NULL, 10);
+}
+
+/*
+ * pg_outbox_op_t.own: with two consumers blocked in XREADGROUP, every
+ * entry enqueued with own = A is delivered to A by the enqueue itself
+ * (never to B), A's handler runs right after the enqueue callback, and
+ * the finish goes over the enqueue's client (A's own client is blocked
+ * for 3 s, the waiter is answered well before). With an undelivered entry
+ * before it, an own enqueue is not delivered by the enqueue (the script
+ * would take someone else's entry); both are read normally. A consumer
+ * freed inside the enqueue callback leaves the entry pending.
+ */
+static void
+test_own_delivery(void **state)
+{
+    fx_t f;
+    handler_t ha, hb;
+    pg_outbox_config_t ca = fast_cfg("a"), cb = fast_cfg("b");
+    pg_outbox_consumer_t *a = NULL, *b = NULL;
+    pg_outbox_stats_t s;
+    char ident[32], buf[256];
+    wait_res_t w;
+    int i, wdone;
+
+    (void)state;
+    flush(&g_srv);
+    fx_open(&f, &g_srv);
+    memset(&ha, 0, sizeof(ha));
+    memset(&hb, 0, sizeof(hb));
+    ca.block_ms = cb.block_ms = 3000;
+    assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &ca, handler_cb, &ha,
+                                            &a), PG_OK);
+    assert_int_equal(pg_outbox_consumer_new(f.host, f.rc2, &cb, handler_cb, &hb,
+                                            &b), PG_OK);
+    spin(&f, 200);   /* group created, both blocked in XREADGROUP */
+
+    for (i = 0; i < 10; i++) {
+        json_t *js = json_pack("{s:i}", "n", i);
+        pg_outbox_op_t op;
+        enq_res_t e;
+        uint64_t t0 = pgt_now_ms();
+
+        snprintf(ident, sizeof(ident), "own%d", i);
+        op = mkop(ident, "scim:hr", js);
+        op.own = a;
+        e = enqueue1(&f, &op);
+        assert_int_equal(e.created, 1);
+        assert_int_equal(e.own, 1);
+        /* handled in the same turn, after the enqueue callback */
+        assert_int_equal(ha.ncalls, i + 1);
+        assert_string_equal(ha.calls[i].id, e.id);
+        assert_string_equal(ha.calls[i].identity, ident);
+        assert_int_equal(ha.calls[i].own, 1);
+        assert_int_equal(ha.calls[i].enq_seen, g_enq_calls);
+        memset(&w, 0, sizeof(w));
+        wdone = 0;
+        w.done = &wdone;
+        assert_int_equal(pg_outbox_wait(f.host, f.rw, e.idem, 2000, wait_cb,
+                                        &w, NULL), PG_OK);
+        assert_int_equal(pg_loop_run(f.loop, &wdone, 3000), PG_OK);
+        assert_int_equal(w.state, PG_OUTBOX_DONE);
+        assert_true(pgt_now_ms() - t0 < 1000);
+        json_decref(js);
+    }
+    spin(&f, 100);
+    assert_int_equal(hb.ncalls, 0);
+    assert_int_equal(ha.ncalls, 10);
+    pg_outbox_consumer_stats(a, &s);
+    assert_int_equal(s.own, 10);
+    assert_int_equal(s.delivered, 10);
+    assert_int_equal(s.done, 10);
+    assert_int_equal(s.lost_race, 0);
+    q(&g_srv, "XLEN pg:outbox", buf, sizeof(buf));
+    assert_string_equal(buf, ":0");
+    assert_int_equal(pel_count(), 0);
+
+    /* An own job applied for longer than claim_idle_ms: the consumer's
+     * loop keeps running (own jobs are not part of a batch) and its
+     * XAUTOCLAIM sees the entry idle, but never hands it out again while
+     * the job runs. */
+    {
+        json_t *js = json_pack("{s:s}", "n", "slow");
+        pg_outbox_op_t op = mkop("own-slow", "scim:hr", js);
+        enq_res_t e;
+
+        pg_outbox_consumer_free(a);
+        pg_outbox_consumer_free(b);
+        a = b = NULL;
+        pg_redis_free(f.rc);
+        pg_redis_free(f.rc2);
+        f.rc = client(&f, &g_srv);
+        f.rc2 = client(&f, &g_srv);
+        ca.block_ms = 50;          /* claim_idle_ms 200: many cycles */
+        ha.hold = 1;
+        assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &ca, handler_cb,
+                                                &ha, &a), PG_OK);
+        spin(&f, 100);
+        op.own = a;
+        e = enqueue1(&f, &op);
+        assert_int_equal(e.own, 1);
+        assert_int_equal(ha.ncalls, 11);
+        spin(&f, 900);             /* > 4 x claim_idle_ms */
+        assert_int_equal(ha.ncalls, 11);
+        assert_int_equal(pel_count(), 1);
+        ha.hold = 0;
+        pg_outbox_job_done(ha.held[--ha.nheld], PG_OUTBOX_RESULT_DONE, NULL);
+        spin(&f, 200);
+        assert_int_equal(pel_count(), 0);
+        assert_int_equal(ha.ncalls, 11);
+        pg_outbox_consumer_stats(a, &s);
+        assert_int_equal(s.reclaimed, 0);
+        assert_int_equal(s.done, 1);
+        json_decref(js);
+        pg_outbox_consumer_free(a);
+        a = NULL;
+        ha.ncalls = 10;            /* the numbering below continues at 10 */
+    }
+
+    /* A backlog: an entry nobody has read yet. The own enqueue after it
+     * must not deliver anything itself. */
+    pg_outbox_consumer_free(a);
+    pg_outbox_consumer_free(b);
+    a = b = NULL;
+    /* their XREADGROUP BLOCKs would still take entries: new connections */
+    pg_redis_free(f.rc);
+    pg_redis_free(f.rc2);
+    f.rc = client(&f, &g_srv);
+    f.rc2 = client(&f, &g_srv);
+    spin(&f, 50);
+    q(&g_srv, "XADD pg:outbox * idem backlog1 identity x target scim:hr "
+      "kind upsert state {} attempt 0 last_error \"\" created_ms 1", buf,
+      sizeof(buf));
+    ca.block_ms = 50;
+    assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &ca, handler_cb, &ha,
+                                            &a), PG_OK);
+    {
+        json_t *js = json_pack("{s:s}", "n", "after-backlog");
+        pg_outbox_op_t op = mkop("own-late", "scim:hr", js);
+        enq_res_t e;
+
+        op.own = a;
+        e = enqueue1(&f, &op);
+        assert_int_equal(e.created, 1);
+        assert_int_equal(e.own, 0);
+        run_until_finished(&f, a, 2, 3000);
+        assert_int_equal(ha.ncalls, 12);
+        assert_string_equal(ha.calls[10].idem, "backlog1");
+        assert_int_equal(ha.calls[10].own, 0);
+        assert_string_equal(ha.calls[11].identity, "own-late");
+        assert_int_equal(ha.calls[11].own, 0);
+        json_decref(js);
+    }
+    pg_outbox_consumer_stats(a, &s);
+    assert_int_equal(s.own, 0);
+    assert_int_equal(s.done, 2);
+
+    /* The consumer is freed inside the enqueue callback: no handler call,
+     * the entry stays pending (in a's list) for a reclaim. */
+    {
+        json_t *js = json_pack("{s:s}", "n", "freed");
+        pg_outbox_op_t op = mkop("own-freed", "scim:hr", js);
+        enq_res_t e;
+        int done = 0;
+
+        pg_outbox_consumer_free(a);
+        ca.block_ms = 3000;
+        a = NULL;
+        pg_redis_free(f.rc);
+        f.rc = client(&f, &g_srv);
+        assert_int_equal(pg_outbox_consumer_new(f.host, f.rc, &ca, handler_cb,
+                                                &ha, &a), PG_OK);
+        spin(&f, 100);
+        op.own = a;
+        memset(&e, 0, sizeof(e));
+        e.done = &done;
+        e.free_c = &a;
+        assert_int_equal(pg_outbox_enqueue(f.r, &op, 0, enq_cb, &e, NULL,
+                                           NULL), PG_OK);
+        assert_int_equal(pg_loop_run(f.loop, &done, 3000), PG_OK);
+        assert_int_equal(e.own, 1);
+        assert_null(a);
+        spin(&f, 100);
+        assert_int_equal(ha.ncalls, 12);
+        assert_int_equal(pel_count(), 1);
+        json_decref(js);
+    }
     fx_close(&f);
 }
 
@@ -1315,6 +1528,7 @@ main(void)
         cmocka_unit_test(test_enqueue_idempotent_concurrent),
         cmocka_unit_test(test_deliver_ack_wait),
         cmocka_unit_test(test_live_key_and_events),
+        cmocka_unit_test(test_own_delivery),
         cmocka_unit_test(test_retry_backoff),
         cmocka_unit_test(test_dead_letter),
         cmocka_unit_test(test_reclaim_dead_consumer),

@@ -628,6 +628,116 @@ test_auth_select_unix(void **state)
     pgt_redis_stop(&srv);
 }
 
+/* Calls of a command in INFO commandstats ("cmdstat_<name>:calls=N"). */
+static long
+cmd_calls(const char *name)
+{
+    const char *argv[] = {"INFO", "commandstats"};
+    redisContext *rc = redisConnect("127.0.0.1", g_srv.port);
+    redisReply *rep;
+    char pat[64];
+    const char *p;
+    long n = -1;
+
+    assert_non_null(rc);
+    assert_int_equal(rc->err, 0);
+    rep = redisCommandArgv(rc, 2, argv, NULL);
+    assert_non_null(rep);
+    assert_int_equal(rep->type, REDIS_REPLY_STRING);
+    snprintf(pat, sizeof(pat), "cmdstat_%s:calls=", name);
+    p = strstr(rep->str, pat);
+    n = p != NULL ? strtol(p + strlen(pat), NULL, 10) : 0;
+    freeReplyObject(rep);
+    redisFree(rc);
+    return n;
+}
+
+/*
+ * EVAL goes as EVALSHA after its first use on a connection; after SCRIPT
+ * FLUSH the NOSCRIPT reply is answered by sending EVAL again (the caller
+ * sees the script's result, never the error); a script error is still
+ * delivered; a cancelled EVALSHA frees its fallback copy (ASan).
+ */
+static void
+test_evalsha_noscript(void **state)
+{
+    fixture_t fx;
+    pg_redis_config_t c = cfg_for(&g_srv);
+    const char *ev1[] = {"EVAL", "return ARGV[1] .. KEYS[1]", "1", "k", "a"};
+    const char *ev2[] = {"EVAL", "return ARGV[1] .. KEYS[1]", "1", "k", "b"};
+    const char *bad[] = {"EVAL", "return redis.call('NOSUCHCMD')", "0"};
+    const char *flush[] = {"SCRIPT", "FLUSH"};
+    long eval0, sha0;
+    res_t res, res2;
+    int done = 0;
+    pg_redis_op_t *op = NULL;
+
+    (void)state;
+    eval0 = cmd_calls("eval");
+    sha0 = cmd_calls("evalsha");
+    fx_open(&fx, &c);
+
+    res = run1(&fx, 0, 5, ev1);
+    assert_int_equal(res.type, REDIS_REPLY_STRING);
+    assert_string_equal(res.str, "ak");
+    res = run1(&fx, 0, 5, ev2);
+    assert_int_equal(res.type, REDIS_REPLY_STRING);
+    assert_string_equal(res.str, "bk");
+    res = run1(&fx, 0, 5, ev1);
+    assert_string_equal(res.str, "ak");
+    assert_int_equal(cmd_calls("eval") - eval0, 1);
+    assert_int_equal(cmd_calls("evalsha") - sha0, 2);
+    assert_int_equal(pg_redis_noscript_count(fx.r), 0);
+
+    /* The script cache is emptied: the next call still gets its result. */
+    res = run1(&fx, 0, 2, flush);
+    assert_int_equal(res.type, REDIS_REPLY_STATUS);
+    res = run1(&fx, 0, 5, ev2);
+    assert_int_equal(res.st, PG_OK);
+    assert_int_equal(res.type, REDIS_REPLY_STRING);
+    assert_string_equal(res.str, "bk");
+    assert_int_equal(pg_redis_noscript_count(fx.r), 1);
+    assert_int_equal(cmd_calls("eval") - eval0, 2);
+    assert_int_equal(cmd_calls("evalsha") - sha0, 3);
+    /* loaded again: EVALSHA works without a fallback */
+    res = run1(&fx, 0, 5, ev1);
+    assert_string_equal(res.str, "ak");
+    assert_int_equal(pg_redis_noscript_count(fx.r), 1);
+    assert_int_equal(cmd_calls("evalsha") - sha0, 4);
+
+    /* Two EVALSHAs pipelined after a flush: both fall back, in order. */
+    res = run1(&fx, 0, 2, flush);
+    memset(&res, 0, sizeof(res));
+    memset(&res2, 0, sizeof(res2));
+    res2.done = &done;
+    assert_int_equal(cmd(fx.r, &res, 0, NULL, 5, ev1), PG_OK);
+    assert_int_equal(cmd(fx.r, &res2, 0, NULL, 5, ev2), PG_OK);
+    assert_int_equal(pg_loop_run(fx.loop, &done, 5000), PG_OK);
+    assert_int_equal(res.called, 1);
+    assert_string_equal(res.str, "ak");
+    assert_string_equal(res2.str, "bk");
+    assert_true(res.at_ms <= res2.at_ms);
+    assert_int_equal(pg_redis_noscript_count(fx.r), 3);
+
+    /* A script error is the caller's, also through EVALSHA. */
+    res = run1(&fx, 0, 3, bad);
+    assert_int_equal(res.type, REDIS_REPLY_ERROR);
+    res = run1(&fx, 0, 3, bad);
+    assert_int_equal(res.type, REDIS_REPLY_ERROR);
+    assert_null(strstr(res.str, "NOSCRIPT"));
+
+    /* Cancelled while in flight as EVALSHA (after a flush, so its reply
+     * is a NOSCRIPT that must not be resent): no callback, no leak. */
+    res = run1(&fx, 0, 2, flush);
+    memset(&res, 0, sizeof(res));
+    assert_int_equal(cmd(fx.r, &res, 0, &op, 5, ev1), PG_OK);
+    pg_redis_cancel(op);
+    res2 = run1(&fx, 0, 5, ev2);   /* also flushed: falls back */
+    assert_string_equal(res2.str, "bk");
+    assert_int_equal(res.called, 0);
+    fx_close(&fx);
+}
+
 static void
 test_bad_args(void **state)
 {
@@ -675,6 +785,7 @@ main(void)
         cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_free_with_pending),
         cmocka_unit_test(test_auth_select_unix),
+        cmocka_unit_test(test_evalsha_noscript),
         cmocka_unit_test(test_bad_args),
     };
 
