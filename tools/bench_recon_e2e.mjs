@@ -17,13 +17,20 @@
 //
 // BENCH_RECON_TARGETS=ldap,scim also loads the SCIM peer (tests/peers
 // scim-server.mjs) the same way, by writing its storage file before it
-// starts, and asks for a SCIM reconciliation; a sidecar that answers 404
-// (SCIM targets are not reconciled in this build) is reported as such.
+// starts, and runs a SCIM reconciliation against it ("scim"). That peer
+// (Node + SCIMMY) spends about 1 ms of CPU per User it serves, so it bounds
+// that rate; the same Users are then also served as static ListResponse
+// pages by a plain nginx ("scim-static": the pages are built from the
+// peer's own answers for the two templates, ids and logins substituted),
+// which measures provgate's side of a SCIM run. A sidecar that answers 404
+// for a SCIM target is reported as such.
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { cleanupAll, until } from '../tests/integration/lib/harness.mjs';
+import {
+  cleanupAll, until, freePort, startNginx, nginxConf, tempDir,
+} from '../tests/integration/lib/harness.mjs';
 import { SUFFIX, GROUPS } from '../tests/integration/lib/slapd.mjs';
 import {
   startBenchEnv, ldapTarget, scimTarget, birthright, hrRow, hrHash, cpuSeconds, resp, redisPipe, machine,
@@ -37,6 +44,9 @@ const REPORT_ONLY = { orphaned: 'report', rogue: 'report', missing: 'report', dr
 // two templates: department eng (groups staff + eng) and sales (staff)
 const TEMPLATES = [{ emp: 'T-zqa00000', login: 'zqa00000', dept: 'eng' }, { emp: 'T-zqb00000', login: 'zqb00000', dept: 'sales' }];
 const login = (i) => `b${String(i).padStart(7, '0')}`;
+const LIST_SCHEMA = 'urn:ietf:params:scim:api:messages:2.0:ListResponse';
+const USER_SCHEMA = 'urn:ietf:params:scim:schemas:core:2.0:User';
+const STATIC_PAGE = 200;
 
 const sec = (ms) => (ms / 1000).toFixed(2);
 const log = (s) => process.stderr.write(`${s}\n`);
@@ -45,11 +55,49 @@ const env = await startBenchEnv({
   ldap: TARGETS.includes('ldap') ? { maxsize: 4 * 1024 * 1024 * 1024 } : false,
   scim: TARGETS.includes('scim'),
 });
+let fast = null;
 try {
   const targets = {};
   let policies = [];
   if (env.ldap) { targets.dir = ldapTarget(env.ldap, REPORT_ONLY); policies = policies.concat(birthright('dir', 'staff', 'eng')); }
-  if (env.scim) { targets.app = scimTarget(env.scim); policies = policies.concat(birthright('app', 'staff', 'eng')); }
+  // the static SCIM server: canned answers for the templates' provisioning,
+  // then the pages of Users written below (nginx reads them per request)
+  if (env.scim) {
+    targets.app = scimTarget(env.scim);
+    policies = policies.concat(birthright('app', 'staff', 'eng'));
+    fast = { port: await freePort(), prefix: tempDir('pg-bench-scim-static-') };
+    fs.mkdirSync(path.join(fast.prefix, 'pages'));
+    const list = (n, res) => JSON.stringify({ schemas: [LIST_SCHEMA], totalResults: n, Resources: res });
+    const q = (x) => `'${x}'`;
+    fast.nginx = await startNginx({
+      prefix: fast.prefix,
+      workers: 1,
+      waitPort: fast.port,
+      errorLogLevel: 'error',
+      conf: nginxConf({
+        prefix: fast.prefix,
+        http: `server {
+        listen 127.0.0.1:${fast.port} backlog=1024;
+        access_log off;
+        keepalive_requests 100000;
+        default_type application/scim+json;
+        root ${fast.prefix};
+        location = /scim/v2/Users {
+            if ($request_method = POST) { return 201 ${q(JSON.stringify({ schemas: [USER_SCHEMA], id: 'static-new', userName: 'x' }))}; }
+            if ($arg_startIndex = "") { return 200 ${q(list(0, []))}; }
+            try_files /pages/$arg_startIndex.json =404;
+        }
+        location = /scim/v2/Groups { return 200 ${q(list(1, [{ id: 'g-static', displayName: 'staff', members: [] }]))}; }
+        location /scim/v2/Groups/ { return 204; }
+        location /scim/v2/ { return 404; }
+    }`,
+      }),
+    });
+    targets.appstatic = {
+      ...scimTarget(env.scim), base_url: `http://127.0.0.1:${fast.port}/scim/v2`, reconcile: { ...REPORT_ONLY, page_size: STATIC_PAGE },
+    };
+    policies = policies.concat(birthright('appstatic', 'staff', 'eng'));
+  }
   env.writeHr(TEMPLATES.map((t) => hrRow(t.emp, t.login, t.dept)));
   await env.startSidecar(targets, policies);
 
@@ -144,10 +192,27 @@ try {
     }
     fs.writeFileSync(env.scim.dataFile, JSON.stringify(store));
     await env.scim.restart();
-    // the identities must point at these accounts (acct:app = SCIM id)
+    // the identities must point at these accounts (acct:app = SCIM id; the
+    // static server serves the same Users: acct:appstatic too)
     const fix = path.join(env.dir, 'scim-acct.resp');
-    fs.writeFileSync(fix, people.map((p) => resp(['HSET', `pg:id:${p.iid}`, 'acct:app', p.scimId])).join(''));
+    fs.writeFileSync(fix, people.map((p) => resp(['HSET', `pg:id:${p.iid}`, 'acct:app', p.scimId, 'acct:appstatic', p.scimId]))
+      .join('') + tpl.map((t) => resp(['HSET', `pg:id:${t.iid}`, 'acct:appstatic', tUser[t.login].id])).join(''));
     await redisPipe(env.redis.port, fix);
+    // the static pages: each template as the peer serves it (GET
+    // /Users/<id>: groups, meta, schemas), copied for every person
+    const served = {};
+    for (const t of tpl) {
+      const r = await env.scim.request('GET', `/Users/${tUser[t.login].id}`);
+      if (r.status !== 200) throw new Error(`GET template ${t.login}: ${r.status}`);
+      served[t.login] = JSON.stringify(r.json);
+    }
+    const all = tpl.map((t) => served[t.login]);
+    for (const p of people) all.push(subst(served[p.t.login], p).split(tUser[p.t.login].id).join(p.scimId));
+    for (let start = 1; start <= all.length; start += STATIC_PAGE) {
+      const page = all.slice(start - 1, start - 1 + STATIC_PAGE);
+      fs.writeFileSync(path.join(fast.prefix, 'pages', `${start}.json`), `{"schemas":["${LIST_SCHEMA}"],`
+        + `"totalResults":${all.length},"startIndex":${start},"itemsPerPage":${page.length},"Resources":[${page.join(',')}]}`);
+    }
     scimLoad = Date.now() - t0;
   }
   const nIdent = await env.redisCmd('EVAL', "return #redis.call('KEYS', ARGV[1])", '0', 'pg:id:*');
@@ -157,6 +222,7 @@ try {
   const pids = { provgated: env.sc.pid, redis: env.redis.proc.pid };
   if (env.ldap) pids.slapd = env.ldap.proc.pid;
   if (env.scim) pids.scim = env.scim.proc.pid;
+  if (fast) [pids.static] = fast.nginx.workerPids();
   const lastRun = async (target) => {
     const r = await env.admin('GET', `/reconcile?target=${target}`);
     return r.status === 200 ? r.json : null;
@@ -164,8 +230,8 @@ try {
   console.log('');
   console.log(`provgate reconciliation bench (${N} accounts + ${tpl.length} templates, no-op, full runs; sidecar + redis + peers on this machine; ${machine()})`);
   let failed = false;
-  for (const [kind, target] of [['ldap', 'dir'], ['scim', 'app']]) {
-    if (!TARGETS.includes(kind)) continue;
+  for (const [kind, target] of [['ldap', 'dir'], ['scim', 'app'], ['scim-static', 'appstatic']]) {
+    if (!TARGETS.includes(kind.replace('-static', ''))) continue;
     for (let run = 0; run < RUNS; run++) {
       const prev = await lastRun(target);
       // BENCH_RECON_PERF=FILE: perf record of provgated during the first run
@@ -175,7 +241,7 @@ try {
       const cpu0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
       const w0 = Date.now();
       const r = await env.admin('POST', `/reconcile?target=${target}`);
-      if (r.status === 404 && kind === 'scim') {
+      if (r.status === 404 && kind.startsWith('scim')) {
         console.log(`  ${kind}: SCIM reconciliation not available in this build (POST /reconcile?target=${target}: 404)`);
         break;
       }
@@ -206,5 +272,6 @@ try {
   if (failed) process.exitCode = 1;
 } finally {
   await env.stopSidecar();
+  if (fast && fast.nginx) await fast.nginx.stop();
   await cleanupAll();
 }

@@ -58,7 +58,14 @@ function loadStore(file) {
 
 const store = loadStore(opt.data);
 
+// user id -> the groups it is a member of (membershipIndex); rebuilt after
+// a change: every change goes through persist()
+let memberIdx = null;
+let usersArr = null;           // Object.values(store.users), cached likewise
+
 function persist() {
+  memberIdx = null;
+  usersArr = null;            // every change goes through here
   writeFileAtomic(opt.data, JSON.stringify(store, null, 2));
 }
 
@@ -106,6 +113,7 @@ function plain(instance) {
 // users (a per-user scan of every group's members would make listing
 // 100,000 users quadratic).
 function membershipIndex() {
+  if (memberIdx) return memberIdx;
   const idx = new Map();
   for (const g of Object.values(store.groups)) {
     for (const m of g.members || []) {
@@ -113,6 +121,7 @@ function membershipIndex() {
       idx.get(m.value).push({ value: g.id, display: g.displayName, $ref: `${BASE}/Groups/${g.id}`, type: 'direct' });
     }
   }
+  memberIdx = idx;
   return idx;
 }
 
@@ -214,7 +223,8 @@ SCIMMY.Resources.declare(SCIMMY.Resources.User, {
     const c = resource.constraints || {};
     const start = c.startIndex || 1;
     if (!resource.filter && !c.sortBy && Number.isInteger(c.count) && (start === 1 || start > c.count)) {
-      const all = Object.values(store.users);
+      if (!usersArr) usersArr = Object.values(store.users);
+      const all = usersArr;
       const idx = membershipIndex();
       c.totalResults = all.length;
       resource.constraints = c;
