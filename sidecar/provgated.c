@@ -60,6 +60,9 @@
 #include "provgate/idview.h"
 #include "provgate/redis.h"
 #include "provgate/util.h"
+#include <dirent.h>
+#include <limits.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #define DEFAULT_LISTEN "127.0.0.1:9180"
@@ -106,6 +109,8 @@ typedef struct daemon {
     struct stat last_import;     /* file identity of the last import */
     int have_last;
     json_t *last_summary;        /* of the last import */
+    char drop_name[256];         /* hr_source.drop_dir: the file being
+                                    imported (name only), or "" */
     unsigned long long imports, import_failures;
     char *admin_token;           /* --admin-token-file; NULL: POST refused */
 
@@ -836,17 +841,138 @@ serve_metrics(daemon_t *d, struct evhttp_request *req)
 
 /* ---- HR import (JML) --------------------------------------------------- */
 
+/* 1 for an import failure worth retrying with the same file (Redis, I/O,
+ * timeouts, memory, another sidecar holding the JML lease); 0 when the
+ * file itself was refused (malformed, mass leave, too big). */
+static int
+import_transient(pg_status_t st)
+{
+    return st == PG_ERR_REDIS || st == PG_ERR_IO || st == PG_ERR_TIMEOUT
+           || st == PG_ERR_NOMEM || st == PG_ERR_BUSY;
+}
+
+/*
+ * hr_source.drop_dir: the next export to import, by name (so "2026-11-27
+ * .csv" comes before "2026-11-28.csv"): a regular file (not a symlink)
+ * named "*.csv" (any case), not starting with '.', name under 200 bytes.
+ * Copies the name into out[outsz]; 0 when found, -1 when the folder has
+ * none (or cannot be read). Files are never read here.
+ */
+static int
+drop_next(const char *dir, char *out, size_t outsz)
+{
+    char path[PATH_MAX];
+    struct dirent *de;
+    struct stat sb;
+    size_t n;
+    DIR *dh = opendir(dir);
+    int found = 0;
+
+    if (dh == NULL) {
+        return -1;
+    }
+    while ((de = readdir(dh)) != NULL) {
+        n = strlen(de->d_name);
+        if (de->d_name[0] == '.' || n < 5 || n >= 200 || n >= outsz
+            || strcasecmp(de->d_name + n - 4, ".csv") != 0) {
+            continue;
+        }
+        if (snprintf(path, sizeof(path), "%s/%s", dir, de->d_name)
+                >= (int) sizeof(path)
+            || lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+            continue;
+        }
+        if (!found || strcmp(de->d_name, out) < 0) {
+            memcpy(out, de->d_name, n + 1);
+            found = 1;
+        }
+    }
+    closedir(dh);
+    return found ? 0 : -1;
+}
+
+/*
+ * Move the imported drop file d->drop_name to <drop_dir>/<sub>/ (made when
+ * missing), under a new name when one with its name is there already.
+ * With report (failed/): also write <name>.error.json there. Audits
+ * jml.drop. Returns 0 when moved (or gone meanwhile: another sidecar moved
+ * it), -1 otherwise (logged; the file is then imported again).
+ */
+static int
+drop_move(daemon_t *d, const char *sub, const json_t *report, pg_status_t st)
+{
+    const char *dir = d->cfg->hr_drop_dir;
+    char from[PATH_MAX], todir[PATH_MAX], to[PATH_MAX];
+    char *text;
+    int r, fd, moved = 0;
+
+    if (snprintf(from, sizeof(from), "%s/%s", dir, d->drop_name)
+            >= (int) sizeof(from)
+        || snprintf(todir, sizeof(todir), "%s/%s", dir, sub)
+            >= (int) sizeof(todir)) {
+        return -1;
+    }
+    if (mkdir(todir, 0750) != 0 && errno != EEXIST) {
+        dlog(d, PG_LOG_ERROR, NULL, "drop_dir: cannot create %s: %s", todir,
+             strerror(errno));
+        return -1;
+    }
+    r = snprintf(to, sizeof(to), "%s/%s", todir, d->drop_name);
+    if (r > 0 && (size_t) r < sizeof(to) && access(to, F_OK) == 0) {
+        r = snprintf(to, sizeof(to), "%s/%s.%lld", todir, d->drop_name,
+                     (long long) time(NULL));
+    }
+    if (r < 0 || (size_t) r >= sizeof(to)) {
+        return -1;
+    }
+    if (rename(from, to) == 0) {
+        moved = 1;
+    } else if (errno != ENOENT) {
+        dlog(d, PG_LOG_ERROR, NULL, "drop_dir: cannot move %s to %s: %s",
+             from, to, strerror(errno));
+        return -1;
+    }
+    if (moved && report != NULL
+        && snprintf(to, sizeof(to), "%s/%s.error.json", todir,
+                    d->drop_name) < (int) sizeof(to)
+        && (text = json_dumps(report, JSON_INDENT(1) | JSON_SORT_KEYS))
+               != NULL) {
+        fd = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+        if (fd >= 0) {
+            if (write(fd, text, strlen(text)) < 0) {
+                dlog(d, PG_LOG_WARN, NULL, "drop_dir: cannot write %s", to);
+            }
+            close(fd);
+        }
+        free(text);
+    }
+    audit(d, "jml.drop", st == PG_OK ? "success" : "failure",
+          moved ? sub : "gone",
+          json_pack("{s:s, s:s}", "file", d->drop_name, "status",
+                    pg_status_str(st)));
+    return 0;
+}
+
 static void
 on_import_done(void *arg, pg_status_t st, const json_t *summary)
 {
     daemon_t *d = arg;
 
+    if (d->drop_name[0] != '\0') {
+        /* a dropped export: applied -> processed/, refused -> failed/
+         * with the report; a transient failure leaves it for the next
+         * poll */
+        if (!import_transient(st)) {
+            (void) drop_move(d, st == PG_OK ? "processed" : "failed",
+                             st == PG_OK ? NULL : summary, st);
+        }
+        d->drop_name[0] = '\0';
+    }
     if (st == PG_OK) {
         d->imports++;
     } else {
         d->import_failures++;
-        if (st == PG_ERR_REDIS || st == PG_ERR_IO || st == PG_ERR_TIMEOUT
-            || st == PG_ERR_NOMEM || st == PG_ERR_BUSY) {
+        if (import_transient(st)) {
             /* transient: try the same file again at the next poll (a
              * refused or malformed file waits until it changes) */
             d->have_last = 0;
@@ -863,17 +989,33 @@ on_import_done(void *arg, pg_status_t st, const json_t *summary)
          "HR import %s", st == PG_OK ? "applied" : "not applied");
 }
 
-/* Start an import unless one runs; 0 when started. */
+/* Start an import unless one runs; 0 when started. With hr_source.drop_dir:
+ * of the next dropped export (-1 when there is none). */
 static int
 start_import(daemon_t *d, int force)
 {
+    char name[256], path[PATH_MAX];
     pg_status_t st;
 
     if (d->jml == NULL) {
         return -1;
     }
-    st = pg_jml_import(d->jml, NULL, force, on_import_done, d);
-    return st == PG_OK ? 0 : -1;
+    if (d->cfg->hr_drop_dir == NULL) {
+        st = pg_jml_import(d->jml, NULL, force, on_import_done, d);
+        return st == PG_OK ? 0 : -1;
+    }
+    if (d->drop_name[0] != '\0'
+        || drop_next(d->cfg->hr_drop_dir, name, sizeof(name)) != 0
+        || snprintf(path, sizeof(path), "%s/%s", d->cfg->hr_drop_dir, name)
+               >= (int) sizeof(path)) {
+        return -1;
+    }
+    st = pg_jml_import(d->jml, path, force, on_import_done, d);
+    if (st != PG_OK) {
+        return -1;
+    }
+    memcpy(d->drop_name, name, strlen(name) + 1);
+    return 0;
 }
 
 /* Every poll_s: import when the file changed (inode, size or mtime); with
@@ -885,7 +1027,10 @@ on_poll_timer(void *arg)
     struct stat sb;
 
     /* poll_s 0: the file is read on POST /import only */
-    if (d->jml != NULL && !d->stopping && pg_jml_poll_s(d->jml) > 0) {
+    if (d->jml != NULL && !d->stopping && pg_jml_poll_s(d->jml) > 0
+        && d->cfg->hr_drop_dir != NULL) {
+        (void) start_import(d, 0);      /* the next dropped export, if any */
+    } else if (d->jml != NULL && !d->stopping && pg_jml_poll_s(d->jml) > 0) {
         if (stat(pg_jml_file(d->jml), &sb) == 0
             && (!d->have_last || sb.st_ino != d->last_import.st_ino
                 || sb.st_size != d->last_import.st_size
@@ -947,6 +1092,15 @@ serve_import(daemon_t *d, struct evhttp_request *req)
         reply(req, 404, "Not Found", "application/json",
               "{\"error\":\"no_hr_source\"}", 24);
         return;
+    }
+    if (d->cfg->hr_drop_dir != NULL && d->drop_name[0] == '\0') {
+        char name[256];
+
+        if (drop_next(d->cfg->hr_drop_dir, name, sizeof(name)) != 0) {
+            reply(req, 404, "Not Found", "application/json",
+                  "{\"error\":\"no_export\"}", 21);
+            return;
+        }
     }
     if (start_import(d, q != NULL && strstr(q, "force=1") != NULL) != 0) {
         reply(req, 409, "Conflict", "application/json",
@@ -1542,6 +1696,162 @@ serve_event(daemon_t *d, struct evhttp_request *req)
           17);
 }
 
+/* ==== BEGIN correlation cases (issue 6: "a correlation case for an admin")
+ * GET /cases: the open cases (admin token: personal data), served from a
+ * copy refreshed every 2 s (and after every decision), with "as_of".
+ * POST /cases/<id>?action=link&identity=<iid> | action=new |
+ * action=dismiss: the decision, applied as a job (pg_jml_case): 202, 404
+ * unknown case, 400 (bad action, identity not a candidate), 503 +
+ * Retry-After while an import or event runs. docs/sidecar.md
+ */
+static struct {
+    json_t *list;                /* the last listing (array) or NULL */
+    long long as_of;             /* its time (unix s) */
+    pg_timer_t *tick;
+} cs;
+
+static void
+cases_listed(void *arg, pg_status_t st, const json_t *cases)
+{
+    (void) arg;
+    if (st == PG_OK && cases != NULL) {
+        json_decref(cs.list);
+        cs.list = json_deep_copy(cases);
+        cs.as_of = (long long) time(NULL);
+    }
+}
+
+static void
+cases_tick(void *arg)
+{
+    daemon_t *d = arg;
+
+    if (d->jml != NULL && !d->stopping
+        && pg_jml_cases(d->jml, cases_listed, d) != PG_OK) {
+        /* one is running, or Redis is down: the next tick tries again */
+    }
+    d->host->timer_arm(cs.tick, 2000);
+}
+
+static void
+on_case_done(void *arg, pg_status_t st, const json_t *summary)
+{
+    daemon_t *d = arg;
+
+    dlog(d, st == PG_OK ? PG_LOG_INFO : PG_LOG_WARN,
+         summary != NULL ? json_deep_copy(summary) : NULL,
+         "correlation case %s", st == PG_OK ? "resolved" : "not resolved");
+    if (cs.tick != NULL) {
+        d->host->timer_arm(cs.tick, 0);
+    }
+}
+
+/* The case id in the listing, or NULL. */
+static const json_t *
+cases_find(const char *id)
+{
+    const json_t *c;
+    size_t i;
+
+    json_array_foreach(cs.list, i, c) {
+        const char *cid = json_string_value(json_object_get(c, "id"));
+
+        if (cid != NULL && strcmp(cid, id) == 0) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static void
+serve_cases(daemon_t *d, struct evhttp_request *req, const char *path)
+{
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    char action[16] = "", identity[136] = "";
+    const json_t *c, *v;
+    pg_err_t err = { "" };
+    json_t *body;
+    char *text;
+    size_t i;
+    int ok = 0;
+    pg_status_t st;
+
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", "/cases"));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return;
+    }
+    if (d->jml == NULL) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_hr_source\"}", 24);
+        return;
+    }
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_GET
+        && strcmp(path, "/cases") == 0) {
+        body = json_pack("{s:o, s:I}", "cases",
+                         cs.list != NULL ? json_deep_copy(cs.list)
+                                         : json_array(),
+                         "as_of", (json_int_t) cs.as_of);
+        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        if (text == NULL) {
+            evhttp_send_error(req, 500, "Internal Server Error");
+            return;
+        }
+        reply(req, 200, "OK", "application/json", text, strlen(text));
+        free(text);
+        return;
+    }
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST
+        || strncmp(path, "/cases/", 7) != 0) {
+        reply(req, 405, "Method Not Allowed", "application/json",
+              "{\"error\":\"get_or_post\"}", 23);
+        return;
+    }
+    (void) recon_query(q, "action", action, sizeof(action));
+    (void) recon_query(q, "identity", identity, sizeof(identity));
+    c = cases_find(path + 7);
+    if (c == NULL) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_such_case\"}", 24);
+        return;
+    }
+    json_array_foreach(json_object_get(c, "candidates"), i, v) {
+        ok |= json_is_string(v) && strcmp(json_string_value(v), identity) == 0;
+    }
+    if (strcmp(action, "link") == 0 && !ok) {
+        reply(req, 400, "Bad Request", "application/json",
+              "{\"error\":\"not_a_candidate\"}", 27);
+        return;
+    }
+    st = pg_jml_case(d->jml, path + 7, action, identity[0] ? identity : NULL,
+                     on_case_done, d, &err);
+    if (st == PG_ERR_BUSY) {
+        evhttp_add_header(evhttp_request_get_output_headers(req),
+                          "Retry-After", "1");
+        reply(req, 503, "Service Unavailable", "application/json",
+              "{\"error\":\"busy\"}", 16);
+        return;
+    }
+    if (st != PG_OK) {
+        body = json_pack("{s:s, s:s}", "error", "bad_request", "detail",
+                         err.msg);
+        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+        json_decref(body);
+        reply(req, 400, "Bad Request", "application/json",
+              text != NULL ? text : "{}", text != NULL ? strlen(text) : 2);
+        free(text);
+        return;
+    }
+    audit(d, "admin.request", "success", "case",
+          json_pack("{s:s, s:s}", "case", path + 7, "action", action));
+    reply(req, 202, "Accepted", "application/json", "{\"accepted\":true}",
+          17);
+}
+/* ==== END correlation cases ============================================ */
+
 /* Every request: GET/HEAD (others are refused by evhttp) to two paths. */
 static void
 on_request(struct evhttp_request *req, void *arg)
@@ -1565,6 +1875,9 @@ on_request(struct evhttp_request *req, void *arg)
     } else if (strncmp(path, "/identities", 11) == 0
                && (path[11] == '\0' || path[11] == '/')) {
         serve_identities(d, req, path);   /* identities block */
+    } else if (strncmp(path, "/cases", 6) == 0
+               && (path[6] == '\0' || path[6] == '/')) {
+        serve_cases(d, req, path);        /* correlation cases block */
     } else {
         reply(req, 404, "Not Found", "text/plain; charset=utf-8",
               "not found\n", 10);
@@ -1722,6 +2035,12 @@ shutdown_all(daemon_t *d)
         d->host->timer_close(d->poll_timer);
         d->poll_timer = NULL;
     }
+    if (cs.tick != NULL) {     /* correlation cases block */
+        d->host->timer_close(cs.tick);
+        cs.tick = NULL;
+    }
+    json_decref(cs.list);
+    cs.list = NULL;
     if (d->host != NULL) {
         recon_teardown(d, 1);   /* recon block */
     }
@@ -1905,6 +2224,7 @@ main(int argc, char **argv)
     }
     d.health_timer = d.host->timer_open(d.host->ctx, on_health_timer, &d);
     d.poll_timer = d.host->timer_open(d.host->ctx, on_poll_timer, &d);
+    cs.tick = d.host->timer_open(d.host->ctx, cases_tick, &d);
     d.sig_hup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
     d.sig_term = evsignal_new(d.base, SIGTERM, on_sigstop, &d);
     d.sig_int = evsignal_new(d.base, SIGINT, on_sigstop, &d);
@@ -1923,6 +2243,9 @@ main(int argc, char **argv)
     }
     d.host->timer_arm(d.health_timer, 0);
     d.host->timer_arm(d.poll_timer, 0);
+    if (cs.tick != NULL) {
+        d.host->timer_arm(cs.tick, 0);
+    }
     expiry_start(&d);   /* expiry block */
     stream_setup(&d);
     dlog(&d, PG_LOG_INFO,

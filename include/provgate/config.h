@@ -262,7 +262,11 @@ typedef struct pg_config {
     pg_outbox_cfg_t outbox;
     char *admin_role;          /* "admin": {"role"}; default "provgate-admin" */
     json_t *hr_source;         /* "hr_source" (sidecar JML), or NULL */
-    char *hr_file;             /* hr_source.file, resolved */
+    char *hr_file;             /* hr_source.file, resolved, or NULL */
+    char *hr_drop_dir;         /* hr_source.drop_dir (a folder of exports,
+                                  each imported once, then moved to
+                                  processed/ or failed/), or NULL; exactly
+                                  one of the two is set */
     unsigned hr_poll_s;        /* hr_source.poll_s, default 60; 0 = off */
     unsigned hr_lease_s;       /* hr_source.lease_s: the JML lease
                                   <p>lock:jml, default 30 (3-3600),

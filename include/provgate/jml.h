@@ -61,8 +61,9 @@ typedef void (*pg_jml_cb)(void *arg, pg_status_t st, const json_t *summary);
  * Import the export at path (or the configured file when path is NULL) as
  * of today. Only one import runs at a time (PG_ERR_BUSY). force = 1
  * overrides the mass-leave guard. Synchronous errors: PG_ERR_BUSY,
- * PG_ERR_NOMEM; everything else is reported through cb (never inside this
- * call).
+ * PG_ERR_NOMEM, PG_ERR_INVALID (path NULL with hr_source.drop_dir: the
+ * caller picks the file); everything else is reported through cb (never
+ * inside this call).
  */
 PG_MUST_USE pg_status_t pg_jml_import(pg_jml_t *j, const char *path,
                                       int force, pg_jml_cb cb, void *arg);
@@ -84,8 +85,38 @@ PG_MUST_USE pg_status_t pg_jml_import(pg_jml_t *j, const char *path,
 PG_MUST_USE pg_status_t pg_jml_event(pg_jml_t *j, const json_t *event,
                                      pg_jml_cb cb, void *arg, pg_err_t *err);
 
+/*
+ * An admin's decision on a correlation case (an HR record that two
+ * identities matched: stored in P cases, see docs/sidecar.md):
+ *   "link"    the record belongs to identity (one of the case's
+ *             candidates);
+ *   "new"     it is somebody else: a new identity;
+ *   "dismiss" forget the case (nothing applied; the record is looked at
+ *             again when it changes).
+ * link/new pin the HR key to that identity (P hrpin:<hash>, which then
+ * overrides every correlation index) and apply the record at once as a
+ * join, like an event. Runs as a job (PG_ERR_BUSY while an import or event
+ * runs; waits for the JML lease). Synchronous PG_ERR_INVALID for a bad
+ * case id, action or identity (err says which); in cb PG_ERR_NOT_FOUND
+ * for an unknown case, PG_ERR_INVALID when identity is not a candidate.
+ * Audited as jml.case (linked, new_identity, dismissed).
+ */
+PG_MUST_USE pg_status_t pg_jml_case(pg_jml_t *j, const char *case_id,
+                                    const char *action, const char *identity,
+                                    pg_jml_cb cb, void *arg, pg_err_t *err);
+
+/* The open correlation cases (at most 1000), each {"id", "hr_key",
+ * "kind", "candidates", "attributes", "created", "source"}: cases is a
+ * JSON array borrowed for the callback (NULL on error). */
+typedef void (*pg_jml_cases_cb)(void *arg, pg_status_t st,
+                                const json_t *cases);
+
+/* One listing at a time (PG_ERR_BUSY); cb is never called from inside. */
+PG_MUST_USE pg_status_t pg_jml_cases(pg_jml_t *j, pg_jml_cases_cb cb,
+                                     void *arg);
+
 /* The configured export path and poll interval (seconds; 0 = no polling). */
-const char *pg_jml_file(const pg_jml_t *j);
+const char *pg_jml_file(const pg_jml_t *j);   /* NULL with drop_dir */
 unsigned pg_jml_poll_s(const pg_jml_t *j);
 
 #endif

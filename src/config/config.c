@@ -1394,15 +1394,16 @@ parse_event_stream(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 }
 
 /*
- * "hr_source" (optional; the sidecar's HR export): {"file", "poll_s",
- * "lease_s", "feed": {hrfeed settings}, "correlation": [{"attr", "index"}],
- * "event_stream": {...}}.
+ * "hr_source" (optional; the sidecar's HR export): {"file" | "drop_dir",
+ * "poll_s", "lease_s", "feed": {hrfeed settings}, "correlation": [{"attr",
+ * "index"}], "event_stream": {...}}.
  */
 static pg_status_t
 parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
 {
-    static const char *const keys[] = {"file", "poll_s", "lease_s", "feed",
-                                       "correlation", "event_stream", NULL};
+    static const char *const keys[] = {"file", "drop_dir", "poll_s",
+                                       "lease_s", "feed", "correlation",
+                                       "event_stream", NULL};
     static const char *const rkeys[] = {"attr", "index", NULL};
     const char *p = "$.hr_source";
     pg_hrfeed_cfg_t *feed = NULL;
@@ -1416,7 +1417,22 @@ parse_hr_source(pg_config_t *cfg, const json_t *o, pg_err_t *err)
         return parse_event_stream(cfg, NULL, err);   /* the defaults */
     }
     TRY(pg_cfg_keys(o, p, keys, err));
-    TRY(pg_cfg_path(o, p, "file", 1, &cfg->hr_file, err));
+    TRY(pg_cfg_path(o, p, "file", 0, &cfg->hr_file, err));
+    TRY(pg_cfg_path(o, p, "drop_dir", 0, &cfg->hr_drop_dir, err));
+    if ((cfg->hr_file == NULL) == (cfg->hr_drop_dir == NULL)) {
+        pg_err_set(err, "%s: set exactly one of \"file\" (one export, "
+                   "imported when it changes) and \"drop_dir\" (a folder "
+                   "of exports, each imported once)", p);
+        return PG_ERR_CONFIG;
+    }
+    if (cfg->hr_drop_dir != NULL) {
+        struct stat sb;
+
+        if (stat(cfg->hr_drop_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            pg_err_set(err, "%s.drop_dir: not a directory", p);
+            return PG_ERR_CONFIG;
+        }
+    }
     TRY(parse_event_stream(cfg, json_object_get(o, "event_stream"), err));
     TRY(pg_cfg_uint(o, p, "poll_s", 60, 0, 86400, &cfg->hr_poll_s, err));
     TRY(pg_cfg_uint(o, p, "lease_s", 30, 3, 3600, &cfg->hr_lease_s, err));
@@ -2081,6 +2097,7 @@ pg_config_free(pg_config_t *cfg)
     free(cfg->admin_role);
     json_decref(cfg->hr_source);
     free(cfg->hr_file);
+    free(cfg->hr_drop_dir);
     free(cfg->jml_stream.stream);
     free(cfg->jml_stream.group);
 

@@ -26,10 +26,13 @@
 #define PG_JML_RULES_MAX    8
 #define PG_JML_EVENT_ID_MAX 128
 #define PG_JML_EVENT_TTL_S  "604800"   /* event ids remembered 7 days */
+#define PG_JML_CASES_MAX    1000       /* cases listed at most */
 
 /*
  * Correlate one HR record. ARGV: prefix, hr hash, candidate iid, nrules,
- * then (index, value hash) pairs ("" hash = no value).
+ * then (index, value hash) pairs ("" hash = no value). An admin's decision
+ * on a correlation case (P hrpin:<hr hash>: an identity id, or "*new*"
+ * for a new identity, replaced by its id here) overrides every index.
  * -> {"case", "iid1\niid2..."} or {"ok", iid, created, attrs|"", accts}
  * where accts is the identity's target names, "\n"-joined.
  */
@@ -40,16 +43,23 @@ static const char pg_jml_corr_lua[] =
     "  if v and not seen[v] then seen[v] = true; ids[#ids + 1] = v end "
     "end "
     "local hrk = p .. 'idx:hr:' .. ARGV[2] "
-    "add(redis.call('GET', hrk)) "
+    "local pink = p .. 'hrpin:' .. ARGV[2] "
+    "local pin = redis.call('GET', pink) "
     "local n = tonumber(ARGV[4]) "
-    "for i = 0, n - 1 do "
-    "  local h = ARGV[6 + 2 * i] "
-    "  if h ~= '' then add(redis.call('GET', p .. 'idx:' .. ARGV[5 + 2 * i] "
-    "                                 .. ':' .. h)) end "
+    "if pin then "
+    "  if pin ~= '*new*' then add(pin) end "
+    "else "
+    "  add(redis.call('GET', hrk)) "
+    "  for i = 0, n - 1 do "
+    "    local h = ARGV[6 + 2 * i] "
+    "    if h ~= '' then add(redis.call('GET', p .. 'idx:' .. ARGV[5 + 2 * i] "
+    "                                   .. ':' .. h)) end "
+    "  end "
     "end "
     "if #ids > 1 then return {'case', table.concat(ids, '\\n')} end "
     "local iid = ids[1] or ARGV[3] "
     "local created = ids[1] == nil and '1' or '0' "
+    "if pin then redis.call('SET', pink, iid) end "
     "redis.call('SET', hrk, iid) "
     "for i = 0, n - 1 do "
     "  local h = ARGV[6 + 2 * i] "
@@ -64,6 +74,19 @@ static const char pg_jml_corr_lua[] =
     "  if string.sub(f, 1, 5) == 'acct:' then acc[#acc + 1] = string.sub(f, 6) end "
     "end "
     "return {'ok', iid, created, attrs, table.concat(acc, '\\n')}";
+
+/*
+ * Resolve a correlation case. ARGV: prefix, case id, hr hash, pin ("" to
+ * dismiss: nothing pinned). -> 1, or 0 when the case is gone (another
+ * sidecar or admin resolved it).
+ */
+static const char pg_jml_pin_lua[] =
+    "local p = ARGV[1] "
+    "if redis.call('HEXISTS', p .. 'cases', ARGV[2]) == 0 then return 0 end "
+    "if ARGV[4] ~= '' then redis.call('SET', p .. 'hrpin:' .. ARGV[3], "
+    "                                 ARGV[4]) end "
+    "redis.call('HDEL', p .. 'cases', ARGV[2]) "
+    "return 1";
 
 /*
  * A leaver. ARGV: prefix, hr hash, now. Ends every session of the identity
@@ -153,12 +176,24 @@ struct pg_jml {
     char lease[48];            /* token of our <p>lock:jml lease, or "" */
     int event_mode;            /* one JML event: no snapshot to commit */
     json_t *event;             /* the event being applied */
+    /* pg_jml_case: an admin's decision on a correlation case */
+    int case_mode;
+    char case_id[32];
+    char case_action[16];      /* "link", "new" or "dismiss" */
+    char case_identity[136];
+    char case_hash[64];        /* sha256 of the case's HR key */
+    /* pg_jml_cases: one listing at a time */
+    pg_redis_op_t *list_op;
+    pg_jml_cases_cb list_cb;
+    void *list_arg;
 };
 
 static void pg_jml_next_person(pg_jml_t *j);
 static void pg_jml_next_target(pg_jml_t *j);
 static void pg_jml_finish(pg_jml_t *j, pg_status_t st, const char *why);
 static void pg_jml_event_go(pg_jml_t *j);
+static void pg_jml_case_go(pg_jml_t *j);
+static int pg_jml_id_ok(const char *s);
 static void pg_jml_lease(pg_jml_t *j);
 static void pg_jml_renew(void *arg);
 
@@ -194,7 +229,7 @@ pg_jml_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
     j->host = host;
     j->r = redis;
     j->audit = audit;
-    j->file = strdup(cfg->hr_file);
+    j->file = cfg->hr_file != NULL ? strdup(cfg->hr_file) : NULL;
     j->poll_s = cfg->hr_poll_s;
     st = pg_hrfeed_cfg_parse(json_object_get(src, "feed"), "$.hr_source.feed",
                              &j->feed, err);
@@ -211,7 +246,7 @@ pg_jml_new(const pg_config_t *cfg, const pg_host_t *host, pg_redis_t *redis,
             st = PG_ERR_NOMEM;
         }
     }
-    if (st == PG_OK && j->file == NULL) {
+    if (st == PG_OK && cfg->hr_file != NULL && j->file == NULL) {
         st = PG_ERR_NOMEM;
     }
     if (st != PG_OK) {
@@ -281,6 +316,7 @@ pg_jml_reset(pg_jml_t *j)
     json_decref(j->event);
     j->event = NULL;
     j->event_mode = 0;
+    j->case_mode = 0;
     j->busy = 0;
 }
 
@@ -293,6 +329,10 @@ pg_jml_free(pg_jml_t *j)
         return;
     }
     pg_jml_reset(j);
+    if (j->list_op != NULL) {
+        pg_redis_cancel(j->list_op);     /* its callback is not called */
+        j->list_op = NULL;
+    }
     pg_hrfeed_cfg_free(j->feed);
     for (i = 0; i < j->nrules; i++) {
         free(j->rules[i].attr);
@@ -520,6 +560,96 @@ pg_jml_attrs_saved(void *arg, pg_status_t st, const redisReply *reply)
     pg_jml_next_target(j);
 }
 
+/* The case id of an HR key: "c" + 22 characters of its sha256 hash (the
+ * same key always gives the same case: a later import updates it). */
+static pg_status_t
+pg_jml_case_id(const char *key, char *out, size_t outsz)
+{
+    char hash[64];
+
+    if (outsz < 24 || pg_jml_hash(key, 0, hash, sizeof(hash)) != PG_OK) {
+        return PG_ERR_NOMEM;
+    }
+    out[0] = 'c';
+    memcpy(out + 1, hash, 22);
+    out[23] = '\0';
+    return PG_OK;
+}
+
+static void
+pg_jml_case_stored(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "cannot store the correlation case");
+        return;
+    }
+    j->idx++;
+    pg_jml_next_person(j);
+}
+
+/*
+ * Two identities match the HR record key (attributes hr, borrowed):
+ * store a correlation case in P cases (case id -> {"id", "hr_key", "kind",
+ * "candidates", "attributes", "created", "source"}) for an admin
+ * (pg_jml_case), audit jml.case deferred, then go on with the next
+ * person. Nothing is applied for this one.
+ */
+static void
+pg_jml_case_store(pg_jml_t *j, const char *key, const json_t *hr,
+                  const char *ids, size_t idslen)
+{
+    char cid[32], *k, *text, *list = strndup(ids, idslen), *save = NULL;
+    const char *argv[4];
+    json_t *cands = json_array(), *c;
+    pg_status_t st;
+
+    if (list == NULL || cands == NULL
+        || pg_jml_case_id(key, cid, sizeof(cid)) != PG_OK) {
+        free(list);
+        json_decref(cands);
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    for (k = strtok_r(list, "\n", &save); k != NULL;
+         k = strtok_r(NULL, "\n", &save)) {
+        json_array_append_new(cands, json_string(k));
+    }
+    free(list);
+    c = json_pack("{s:s, s:s, s:s, s:o, s:O, s:I, s:s}", "id", cid,
+                  "hr_key", key, "kind", pg_jml_phase_name(j->phase),
+                  "candidates", cands, "attributes", hr,
+                  "created", (json_int_t) time(NULL),
+                  "source", j->event_mode ? "event" : "import");
+    pg_jml_audit(j, "jml.case", "deferred", "ambiguous_correlation",
+                 c != NULL ? json_pack("{s:s, s:s, s:s, s:O}", "case", cid,
+                                       "hr_key", key, "kind",
+                                       pg_jml_phase_name(j->phase),
+                                       "candidates",
+                                       json_object_get(c, "candidates"))
+                           : NULL);
+    text = c != NULL ? json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(c);
+    k = pg_jml_key(j, "cases", NULL);
+    if (text == NULL || k == NULL) {
+        free(text);
+        free(k);
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    argv[0] = "HSET"; argv[1] = k; argv[2] = cid; argv[3] = text;
+    st = pg_redis_command(j->r, 4, argv, NULL, 0, pg_jml_case_stored, j,
+                          &j->rop);
+    free(text);
+    free(k);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "cannot store the correlation case");
+    }
+}
+
 static void
 pg_jml_correlated(void *arg, pg_status_t st, const redisReply *reply)
 {
@@ -539,12 +669,8 @@ pg_jml_correlated(void *arg, pg_status_t st, const redisReply *reply)
     if (strcmp(reply->element[0]->str, "case") == 0) {
         /* two identities match this record: an admin decides */
         j->cases++;
-        f = json_pack("{s:s, s:s, s:s%}", "hr_key", key, "kind",
-                      pg_jml_phase_name(j->phase), "candidates",
-                      reply->element[1]->str, reply->element[1]->len);
-        pg_jml_audit(j, "jml.case", "deferred", "ambiguous_correlation", f);
-        j->idx++;
-        pg_jml_next_person(j);
+        pg_jml_case_store(j, key, hr, reply->element[1]->str,
+                          reply->element[1]->len);
         return;
     }
     if (reply->elements != 5 || reply->element[1]->len >= sizeof(j->iid)) {
@@ -902,7 +1028,9 @@ pg_jml_leased(void *arg, pg_status_t st, const redisReply *reply)
     if (j->renew != NULL) {
         j->host->timer_arm(j->renew, PG_JML_RENEW_MS(j));
     }
-    if (j->event_mode) {
+    if (j->case_mode) {
+        pg_jml_case_go(j);
+    } else if (j->event_mode) {
         pg_jml_event_go(j);
     } else {
         pg_jml_start(j);
@@ -1024,6 +1152,9 @@ pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
     if (j->busy) {
         return PG_ERR_BUSY;
     }
+    if (path == NULL && j->file == NULL) {
+        return PG_ERR_INVALID;       /* drop_dir: the caller names the file */
+    }
     j->path = strdup(path != NULL ? path : j->file);
     j->summary = json_pack("{s:s}", "file", path != NULL ? path : j->file);
     j->kick = j->host->timer_open(j->host->ctx, pg_jml_start, j);
@@ -1039,6 +1170,263 @@ pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
     j->cases = 0;
     j->host->timer_arm(j->kick, 0);
     return PG_OK;
+}
+
+/* ---- correlation cases (an admin decides) ----------------------------- */
+
+static void
+pg_jml_case_pinned(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    json_t *f;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        pg_jml_finish(j, PG_ERR_REDIS, "cannot resolve the case");
+        return;
+    }
+    if (reply->integer == 0) {
+        pg_jml_finish(j, PG_ERR_NOT_FOUND, "no such case (resolved meanwhile)");
+        return;
+    }
+    f = json_pack("{s:s, s:s, s:s?}", "case", j->case_id, "hr_key",
+                  j->diff->joins[0].key, "identity",
+                  strcmp(j->case_action, "link") == 0 ? j->case_identity
+                                                      : NULL);
+    pg_jml_audit(j, "jml.case", "success",
+                 strcmp(j->case_action, "link") == 0 ? "linked"
+                 : strcmp(j->case_action, "new") == 0 ? "new_identity"
+                                                       : "dismissed", f);
+    if (strcmp(j->case_action, "dismiss") == 0) {
+        pg_jml_finish(j, PG_OK, NULL);
+        return;
+    }
+    /* apply the record now, as a join: the pin decides the identity */
+    j->phase = PG_JML_JOIN;
+    j->idx = 0;
+    pg_jml_next_person(j);
+}
+
+static void
+pg_jml_case_read(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    json_t *c = NULL, *cands, *attrs, *v;
+    const char *key, *k, *argv[7];
+    pg_hrfeed_diff_t *d;
+    json_error_t jerr;
+    size_t i;
+    int ok = 0;
+
+    j->rop = NULL;
+    if (st != PG_OK || reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        pg_jml_finish(j, PG_ERR_REDIS, "cannot read the case");
+        return;
+    }
+    if (reply->type != REDIS_REPLY_STRING) {
+        pg_jml_finish(j, PG_ERR_NOT_FOUND, "no such case");
+        return;
+    }
+    c = json_loadb(reply->str, reply->len, 0, &jerr);
+    key = json_string_value(json_object_get(c, "hr_key"));
+    cands = json_object_get(c, "candidates");
+    attrs = json_object_get(c, "attributes");
+    if (key == NULL || !json_is_array(cands) || !json_is_object(attrs)) {
+        json_decref(c);
+        pg_jml_finish(j, PG_ERR_INVALID, "malformed case");
+        return;
+    }
+    json_array_foreach(cands, i, v) {
+        if (json_is_string(v)
+            && strcmp(json_string_value(v), j->case_identity) == 0) {
+            ok = 1;
+        }
+    }
+    if (strcmp(j->case_action, "link") == 0 && !ok) {
+        json_decref(c);
+        pg_jml_finish(j, PG_ERR_INVALID, "identity is not a candidate");
+        return;
+    }
+    json_object_foreach(attrs, k, v) {
+        if (!json_is_string(v)) {
+            json_decref(c);
+            pg_jml_finish(j, PG_ERR_INVALID, "malformed case");
+            return;
+        }
+    }
+    /* the job's one person: a join of the record */
+    d = calloc(1, sizeof(*d));
+    if (d != NULL && (d->joins = calloc(1, sizeof(*d->joins))) != NULL) {
+        d->njoins = 1;
+        d->joins[0].key = strdup(key);
+        d->joins[0].attrs = json_deep_copy(attrs);
+    }
+    json_object_set_new(j->summary, "hr_key", json_string(key));
+    json_decref(c);
+    if (d == NULL || d->joins == NULL || d->joins[0].key == NULL
+        || d->joins[0].attrs == NULL
+        || pg_jml_hash(d->joins[0].key, 0, j->case_hash,
+                       sizeof(j->case_hash)) != PG_OK) {
+        pg_hrfeed_diff_free(d);
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    j->diff = d;
+    argv[0] = "EVAL"; argv[1] = pg_jml_pin_lua; argv[2] = "0";
+    argv[3] = j->cfg->redis.key_prefix; argv[4] = j->case_id;
+    argv[5] = j->case_hash;
+    argv[6] = strcmp(j->case_action, "link") == 0 ? j->case_identity
+              : strcmp(j->case_action, "new") == 0 ? "*new*" : "";
+    st = pg_redis_command(j->r, 7, argv, NULL, 0, pg_jml_case_pinned, j,
+                          &j->rop);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "Redis unavailable");
+    }
+}
+
+/* With the lease: read the case. */
+static void
+pg_jml_case_go(pg_jml_t *j)
+{
+    char *k = pg_jml_key(j, "cases", NULL);
+    const char *argv[3];
+    pg_status_t st;
+
+    if (k == NULL) {
+        pg_jml_finish(j, PG_ERR_NOMEM, "out of memory");
+        return;
+    }
+    argv[0] = "HGET"; argv[1] = k; argv[2] = j->case_id;
+    st = pg_redis_command(j->r, 3, argv, NULL, 0, pg_jml_case_read, j,
+                          &j->rop);
+    free(k);
+    if (st != PG_OK) {
+        j->rop = NULL;
+        pg_jml_finish(j, st, "Redis unavailable");
+    }
+}
+
+pg_status_t
+pg_jml_case(pg_jml_t *j, const char *case_id, const char *action,
+            const char *identity, pg_jml_cb cb, void *arg, pg_err_t *err)
+{
+    char now[24];
+    size_t i, n = case_id != NULL ? strlen(case_id) : 0;
+
+    if (j->busy) {
+        return PG_ERR_BUSY;
+    }
+    if (n != 23 || case_id[0] != 'c') {
+        pg_err_set(err, "case: not a case id");
+        return PG_ERR_INVALID;
+    }
+    for (i = 1; i < n; i++) {
+        if (!isalnum((unsigned char) case_id[i]) && case_id[i] != '-'
+            && case_id[i] != '_') {
+            pg_err_set(err, "case: not a case id");
+            return PG_ERR_INVALID;
+        }
+    }
+    if (action == NULL || (strcmp(action, "link") != 0
+                           && strcmp(action, "new") != 0
+                           && strcmp(action, "dismiss") != 0)) {
+        pg_err_set(err, "action: must be \"link\", \"new\" or \"dismiss\"");
+        return PG_ERR_INVALID;
+    }
+    if (strcmp(action, "link") == 0
+        && (identity == NULL || !pg_jml_id_ok(identity)
+            || strlen(identity) >= sizeof(j->case_identity))) {
+        pg_err_set(err, "identity: required with \"link\" (an identity id)");
+        return PG_ERR_INVALID;
+    }
+    memcpy(j->case_id, case_id, n + 1);
+    snprintf(j->case_action, sizeof(j->case_action), "%s", action);
+    snprintf(j->case_identity, sizeof(j->case_identity), "%s",
+             identity != NULL && strcmp(action, "link") == 0 ? identity : "");
+    snprintf(now, sizeof(now), "%lld", (long long) time(NULL));
+    /* the join's "event" marker: an id of its own, remembered like one */
+    if (asprintf(&j->path, "%sjml:event:case-%s-%s", j->cfg->redis.key_prefix,
+                 case_id, now) < 0) {
+        j->path = NULL;
+        return PG_ERR_NOMEM;
+    }
+    j->summary = json_pack("{s:s, s:s}", "case", case_id, "action", action);
+    j->kick = j->host->timer_open(j->host->ctx, pg_jml_event_kick, j);
+    if (j->summary == NULL || j->kick == NULL) {
+        pg_jml_reset(j);
+        return PG_ERR_NOMEM;
+    }
+    j->busy = 1;
+    j->event_mode = 1;
+    j->case_mode = 1;
+    j->cb = cb;
+    j->arg = arg;
+    j->ops = 0;
+    j->cases = 0;
+    j->host->timer_arm(j->kick, 0);
+    return PG_OK;
+}
+
+static void
+pg_jml_cases_read(void *arg, pg_status_t st, const redisReply *reply)
+{
+    pg_jml_t *j = arg;
+    pg_jml_cases_cb cb = j->list_cb;
+    json_t *out = NULL, *c;
+    json_error_t jerr;
+    size_t i;
+
+    j->list_op = NULL;
+    j->list_cb = NULL;
+    if (st == PG_OK && (reply == NULL || reply->type != REDIS_REPLY_ARRAY)) {
+        st = PG_ERR_REDIS;
+    }
+    if (st == PG_OK) {
+        out = json_array();
+        for (i = 0; out != NULL && i + 1 < reply->elements
+                    && i / 2 < PG_JML_CASES_MAX; i += 2) {
+            c = json_loadb(reply->element[i + 1]->str,
+                           reply->element[i + 1]->len, 0, &jerr);
+            if (json_is_object(c)) {
+                json_array_append_new(out, c);
+            } else {
+                json_decref(c);
+            }
+        }
+        if (out == NULL) {
+            st = PG_ERR_NOMEM;
+        }
+    }
+    cb(j->list_arg, st, out);
+    json_decref(out);
+}
+
+pg_status_t
+pg_jml_cases(pg_jml_t *j, pg_jml_cases_cb cb, void *arg)
+{
+    char *k;
+    const char *argv[2];
+    pg_status_t st;
+
+    if (j->list_op != NULL) {
+        return PG_ERR_BUSY;
+    }
+    k = pg_jml_key(j, "cases", NULL);
+    if (k == NULL) {
+        return PG_ERR_NOMEM;
+    }
+    j->list_cb = cb;
+    j->list_arg = arg;
+    argv[0] = "HGETALL"; argv[1] = k;
+    st = pg_redis_command(j->r, 2, argv, NULL, 0, pg_jml_cases_read, j,
+                          &j->list_op);
+    free(k);
+    if (st != PG_OK) {
+        j->list_op = NULL;
+        j->list_cb = NULL;
+    }
+    return st;
 }
 
 /* ---- events (webhook, stream) ------------------------------------------ */

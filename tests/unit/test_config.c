@@ -272,6 +272,15 @@ static const bad_case_t bad_cases[] = {
     {{"hr_source", "{\"file\": \"hr.csv\", \"lease_s\": 2, \"feed\": "
       "{\"key_column\": \"id\", \"attributes\": {\"m\": \"email\"}}}"},
      0, 0, "$.hr_source.lease_s: must be between 3 and 3600"},
+    {{"hr_source", "{\"file\": \"hr.csv\", \"drop_dir\": \".\", \"feed\": "
+      "{\"key_column\": \"id\", \"attributes\": {\"m\": \"email\"}}}"},
+     0, 0, "$.hr_source: set exactly one of \"file\""},
+    {{"hr_source", "{\"feed\": {\"key_column\": \"id\", \"attributes\": "
+      "{\"m\": \"email\"}}}"},
+     0, 0, "$.hr_source: set exactly one of \"file\""},
+    {{"hr_source", "{\"drop_dir\": \"k.key\", \"feed\": {\"key_column\": "
+      "\"id\", \"attributes\": {\"m\": \"email\"}}}"},
+     0, 0, "$.hr_source.drop_dir: not a directory"},
     /* SCIM retries */
     {{"targets/app/retry", "3"}, 0, 0, "$.targets.app.retry: must be an object"},
     {{"targets/app/retry", "{\"attempts\": 3}"}, 0, 0,

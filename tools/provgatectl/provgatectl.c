@@ -285,6 +285,8 @@ static const char USAGE[] =
     "                                  (gateway)\n"
     "  identity show ID | --hr-key K | --email E | --sub S [--iss I]\n"
     "  identity list [--left] [--limit N]  identities (sidecar)\n"
+    "  cases list|link ID --identity IID|new ID|dismiss ID\n"
+    "                                  correlation cases (sidecar)\n"
     "  policy check|explain ...        offline policy tools\n"
     "\n"
     "Global options (before or after the command):\n"
@@ -399,6 +401,19 @@ static const char IDENTITY_HELP[] =
     "list: GET /identities page by page (SCAN): id, state, leave time,\n"
     "username, email, HR key; --left only leavers; --limit N (1-100000,\n"
     "default 100) at most N identities. The order is Redis' (unsorted).\n";
+
+static const char CASES_HELP[] =
+    "usage: provgatectl [--sidecar URL] [--token-file F] cases list\n"
+    "       provgatectl ... cases link ID --identity IID\n"
+    "       provgatectl ... cases new ID\n"
+    "       provgatectl ... cases dismiss ID\n"
+    "\n"
+    "Correlation cases: HR records that two identities matched (GET\n"
+    "/cases, admin token). link: the record belongs to candidate IID; new:\n"
+    "it is somebody else (a new identity); both pin the HR key and apply\n"
+    "the record at once. dismiss: forget the case. Unknown case: exit 1\n"
+    "(HTTP 404); an IID that is not a candidate: exit 1 (HTTP 400); an\n"
+    "import running: exit 1 (HTTP 503, try again).\n";
 
 /* 1 when argv (argc entries) holds -h or --help. */
 static int
@@ -1838,7 +1853,9 @@ identity_show(const ctl_t *c, const char *auth, int argc, char **argv)
                    && iss == NULL) {
             iss = argv[++i];
             continue;
-        } else if (argv[i][0] == '-' || value != NULL) {
+        } else if (value != NULL || strncmp(argv[i], "--", 2) == 0
+                   || (argv[i][0] == '-' && !valid_id(argv[i]))) {
+            /* identity ids are base64url: one may start with '-' */
             return usage_error(IDENTITY_HELP, "identity show: unexpected %s",
                                argv[i]);
         } else {
@@ -2003,6 +2020,126 @@ cmd_identity(const ctl_t *c, int argc, char **argv)
     return rc;
 }
 
+/* provgatectl cases list | link ID --identity IID | new ID | dismiss ID:
+ * the sidecar's /cases (admin token). */
+static int
+cmd_cases(const ctl_t *c, int argc, char **argv)
+{
+    char *auth, *esc = NULL, *ie = NULL, path[512], b[4][64];
+    const char *id = NULL, *identity = NULL;
+    json_t *j, *it, *v;
+    size_t k, m;
+    long st;
+    int rc, i;
+    resp_t r;
+
+    if (has_help(argc, argv)) {
+        fputs(CASES_HELP, stdout);
+        return EX_OK;
+    }
+    if (argc < 1 || (strcmp(argv[0], "list") != 0
+                     && strcmp(argv[0], "link") != 0
+                     && strcmp(argv[0], "new") != 0
+                     && strcmp(argv[0], "dismiss") != 0)) {
+        return usage_error(CASES_HELP, "cases: expected \"list\", \"link\", "
+                           "\"new\" or \"dismiss\"%s", NULL);
+    }
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--identity") == 0 && i + 1 < argc) {
+            identity = argv[++i];
+        } else if (id == NULL && argv[i][0] != '-') {
+            id = argv[i];
+        } else {
+            return usage_error(CASES_HELP, "cases: unexpected %s", argv[i]);
+        }
+    }
+    if (strcmp(argv[0], "list") != 0 && id == NULL) {
+        return usage_error(CASES_HELP, "cases %s: expected the case ID",
+                           argv[0]);
+    }
+    if (strcmp(argv[0], "link") == 0 && identity == NULL) {
+        return usage_error(CASES_HELP, "cases link: --identity IID is "
+                           "required%s", NULL);
+    }
+    if ((strcmp(argv[0], "list") == 0 && id != NULL)
+        || (strcmp(argv[0], "link") != 0 && identity != NULL)) {
+        return usage_error(CASES_HELP, "cases %s: unexpected arguments",
+                           argv[0]);
+    }
+    auth = secret_header(c->token_file, "PROVGATE_ADMIN_TOKEN",
+                         "Authorization: Bearer ", 1, "admin token", &rc);
+    if (auth == NULL) {
+        return rc;
+    }
+    if (strcmp(argv[0], "list") == 0) {
+        rc = call(c, "GET", c->sidecar, "/cases", auth, NULL, 0, &st, &r);
+        secret_free(auth);
+        if (rc != EX_OK) {
+            return rc;
+        }
+        if (st != 200) {
+            rc = api_error("GET /cases", st, &r);
+            resp_clear(&r);
+            return rc;
+        }
+        j = parse_body("GET /cases", &r);
+        resp_clear(&r);
+        if (j == NULL) {
+            return EX_FAIL;
+        }
+        if (c->json) {
+            rc = print_json(j);
+        } else {
+            printf("CASE\tHR_KEY\tKIND\tCANDIDATES\n");
+            json_array_foreach(json_object_get(j, "cases"), k, it) {
+                printf("%s\t%s\t%s\t",
+                       jtext(json_object_get(it, "id"), b[0], 64),
+                       jtext(json_object_get(it, "hr_key"), b[1], 64),
+                       jtext(json_object_get(it, "kind"), b[2], 64));
+                json_array_foreach(json_object_get(it, "candidates"), m, v) {
+                    printf("%s%s", m > 0 ? "," : "", jtext(v, b[3], 64));
+                }
+                printf("\n");
+            }
+        }
+        json_decref(j);
+        return rc;
+    }
+    esc = curl_easy_escape(NULL, id, 0);
+    ie = identity != NULL ? curl_easy_escape(NULL, identity, 0) : NULL;
+    if (esc == NULL || (identity != NULL && ie == NULL)
+        || snprintf(path, sizeof(path), "/cases/%s?action=%s%s%s", esc,
+                    argv[0], ie != NULL ? "&identity=" : "",
+                    ie != NULL ? ie : "") >= (int) sizeof(path)) {
+        curl_free(esc);
+        curl_free(ie);
+        secret_free(auth);
+        return usage_error(CASES_HELP, "cases: ID or IID too long%s", NULL);
+    }
+    curl_free(esc);
+    curl_free(ie);
+    rc = call(c, "POST", c->sidecar, path, auth, "{}", 2, &st, &r);
+    secret_free(auth);
+    if (rc != EX_OK) {
+        return rc;
+    }
+    if (st != 202) {
+        rc = api_error("POST /cases", st, &r);
+        resp_clear(&r);
+        return rc;
+    }
+    resp_clear(&r);
+    if (c->json) {
+        j = json_pack("{s:s, s:s, s:b}", "case", id, "action", argv[0],
+                      "accepted", 1);
+        rc = j != NULL ? print_json(j) : EX_FAIL;
+        json_decref(j);
+    } else {
+        printf("case %s: %s accepted\n", id, argv[0]);
+    }
+    return rc;
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 /*
@@ -2141,6 +2278,8 @@ main(int argc, char **argv)
         rc = cmd_work(&c, n - 1, rest + 2);
     } else if (strcmp(cmd, "identity") == 0) {
         rc = cmd_identity(&c, n - 1, rest + 2);
+    } else if (strcmp(cmd, "cases") == 0) {
+        rc = cmd_cases(&c, n - 1, rest + 2);
     } else {
         rc = usage_error(USAGE, "unknown command %s", cmd);
     }
