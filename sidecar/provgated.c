@@ -1064,6 +1064,30 @@ authorized(daemon_t *d, struct evhttp_request *req)
     return pg_ct_equal(h + 7, strlen(h + 7), d->admin_token, n);
 }
 
+/*
+ * The checks an HR admin request starts with: the admin token (else 401,
+ * audited as admin.request denied for path) and an hr_source (else 404
+ * no_hr_source). 1 when both hold; otherwise the request is answered and
+ * 0 returned.
+ */
+static int
+admin_jml(daemon_t *d, struct evhttp_request *req, const char *path)
+{
+    if (!authorized(d, req)) {
+        audit(d, "admin.request", "denied", "unauthorized",
+              json_pack("{s:s}", "path", path));
+        reply(req, 401, "Unauthorized", "application/json",
+              "{\"error\":\"unauthorized\"}", 24);
+        return 0;
+    }
+    if (d->jml == NULL) {
+        reply(req, 404, "Not Found", "application/json",
+              "{\"error\":\"no_hr_source\"}", 24);
+        return 0;
+    }
+    return 1;
+}
+
 static void
 serve_import(daemon_t *d, struct evhttp_request *req)
 {
@@ -1081,16 +1105,7 @@ serve_import(daemon_t *d, struct evhttp_request *req)
         free(text);
         return;
     }
-    if (!authorized(d, req)) {
-        audit(d, "admin.request", "denied", "unauthorized",
-              json_pack("{s:s}", "path", "/import"));
-        reply(req, 401, "Unauthorized", "application/json",
-              "{\"error\":\"unauthorized\"}", 24);
-        return;
-    }
-    if (d->jml == NULL) {
-        reply(req, 404, "Not Found", "application/json",
-              "{\"error\":\"no_hr_source\"}", 24);
+    if (!admin_jml(d, req, "/import")) {
         return;
     }
     if (d->cfg->hr_drop_dir != NULL && d->drop_name[0] == '\0') {
@@ -1646,16 +1661,7 @@ serve_event(daemon_t *d, struct evhttp_request *req)
               "{\"error\":\"post_only\"}", 21);
         return;
     }
-    if (!authorized(d, req)) {
-        audit(d, "admin.request", "denied", "unauthorized",
-              json_pack("{s:s}", "path", "/events"));
-        reply(req, 401, "Unauthorized", "application/json",
-              "{\"error\":\"unauthorized\"}", 24);
-        return;
-    }
-    if (d->jml == NULL) {
-        reply(req, 404, "Not Found", "application/json",
-              "{\"error\":\"no_hr_source\"}", 24);
+    if (!admin_jml(d, req, "/events")) {
         return;
     }
     if (len > HTTP_MAX_BODY || evbuffer_copyout(in, body, len) != (ssize_t) len) {
@@ -1776,16 +1782,7 @@ serve_cases(daemon_t *d, struct evhttp_request *req, const char *path)
     int ok = 0;
     pg_status_t st;
 
-    if (!authorized(d, req)) {
-        audit(d, "admin.request", "denied", "unauthorized",
-              json_pack("{s:s}", "path", "/cases"));
-        reply(req, 401, "Unauthorized", "application/json",
-              "{\"error\":\"unauthorized\"}", 24);
-        return;
-    }
-    if (d->jml == NULL) {
-        reply(req, 404, "Not Found", "application/json",
-              "{\"error\":\"no_hr_source\"}", 24);
+    if (!admin_jml(d, req, "/cases")) {
         return;
     }
     if (evhttp_request_get_command(req) == EVHTTP_REQ_GET

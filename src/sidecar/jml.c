@@ -1145,6 +1145,24 @@ pg_jml_start(void *arg)
     }
 }
 
+/*
+ * Mark j busy with a job (an import, an event or a case decision) that
+ * reports to cb(arg) and zero its counters. The caller has set up the
+ * job's state; j->kick, when set, is armed to start it from the loop.
+ */
+static void
+pg_jml_begin(pg_jml_t *j, pg_jml_cb cb, void *arg)
+{
+    j->busy = 1;
+    j->cb = cb;
+    j->arg = arg;
+    j->ops = 0;
+    j->cases = 0;
+    if (j->kick != NULL) {
+        j->host->timer_arm(j->kick, 0);
+    }
+}
+
 pg_status_t
 pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
               void *arg)
@@ -1162,13 +1180,8 @@ pg_jml_import(pg_jml_t *j, const char *path, int force, pg_jml_cb cb,
         pg_jml_reset(j);
         return PG_ERR_NOMEM;
     }
-    j->busy = 1;
     j->force = force;
-    j->cb = cb;
-    j->arg = arg;
-    j->ops = 0;
-    j->cases = 0;
-    j->host->timer_arm(j->kick, 0);
+    pg_jml_begin(j, cb, arg);
     return PG_OK;
 }
 
@@ -1357,14 +1370,9 @@ pg_jml_case(pg_jml_t *j, const char *case_id, const char *action,
         pg_jml_reset(j);
         return PG_ERR_NOMEM;
     }
-    j->busy = 1;
     j->event_mode = 1;
     j->case_mode = 1;
-    j->cb = cb;
-    j->arg = arg;
-    j->ops = 0;
-    j->cases = 0;
-    j->host->timer_arm(j->kick, 0);
+    pg_jml_begin(j, cb, arg);
     return PG_OK;
 }
 
@@ -1559,11 +1567,6 @@ pg_jml_event(pg_jml_t *j, const json_t *ev, pg_jml_cb cb, void *arg,
     j->diff = d;
     j->event = json_deep_copy(ev);
     j->event_mode = 1;
-    j->busy = 1;
-    j->cb = cb;
-    j->arg = arg;
-    j->ops = 0;
-    j->cases = 0;
     j->path = seen;
     /* one applier at a time across sidecars, then the id check */
     j->kick = j->host->timer_open(j->host->ctx, pg_jml_event_kick, j);
@@ -1571,7 +1574,7 @@ pg_jml_event(pg_jml_t *j, const json_t *ev, pg_jml_cb cb, void *arg,
         pg_jml_reset(j);
         return PG_ERR_NOMEM;
     }
-    j->host->timer_arm(j->kick, 0);
+    pg_jml_begin(j, cb, arg);
     return PG_OK;
 }
 
