@@ -1776,8 +1776,6 @@ serve_cases(daemon_t *d, struct evhttp_request *req, const char *path)
     char action[16] = "", identity[136] = "";
     const json_t *c, *v;
     pg_err_t err = { "" };
-    json_t *body;
-    char *text;
     size_t i;
     int ok = 0;
     pg_status_t st;
@@ -1787,18 +1785,11 @@ serve_cases(daemon_t *d, struct evhttp_request *req, const char *path)
     }
     if (evhttp_request_get_command(req) == EVHTTP_REQ_GET
         && strcmp(path, "/cases") == 0) {
-        body = json_pack("{s:o, s:I}", "cases",
-                         cs.list != NULL ? json_deep_copy(cs.list)
-                                         : json_array(),
-                         "as_of", (json_int_t) cs.as_of);
-        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
-        if (text == NULL) {
-            evhttp_send_error(req, 500, "Internal Server Error");
-            return;
-        }
-        reply(req, 200, "OK", "application/json", text, strlen(text));
-        free(text);
+        id_reply_json(req, 200, "OK",
+                      json_pack("{s:o, s:I}", "cases",
+                                cs.list != NULL ? json_deep_copy(cs.list)
+                                                : json_array(),
+                                "as_of", (json_int_t) cs.as_of));
         return;
     }
     if (evhttp_request_get_command(req) != EVHTTP_REQ_POST
@@ -1833,13 +1824,9 @@ serve_cases(daemon_t *d, struct evhttp_request *req, const char *path)
         return;
     }
     if (st != PG_OK) {
-        body = json_pack("{s:s, s:s}", "error", "bad_request", "detail",
-                         err.msg);
-        text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
-        json_decref(body);
-        reply(req, 400, "Bad Request", "application/json",
-              text != NULL ? text : "{}", text != NULL ? strlen(text) : 2);
-        free(text);
+        id_reply_json(req, 400, "Bad Request",
+                      json_pack("{s:s, s:s}", "error", "bad_request",
+                                "detail", err.msg));
         return;
     }
     audit(d, "admin.request", "success", "case",

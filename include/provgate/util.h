@@ -136,6 +136,15 @@ PG_MUST_USE pg_status_t pg_template_render(const char *tpl, const json_t *attrs,
 /* Validate template syntax only (for config load). */
 PG_MUST_USE pg_status_t pg_template_check(const char *tpl, pg_err_t *err);
 
+/*
+ * A non-negative decimal integer stored as a string member of fields (a
+ * Redis hash read into a JSON object): fields[name], or with target
+ * fields["<name>:<target>"] (name + target under 320 bytes). -1 when
+ * absent, not a string of digits, or out of range.
+ */
+int64_t pg_field_int(const json_t *fields, const char *name,
+                     const char *target);
+
 /* ---- files ----------------------------------------------------------- */
 
 /* Read a whole small file (cap bytes max) into a malloc'd NUL-terminated

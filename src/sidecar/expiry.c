@@ -94,38 +94,6 @@ static const char pg_expiry_owners_lua[] =
 
 /* ---- the decision ------------------------------------------------------ */
 
-/* A non-negative integer field of fields, or -1 (absent or malformed). */
-static int64_t
-pg_expiry_int(const json_t *fields, const char *name)
-{
-    const char *v = json_string_value(json_object_get(fields, name));
-    char *end;
-    long long n;
-
-    if (v == NULL || v[0] == '\0' || v[0] == '-') {
-        return -1;
-    }
-    errno = 0;
-    n = strtoll(v, &end, 10);
-    if (errno != 0 || *end != '\0' || n < 0) {
-        return -1;
-    }
-    return (int64_t) n;
-}
-
-/* fields["<what>:<target>"] as an integer (see pg_expiry_int). */
-static int64_t
-pg_expiry_tint(const json_t *fields, const char *what, const char *target)
-{
-    char name[320];
-
-    if ((size_t) snprintf(name, sizeof(name), "%s:%s", what, target)
-        >= sizeof(name)) {
-        return -1;
-    }
-    return pg_expiry_int(fields, name);
-}
-
 static void
 pg_expiry_due(int64_t *next_due, int64_t t)
 {
@@ -193,10 +161,10 @@ pg_expiry_target(const pg_config_t *cfg, const pg_target_cfg_t *t,
             return PG_ERR_NOMEM;
         }
     }
-    jit_at = pg_expiry_tint(fields, "jit_at", t->name);
-    used = pg_expiry_tint(fields, "used", t->name);
-    deprov_at = pg_expiry_tint(fields, "deprov_at", t->name);
-    end = pg_expiry_int(fields, "last_session_end");
+    jit_at = pg_field_int(fields, "jit_at", t->name);
+    used = pg_field_int(fields, "used", t->name);
+    deprov_at = pg_field_int(fields, "deprov_at", t->name);
+    end = pg_field_int(fields, "last_session_end", NULL);
     base = jit_at > used ? jit_at : used;
 
     /* 1. the last session ended: only accounts a login provisioned */
@@ -305,7 +273,7 @@ pg_expiry_retention(const pg_target_cfg_t *t, const json_t *fields,
     char name[320];
     json_t *mark, *a;
 
-    done = pg_expiry_tint(fields, "retained", t->name);
+    done = pg_field_int(fields, "retained", t->name);
     if (done >= left) {
         return PG_OK;   /* this leave's deletion is queued already */
     }
@@ -357,7 +325,7 @@ pg_expiry_decide(const pg_config_t *cfg, const json_t *fields, long live,
     if (out == NULL) {
         return PG_ERR_NOMEM;
     }
-    left = pg_expiry_int(fields, "left");
+    left = pg_field_int(fields, "left", NULL);
     for (i = 0; st == PG_OK && i < cfg->ntargets; i++) {
         const pg_target_cfg_t *t = &cfg->targets[i];
 

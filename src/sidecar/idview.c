@@ -236,38 +236,6 @@ pg_idview_keys(const pg_config_t *cfg, pg_idview_by_t by, const char *value,
     return PG_OK;
 }
 
-/* A non-negative decimal field, or -1. */
-static int64_t
-pg_idview_int(const json_t *fields, const char *name)
-{
-    const char *v = json_string_value(json_object_get(fields, name));
-    char *end;
-    long long n;
-
-    if (v == NULL || v[0] < '0' || v[0] > '9') {
-        return -1;
-    }
-    errno = 0;
-    n = strtoll(v, &end, 10);
-    if (errno != 0 || *end != '\0' || n < 0) {
-        return -1;
-    }
-    return (int64_t) n;
-}
-
-/* fields["<what>:<target>"] as pg_idview_int. */
-static int64_t
-pg_idview_tint(const json_t *fields, const char *what, const char *target)
-{
-    char name[320];
-
-    if ((size_t) snprintf(name, sizeof(name), "%s:%s", what, target)
-        >= sizeof(name)) {
-        return -1;
-    }
-    return pg_idview_int(fields, name);
-}
-
 /* A time (unix s) as a new JSON integer, or null when t < 0. */
 static json_t *
 pg_idview_time(int64_t t)
@@ -346,10 +314,10 @@ pg_idview_account(const pg_config_t *cfg, const char *target,
     const pg_target_cfg_t *t = pg_config_target(cfg, target);
     json_t *ents, *a, *it;
     char name[320];
-    int64_t jit_at = pg_idview_tint(fields, "jit_at", target);
-    int64_t used = pg_idview_tint(fields, "used", target);
-    int64_t deprov = pg_idview_tint(fields, "deprov_at", target);
-    int64_t retained = pg_idview_tint(fields, "retained", target);
+    int64_t jit_at = pg_field_int(fields, "jit_at", target);
+    int64_t used = pg_field_int(fields, "used", target);
+    int64_t deprov = pg_field_int(fields, "deprov_at", target);
+    int64_t retained = pg_field_int(fields, "retained", target);
     int64_t base = jit_at > used ? jit_at : used;
     const char *state = "active";
     size_t i;
@@ -360,7 +328,7 @@ pg_idview_account(const pg_config_t *cfg, const char *target,
         ents = json_array();
     }
     if (left && retained >= 0
-        && retained == pg_idview_int(fields, "left")) {
+        && retained == pg_field_int(fields, "left", NULL)) {
         state = "deleted";
     } else if (left || (t != NULL && t->deprov_action == PG_DEPROV_DISABLE
                         && deprov >= 0 && deprov >= jit_at)) {
@@ -408,7 +376,7 @@ pg_idview_render(const pg_config_t *cfg, const char *iid,
     if (cfg == NULL || iid == NULL || !json_is_object(fields)) {
         return PG_ERR_INVALID;
     }
-    left = pg_idview_int(fields, "left");
+    left = pg_field_int(fields, "left", NULL);
     attrs = pg_idview_json(fields, "attrs", 0);
     accounts = json_object();
     jit = json_array();
@@ -444,8 +412,10 @@ pg_idview_render(const pg_config_t *cfg, const char *iid,
                   "s:{s:i}, s:o}",
                   "id", iid, "state", left >= 0 ? "left" : "active",
                   "left_at", pg_idview_time(left),
-                  "created", pg_idview_time(pg_idview_int(fields, "created")),
-                  "updated", pg_idview_time(pg_idview_int(fields, "updated")),
+                  "created",
+                  pg_idview_time(pg_field_int(fields, "created", NULL)),
+                  "updated",
+                  pg_idview_time(pg_field_int(fields, "updated", NULL)),
                   "source", json_string_value(json_object_get(fields,
                                                               "source")),
                   "login", login != NULL ? login : json_null(),
@@ -684,8 +654,8 @@ pg_idview_listed(void *arg, pg_status_t st, const redisReply *reply)
             json_object_set(f, "created", cr != NULL ? cr : json_null());
             json_object_set(f, "attrs", at != NULL ? at : json_null());
         }
-        left = pg_idview_int(f, "left");
-        created = pg_idview_int(f, "created");
+        left = pg_field_int(f, "left", NULL);
+        created = pg_field_int(f, "created", NULL);
         attrs = pg_idview_json(f, "attrs", 0);
         o = iid != NULL
                 ? json_pack("{s:O, s:s, s:o, s:o, s:O?, s:O?, s:O?}", "id",

@@ -8,6 +8,8 @@
  *   a typo like "$username" is caught at configuration load.
  * Templates and rendered output are capped at PG_TPL_MAX bytes.
  */
+#include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
@@ -259,4 +261,31 @@ pg_template_render(const char *tpl, const json_t *attrs, char **out,
 fail:
     free(o);
     return st;
+}
+
+int64_t
+pg_field_int(const json_t *fields, const char *name, const char *target)
+{
+    char key[320];
+    const char *v;
+    char *end;
+    long long n;
+
+    if (target != NULL) {
+        if ((size_t) snprintf(key, sizeof(key), "%s:%s", name, target)
+            >= sizeof(key)) {
+            return -1;
+        }
+        name = key;
+    }
+    v = json_string_value(json_object_get(fields, name));
+    if (v == NULL || v[0] < '0' || v[0] > '9') {
+        return -1;
+    }
+    errno = 0;
+    n = strtoll(v, &end, 10);
+    if (errno != 0 || *end != '\0' || n < 0) {
+        return -1;
+    }
+    return (int64_t) n;
 }

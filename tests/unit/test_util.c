@@ -690,6 +690,28 @@ test_query_param(void **state)
     assert_null(pg_query_param("a=1&b=3", 4, "b"));
 }
 
+/* pg_field_int: digits only, non-negative, "<name>:<target>" keys. */
+static void
+test_field_int(void **state)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:s}", "a", "42",
+                          "jit_at:app", "1700000000", "neg", "-1", "plus",
+                          "+5", "junk", "12x", "num", 7, "huge",
+                          "99999999999999999999");
+
+    (void) state;
+    assert_int_equal(pg_field_int(f, "a", NULL), 42);
+    assert_int_equal(pg_field_int(f, "jit_at", "app"), 1700000000);
+    assert_int_equal(pg_field_int(f, "jit_at", "other"), -1);
+    assert_int_equal(pg_field_int(f, "missing", NULL), -1);
+    assert_int_equal(pg_field_int(f, "neg", NULL), -1);
+    assert_int_equal(pg_field_int(f, "plus", NULL), -1);
+    assert_int_equal(pg_field_int(f, "junk", NULL), -1);
+    assert_int_equal(pg_field_int(f, "num", NULL), -1);   /* not a string */
+    assert_int_equal(pg_field_int(f, "huge", NULL), -1);  /* out of range */
+    json_decref(f);
+}
+
 int
 main(void)
 {
@@ -718,6 +740,7 @@ main(void)
         cmocka_unit_test(test_urlencode),
         cmocka_unit_test(test_urldecode),
         cmocka_unit_test(test_query_param),
+        cmocka_unit_test(test_field_int),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
